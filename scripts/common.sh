@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Shared by scripts/run and scripts/test: idempotent installs and the build environment.
+# Sourced, never run directly.
+
+# Keep cargo's build output outside the clone so fresh clones (CI) reuse it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kyma/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# install_debian_packages PKG... — installs whichever of the packages are missing.
+install_debian_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "kyma: installing Debian packages: ${missing[*]}" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  # policy-rc.d keeps the packages' own services from starting: the tests run their own.
+  as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  as_root rm -f /usr/sbin/policy-rc.d
+}
+
+# What building kyma needs.
+install_build_deps() {
+  install_debian_packages protobuf-compiler libprotobuf-dev ca-certificates
+}

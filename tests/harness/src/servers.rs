@@ -1,0 +1,396 @@
+//! The four servers.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::process::{
+    HarnessError, Launch, RunAs, ServerProcess, accepts, free_port, http_get, io, require, run,
+    running_as_root, scratch_dir, system_user,
+};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Returns the shared instance, starting it on first use. Panics with the harness error: this
+/// is test setup, and a missing server must fail the test loudly, naming what to install.
+fn shared<T>(cell: &'static OnceLock<T>, start: impl FnOnce() -> Result<T, HarnessError>) -> &'static T {
+    cell.get_or_init(|| start().unwrap_or_else(|e| panic!("test server failed to start: {e}")))
+}
+
+/// The user a server that refuses root runs as.
+fn service_user(name: &str) -> Result<Option<RunAs>, HarnessError> {
+    if running_as_root() { system_user(name).map(Some) } else { Ok(None) }
+}
+
+// ----- etcd ----------------------------------------------------------------------------------
+
+/// An etcd server (Debian `etcd-server`).
+#[derive(Debug)]
+pub struct Etcd {
+    client_port: u16,
+    process: ServerProcess,
+}
+
+impl Etcd {
+    /// Starts a single-member etcd on free loopback ports.
+    pub fn start() -> Result<Self, HarnessError> {
+        let program = require("etcd", "Debian package etcd-server")?;
+        let dir = scratch_dir("etcd", None)?;
+        let client_port = free_port()?;
+        let peer_port = free_port()?;
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let args = vec![
+            "--name=kyma-test".into(),
+            format!("--data-dir={}", dir.join("data").display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster=kyma-test={peer}"),
+            "--log-level=warn".into(),
+            "--logger=zap".into(),
+        ];
+        let process = ServerProcess::start(Launch {
+            name: "etcd".into(),
+            program,
+            args,
+            run_as: None,
+            log: dir.join("etcd.log"),
+            stop_signal: "TERM",
+        })?;
+        let etcd = Self { client_port, process };
+        etcd.wait_ready()?;
+        Ok(etcd)
+    }
+
+    /// The etcd shared by every test in this binary.
+    pub fn shared() -> &'static Self {
+        static CELL: OnceLock<Etcd> = OnceLock::new();
+        shared(&CELL, Self::start)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:PORT`, as `--catalog etcd://…/prefix` takes it.
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Waits until etcd reports itself healthy.
+    pub fn wait_ready(&self) -> Result<(), HarnessError> {
+        self.process.wait_ready(READY_TIMEOUT, || {
+            http_get(self.client_port, "/health").is_some_and(|r| r.contains("\"health\":\"true\""))
+        })
+    }
+
+    /// The supervised process (stop, kill, restart).
+    pub fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+
+    /// Stops etcd cleanly, starts it again on the same port and data, and waits until healthy.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        self.process.restart()?;
+        self.wait_ready()
+    }
+}
+
+// ----- PostgreSQL ----------------------------------------------------------------------------
+
+/// A PostgreSQL 15 server with `wal_level=logical`, trusting loopback connections.
+#[derive(Debug)]
+pub struct Postgres {
+    port: u16,
+    bin: PathBuf,
+    run_as: Option<RunAs>,
+    process: ServerProcess,
+}
+
+impl Postgres {
+    /// Runs initdb and starts the server on a free loopback port.
+    pub fn start() -> Result<Self, HarnessError> {
+        let bin = PathBuf::from(std::env::var("KYMA_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()));
+        let postgres = require(&bin.join("postgres").to_string_lossy(), "Debian package postgresql-15")?;
+        let run_as = service_user("postgres")?;
+        let dir = scratch_dir("postgres", run_as)?;
+        let data = dir.join("data");
+        run(
+            "initdb",
+            Command::new(bin.join("initdb")).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"]).arg(&data),
+            run_as,
+        )?;
+        let port = free_port()?;
+        let args = vec![
+            "-D".into(),
+            data.display().to_string(),
+            "-p".into(),
+            port.to_string(),
+            "-k".into(),
+            dir.display().to_string(),
+            "-c".into(),
+            "listen_addresses=127.0.0.1".into(),
+            "-c".into(),
+            "wal_level=logical".into(),
+            "-c".into(),
+            "max_replication_slots=32".into(),
+            "-c".into(),
+            "max_wal_senders=32".into(),
+            "-c".into(),
+            "max_connections=200".into(),
+            "-c".into(),
+            "fsync=off".into(),
+        ];
+        let process = ServerProcess::start(Launch {
+            name: "postgres".into(),
+            program: postgres,
+            args,
+            run_as,
+            log: dir.join("postgres.log"),
+            // SIGINT is PostgreSQL's fast shutdown: it does not wait for clients to leave.
+            stop_signal: "INT",
+        })?;
+        let server = Self { port, bin, run_as, process };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// The server shared by every test in this binary.
+    pub fn shared() -> &'static Self {
+        static CELL: OnceLock<Postgres> = OnceLock::new();
+        shared(&CELL, Self::start)
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL for `database` as the `postgres` superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Waits until the server accepts connections.
+    pub fn wait_ready(&self) -> Result<(), HarnessError> {
+        let pg_isready = self.bin.join("pg_isready");
+        self.process.wait_ready(READY_TIMEOUT, || {
+            Command::new(&pg_isready)
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
+    /// Runs SQL with psql against `database`, returning its unaligned output.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String, HarnessError> {
+        run(
+            "psql",
+            Command::new(self.bin.join("psql"))
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+                .arg(self.port.to_string())
+                .args(["-d", database, "-c", sql]),
+            self.run_as,
+        )
+    }
+
+    /// Creates a fresh database named after `prefix` and returns its name.
+    pub fn create_database(&self, prefix: &str) -> Result<String, HarnessError> {
+        let name = crate::unique_name(prefix);
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""))?;
+        Ok(name)
+    }
+
+    /// The supervised process (stop, kill, restart).
+    pub fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+// ----- MariaDB -------------------------------------------------------------------------------
+
+/// A MariaDB server with `log_bin`, `binlog_format=ROW`, `binlog_row_image=FULL` and strict
+/// GTIDs; user `root` without a password from 127.0.0.1.
+#[derive(Debug)]
+pub struct MariaDb {
+    port: u16,
+    socket: PathBuf,
+    process: ServerProcess,
+}
+
+impl MariaDb {
+    /// Installs a fresh data directory and starts the server on a free loopback port.
+    pub fn start() -> Result<Self, HarnessError> {
+        let mariadbd = require("mariadbd", "Debian package mariadb-server")?;
+        let install_db = require("mariadb-install-db", "Debian package mariadb-server")?;
+        let run_as = service_user("mysql")?;
+        let dir = scratch_dir("mariadb", run_as)?;
+        let data = dir.join("data");
+        run(
+            "mariadb-install-db",
+            Command::new(install_db)
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .args(["--auth-root-authentication-method=normal", "--skip-test-db"]),
+            run_as,
+        )?;
+        let port = free_port()?;
+        let socket = dir.join("mysqld.sock");
+        let args = vec![
+            "--no-defaults".into(),
+            format!("--datadir={}", data.display()),
+            format!("--port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--socket={}", socket.display()),
+            format!("--pid-file={}", dir.join("mysqld.pid").display()),
+            format!("--log-bin={}", dir.join("binlog").display()),
+            "--server-id=1".into(),
+            "--binlog-format=ROW".into(),
+            "--binlog-row-image=FULL".into(),
+            "--gtid-strict-mode=ON".into(),
+            "--log-slave-updates=ON".into(),
+            "--innodb-buffer-pool-size=64M".into(),
+            "--max-connections=300".into(),
+            "--character-set-server=utf8mb4".into(),
+        ];
+        let process = ServerProcess::start(Launch {
+            name: "mariadb".into(),
+            program: mariadbd,
+            args,
+            run_as,
+            log: dir.join("mariadb.log"),
+            stop_signal: "TERM",
+        })?;
+        let server = Self { port, socket, process };
+        server.wait_ready()?;
+        server.sql("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;")?;
+        Ok(server)
+    }
+
+    /// The server shared by every test in this binary.
+    pub fn shared() -> &'static Self {
+        static CELL: OnceLock<MariaDb> = OnceLock::new();
+        shared(&CELL, Self::start)
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL for `database` as `root`.
+    pub fn url(&self, database: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Waits until the server answers on its socket.
+    pub fn wait_ready(&self) -> Result<(), HarnessError> {
+        self.process.wait_ready(READY_TIMEOUT, || accepts(self.port) && self.sql("SELECT 1").is_ok())
+    }
+
+    /// Runs SQL as root over the server's socket.
+    pub fn sql(&self, sql: &str) -> Result<String, HarnessError> {
+        let client = require("mariadb", "Debian package mariadb-client")?;
+        run(
+            "mariadb",
+            Command::new(client).arg("--no-defaults").arg(format!("--socket={}", self.socket.display())).args(["-uroot", "-N", "-B", "-e", sql]),
+            None,
+        )
+    }
+
+    /// Creates a fresh database named after `prefix` and returns its name.
+    pub fn create_database(&self, prefix: &str) -> Result<String, HarnessError> {
+        let name = crate::unique_name(prefix);
+        self.sql(&format!("CREATE DATABASE `{name}`"))?;
+        Ok(name)
+    }
+
+    /// The supervised process (stop, kill, restart).
+    pub fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+// ----- S3 ------------------------------------------------------------------------------------
+
+/// An S3-compatible server (s3s-fs) with path-style addressing and static credentials.
+#[derive(Debug)]
+pub struct S3 {
+    port: u16,
+    root: PathBuf,
+    process: ServerProcess,
+}
+
+impl S3 {
+    /// Access key the server accepts.
+    pub const ACCESS_KEY: &'static str = "kyma-test-access";
+    /// Secret key the server accepts.
+    pub const SECRET_KEY: &'static str = "kyma-test-secret";
+    /// Region to sign requests for.
+    pub const REGION: &'static str = "us-east-1";
+
+    /// Starts s3s-fs on a free loopback port.
+    pub fn start() -> Result<Self, HarnessError> {
+        let program = require("s3s-fs", "cargo install --locked s3s-fs@0.14.1 --features binary")?;
+        let dir = scratch_dir("s3", None)?;
+        let root = dir.join("root");
+        fs::create_dir_all(&root).map_err(io("creating the S3 root"))?;
+        let port = free_port()?;
+        let args = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--access-key".into(),
+            Self::ACCESS_KEY.into(),
+            "--secret-key".into(),
+            Self::SECRET_KEY.into(),
+            root.display().to_string(),
+        ];
+        let process = ServerProcess::start(Launch {
+            name: "s3s-fs".into(),
+            program,
+            args,
+            run_as: None,
+            log: dir.join("s3s-fs.log"),
+            stop_signal: "TERM",
+        })?;
+        let server = Self { port, root, process };
+        server.process.wait_ready(READY_TIMEOUT, || http_get(port, "/").is_some_and(|r| r.starts_with("HTTP/")))?;
+        Ok(server)
+    }
+
+    /// The server shared by every test in this binary.
+    pub fn shared() -> &'static Self {
+        static CELL: OnceLock<S3> = OnceLock::new();
+        shared(&CELL, Self::start)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A bucket-safe unique name (S3 bucket names take no `_`).
+    pub fn bucket_name(prefix: &str) -> String {
+        crate::unique_name(prefix).replace('_', "-")
+    }
+
+    /// Creates a fresh bucket named after `prefix` and returns its name. (s3s-fs keeps a bucket
+    /// as a directory under its root.)
+    pub fn create_bucket(&self, prefix: &str) -> Result<String, HarnessError> {
+        let name = Self::bucket_name(prefix);
+        fs::create_dir_all(self.root.join(&name)).map_err(io("creating a bucket"))?;
+        Ok(name)
+    }
+
+    /// The supervised process (stop, kill, restart).
+    pub fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+}
