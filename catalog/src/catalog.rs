@@ -710,12 +710,14 @@ impl Catalog {
         let txn = Txn { on_success: vec![Op::put_with_lease(self.keys.worker(worker_id), encode(&record)?, lease)], ..Txn::default() };
         self.kv.txn(txn).await?;
         let (lost_tx, lost) = watch::channel(false);
-        let kv = Arc::clone(&self.kv);
+        // Weak: a session must not keep a closed catalog's backend (and its file lock) alive.
+        let kv = Arc::downgrade(&self.kv);
         let keeper = tokio::spawn(async move {
             let interval = (ttl / 3).max(Duration::from_millis(100));
             let mut last_ok = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(interval).await;
+                let Some(kv) = kv.upgrade() else { return };
                 match kv.keep_alive(lease).await {
                     Ok(()) => last_ok = tokio::time::Instant::now(),
                     Err(e) if e.is_retryable() && last_ok.elapsed() < ttl => {

@@ -56,7 +56,10 @@ struct Inner {
     /// Serialises writers and guards what lives in memory.
     state: Mutex<State>,
     events: broadcast::Sender<Arc<WatchBatch>>,
-    /// Woken when a lease is granted or renewed, so the reaper re-reads deadlines.
+    /// When the earliest lease lapses; read by the reaper without touching the store, so an
+    /// idle reaper never keeps a closed store open.
+    earliest_deadline: Arc<Mutex<Option<Instant>>>,
+    /// Woken when a lease is granted or renewed, so the reaper re-reads the deadline.
     leases_changed: Arc<Notify>,
 }
 
@@ -110,7 +113,11 @@ impl EmbeddedBackend {
             .await
             .map_err(storage("open"))??;
         let inner = Arc::new(inner);
-        tokio::spawn(reap_leases(Arc::downgrade(&inner), Arc::clone(&inner.leases_changed)));
+        tokio::spawn(reap_leases(
+            Arc::downgrade(&inner),
+            Arc::clone(&inner.earliest_deadline),
+            Arc::clone(&inner.leases_changed),
+        ));
         Ok(Self { inner })
     }
 
@@ -174,6 +181,7 @@ impl Inner {
                 history_start: revision + 1,
             }),
             events,
+            earliest_deadline: Arc::new(Mutex::new(None)),
             leases_changed: Arc::new(Notify::new()),
         })
     }
@@ -182,6 +190,14 @@ impl Inner {
         // A panic while holding the lock cannot leave redb half-written (its transaction is
         // dropped, i.e. aborted), so the state is still consistent: keep going.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records the earliest lease deadline for the reaper and wakes it. Call with the state
+    /// lock held, after changing leases.
+    fn publish_deadline(&self, state: &State) {
+        let earliest = state.leases.values().map(|l| l.deadline).min();
+        *self.earliest_deadline.lock().unwrap_or_else(|p| p.into_inner()) = earliest;
+        self.leases_changed.notify_one();
     }
 
     fn read<T>(&self, f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, CatalogError>) -> Result<(Revision, T), CatalogError> {
@@ -286,8 +302,7 @@ impl Inner {
     }
 
     /// Deletes the keys of every lapsed lease, one revision per lease (as etcd does).
-    /// Returns the next deadline still pending.
-    fn expire_lapsed(&self) -> Result<Option<Instant>, CatalogError> {
+    fn expire_lapsed(&self) -> Result<(), CatalogError> {
         let mut state = self.lock();
         let now = Instant::now();
         let lapsed: Vec<LeaseId> = state.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
@@ -296,7 +311,8 @@ impl Inner {
                 self.delete_keys(&mut state, lease.keys)?;
             }
         }
-        Ok(state.leases.values().map(|l| l.deadline).min())
+        self.publish_deadline(&state);
+        Ok(())
     }
 
     fn delete_keys(&self, state: &mut State, keys: BTreeSet<Vec<u8>>) -> Result<(), CatalogError> {
@@ -329,23 +345,27 @@ fn delete_event(key: Vec<u8>, revision: Revision) -> WatchEvent {
     }
 }
 
-/// Deletes the keys of lapsed leases as their deadlines pass, until the store is dropped.
-async fn reap_leases(inner: Weak<Inner>, leases_changed: Arc<Notify>) {
+/// Deletes the keys of lapsed leases as their deadlines pass, until the store is dropped. It
+/// holds the store only while a lease has actually lapsed.
+async fn reap_leases(inner: Weak<Inner>, earliest: Arc<Mutex<Option<Instant>>>, leases_changed: Arc<Notify>) {
     loop {
-        let Some(strong) = inner.upgrade() else { return };
         let notified = leases_changed.notified();
-        let reaped = tokio::task::spawn_blocking(move || strong.expire_lapsed()).await;
-        let next = match reaped {
-            Ok(Ok(next)) => next,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "embedded catalog could not expire leases; retrying");
-                Some(Instant::now() + Duration::from_millis(200))
+        let deadline = *earliest.lock().unwrap_or_else(|p| p.into_inner());
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            let Some(strong) = inner.upgrade() else { return };
+            match tokio::task::spawn_blocking(move || strong.expire_lapsed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => tracing::warn!(error = %e, "embedded catalog could not expire leases; retrying"),
+                Err(_) => return,
             }
-            Err(_) => return,
-        };
-        // Wake at the next deadline, when leases change, and at least every second so that a
+        }
+        if inner.strong_count() == 0 {
+            return;
+        }
+        // Wake at the deadline, when leases change, and at least every second so that a
         // dropped store is noticed.
-        let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1)).min(Instant::now() + Duration::from_secs(1));
+        let cap = Instant::now() + Duration::from_secs(1);
+        let wake = deadline.map_or(cap, |d| d.min(cap));
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             () = notified => {}
@@ -444,9 +464,9 @@ impl KvBackend for EmbeddedBackend {
             let id = state.next_lease;
             state.next_lease += 1;
             state.leases.insert(id, Lease { ttl, deadline: Instant::now() + ttl, keys: BTreeSet::new() });
+            self.inner.publish_deadline(&state);
             id
         };
-        self.inner.leases_changed.notify_one();
         Ok(id)
     }
 
@@ -457,18 +477,17 @@ impl KvBackend for EmbeddedBackend {
                 Some(l) if l.deadline > Instant::now() => l.deadline = Instant::now() + l.ttl,
                 _ => return Err(CatalogError::LeaseExpired(lease)),
             }
+            self.inner.publish_deadline(&state);
         }
-        self.inner.leases_changed.notify_one();
         Ok(())
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), CatalogError> {
         self.blocking(move |inner| {
             let mut state = inner.lock();
-            match state.leases.remove(&lease) {
-                Some(l) => inner.delete_keys(&mut state, l.keys),
-                None => Ok(()),
-            }
+            let Some(removed) = state.leases.remove(&lease) else { return Ok(()) };
+            inner.publish_deadline(&state);
+            inner.delete_keys(&mut state, removed.keys)
         })
         .await
     }
