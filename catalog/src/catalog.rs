@@ -32,7 +32,9 @@ use uuid::Uuid;
 
 use crate::error::CatalogError;
 use crate::keys::{ConnectorKey, Keys, ParsedKey, TableKey};
-use crate::kv::{Compare, KeyValue, KvBackend, LeaseId, Op, Revision, Txn, WatchEventKind, backoff};
+use crate::kv::{
+    Compare, KeyValue, KvBackend, LeaseId, Op, Revision, Txn, WatchEventKind, backoff,
+};
 use crate::location::CatalogLocation;
 use crate::model::{
     Column, ConnectorHolder, ConnectorSpec, ConnectorState, ConnectorStatus, DesiredState,
@@ -55,7 +57,9 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("Catalog")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,9 +81,15 @@ pub struct TableCommit {
 impl TableCommit {
     /// The next snapshot of `base` pointing at `manifest`, widening its schema to hold
     /// `columns` (the columns the batch wrote; pass `&[]` when it wrote only known ones).
-    pub fn on(base: &TableState, manifest: impl Into<String>, columns: &[Column]) -> Result<Self, CatalogError> {
+    pub fn on(
+        base: &TableState,
+        manifest: impl Into<String>,
+        columns: &[Column],
+    ) -> Result<Self, CatalogError> {
         let new_schema = base.schema.value.widen(&base.table, columns)?;
-        let schema_version = new_schema.as_ref().map_or(base.schema.value.version, |s| s.version);
+        let schema_version = new_schema
+            .as_ref()
+            .map_or(base.schema.value.version, |s| s.version);
         Ok(Self {
             table: base.table.clone(),
             base_snapshot_revision: base.snapshot.mod_revision,
@@ -132,11 +142,19 @@ pub struct CatalogCommit {
 impl CatalogCommit {
     /// A commit of `tables` without a connector cursor (native ingest).
     pub fn tables(tables: Vec<TableCommit>) -> Self {
-        Self { commit_id: Uuid::now_v7(), cursor: None, tables }
+        Self {
+            commit_id: Uuid::now_v7(),
+            cursor: None,
+            tables,
+        }
     }
 
     /// A sync commit: `tables` and the cursor advance, under `claim`.
-    pub fn sync(claim: &ConnectorClaim, position: impl Into<String>, tables: Vec<TableCommit>) -> Self {
+    pub fn sync(
+        claim: &ConnectorClaim,
+        position: impl Into<String>,
+        tables: Vec<TableCommit>,
+    ) -> Self {
         Self {
             commit_id: Uuid::now_v7(),
             cursor: Some(CursorAdvance {
@@ -258,7 +276,8 @@ pub struct CatalogChange {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CatalogError> {
-    serde_json::to_vec(value).map_err(|e| CatalogError::Storage(format!("cannot encode a catalog value: {e}")))
+    serde_json::to_vec(value)
+        .map_err(|e| CatalogError::Storage(format!("cannot encode a catalog value: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, CatalogError> {
@@ -269,7 +288,10 @@ fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, CatalogError> {
 }
 
 fn decode_versioned<T: DeserializeOwned>(kv: &KeyValue) -> Result<Versioned<T>, CatalogError> {
-    Ok(Versioned { value: decode(kv)?, mod_revision: kv.mod_revision })
+    Ok(Versioned {
+        value: decode(kv)?,
+        mod_revision: kv.mod_revision,
+    })
 }
 
 fn revision_of(kv: &Option<KeyValue>) -> Revision {
@@ -279,7 +301,11 @@ fn revision_of(kv: &Option<KeyValue>) -> Revision {
 impl Catalog {
     /// A catalog on `kv`, with every key under `prefix`.
     pub fn new(kv: Arc<dyn KvBackend>, prefix: &str) -> Self {
-        Self { kv, keys: Keys::new(prefix), retry_for: DEFAULT_RETRY_FOR }
+        Self {
+            kv,
+            keys: Keys::new(prefix),
+            retry_for: DEFAULT_RETRY_FOR,
+        }
     }
 
     /// Opens the catalog at `location` (etcd endpoints, or an embedded file).
@@ -315,10 +341,19 @@ impl Catalog {
     // ----- tables -------------------------------------------------------------------------
 
     /// Creates an empty table (snapshot version 0) with its first schema.
-    pub async fn create_table(&self, table: &TableRef, origin: TableOrigin, columns: Vec<Column>) -> Result<TableState, CatalogError> {
+    pub async fn create_table(
+        &self,
+        table: &TableRef,
+        origin: TableOrigin,
+        columns: Vec<Column>,
+    ) -> Result<TableState, CatalogError> {
         table.validate()?;
         let schema = TableSchema::initial(columns)?;
-        let meta = TableMeta { id: Uuid::now_v7(), origin, created_at_ms: now_ms() };
+        let meta = TableMeta {
+            id: Uuid::now_v7(),
+            origin,
+            created_at_ms: now_ms(),
+        };
         let snapshot = TableSnapshot {
             version: 0,
             schema_version: schema.version,
@@ -331,7 +366,10 @@ impl Catalog {
             on_success: vec![
                 Op::put(self.keys.table_meta(table), encode(&meta)?),
                 Op::put(self.keys.table_schema(table), encode(&schema)?),
-                Op::put(self.keys.table_schema_version(table, schema.version), encode(&schema)?),
+                Op::put(
+                    self.keys.table_schema_version(table, schema.version),
+                    encode(&schema)?,
+                ),
                 Op::put(self.keys.table_snapshot(table), encode(&snapshot)?),
             ],
             read_on_failure: Vec::new(),
@@ -344,8 +382,14 @@ impl Catalog {
         Ok(TableState {
             table: table.clone(),
             meta,
-            schema: Versioned { value: schema, mod_revision: at },
-            snapshot: Versioned { value: snapshot, mod_revision: at },
+            schema: Versioned {
+                value: schema,
+                mod_revision: at,
+            },
+            snapshot: Versioned {
+                value: snapshot,
+                mod_revision: at,
+            },
         })
     }
 
@@ -356,45 +400,79 @@ impl Catalog {
             let guarded = self.table_keys(table);
             let compares: Vec<Compare> = guarded
                 .iter()
-                .map(|key| Compare::mod_revision(key.clone(), kvs.iter().find(|kv| &kv.key == key).map_or(0, |kv| kv.mod_revision)))
+                .map(|key| {
+                    Compare::mod_revision(
+                        key.clone(),
+                        kvs.iter()
+                            .find(|kv| &kv.key == key)
+                            .map_or(0, |kv| kv.mod_revision),
+                    )
+                })
                 .collect();
-            if compares.iter().all(|Compare::ModRevision { revision, .. }| *revision == 0) {
+            if compares
+                .iter()
+                .all(|Compare::ModRevision { revision, .. }| *revision == 0)
+            {
                 return Err(CatalogError::NotFound(format!("table {table}")));
             }
             // Comparing meta, schema and snapshot means no commit or widening slipped in after
             // the range read, so every key of the table is in `kvs`.
-            let txn = Txn { compares, on_success: kvs.into_iter().map(|kv| Op::delete(kv.key)).collect(), read_on_failure: Vec::new() };
+            let txn = Txn {
+                compares,
+                on_success: kvs.into_iter().map(|kv| Op::delete(kv.key)).collect(),
+                read_on_failure: Vec::new(),
+            };
             if self.kv.txn(txn).await?.succeeded {
                 return Ok(());
             }
         }
-        Err(CatalogError::Unavailable(format!("table {table} kept changing while dropping it; retry")))
+        Err(CatalogError::Unavailable(format!(
+            "table {table} kept changing while dropping it; retry"
+        )))
     }
 
     /// Reads one table.
     pub async fn table(&self, table: &TableRef) -> Result<TableState, CatalogError> {
         let (_, mut states) = self.tables(std::slice::from_ref(table)).await?;
-        states.pop().ok_or_else(|| CatalogError::NotFound(format!("table {table}")))
+        states
+            .pop()
+            .ok_or_else(|| CatalogError::NotFound(format!("table {table}")))
     }
 
     /// Reads several tables at one catalog revision (a consistent view across tables).
-    pub async fn tables(&self, tables: &[TableRef]) -> Result<(Revision, Vec<TableState>), CatalogError> {
+    pub async fn tables(
+        &self,
+        tables: &[TableRef],
+    ) -> Result<(Revision, Vec<TableState>), CatalogError> {
         let keys: Vec<Vec<u8>> = tables.iter().flat_map(|t| self.table_keys(t)).collect();
         let (revision, values) = self.kv.get_many(&keys).await?;
         let states = tables
             .iter()
             .zip(values.chunks(3))
-            .map(|(t, kvs)| self.decode_table(t, kvs)?.ok_or_else(|| CatalogError::NotFound(format!("table {t}"))))
+            .map(|(t, kvs)| {
+                self.decode_table(t, kvs)?
+                    .ok_or_else(|| CatalogError::NotFound(format!("table {t}")))
+            })
             .collect::<Result<_, _>>()?;
         Ok((revision, states))
     }
 
     fn table_keys(&self, table: &TableRef) -> [Vec<u8>; 3] {
-        [self.keys.table_meta(table), self.keys.table_schema(table), self.keys.table_snapshot(table)]
+        [
+            self.keys.table_meta(table),
+            self.keys.table_schema(table),
+            self.keys.table_snapshot(table),
+        ]
     }
 
-    fn decode_table(&self, table: &TableRef, kvs: &[Option<KeyValue>]) -> Result<Option<TableState>, CatalogError> {
-        let [Some(meta), Some(schema), Some(snapshot)] = kvs else { return Ok(None) };
+    fn decode_table(
+        &self,
+        table: &TableRef,
+        kvs: &[Option<KeyValue>],
+    ) -> Result<Option<TableState>, CatalogError> {
+        let [Some(meta), Some(schema), Some(snapshot)] = kvs else {
+            return Ok(None);
+        };
         Ok(Some(TableState {
             table: table.clone(),
             meta: decode(meta)?,
@@ -404,15 +482,21 @@ impl Catalog {
     }
 
     /// Lists every table, or those of one catalog, at one revision, sorted by name.
-    pub async fn list_tables(&self, catalog: Option<&str>) -> Result<(Revision, Vec<TableState>), CatalogError> {
+    pub async fn list_tables(
+        &self,
+        catalog: Option<&str>,
+    ) -> Result<(Revision, Vec<TableState>), CatalogError> {
         let prefix = match catalog {
             Some(c) => self.keys.catalog_prefix(c),
             None => self.keys.tables_root(),
         };
         let (revision, kvs) = self.kv.range(prefix.as_bytes()).await?;
-        let mut parts: std::collections::BTreeMap<TableRef, [Option<KeyValue>; 3]> = Default::default();
+        let mut parts: std::collections::BTreeMap<TableRef, [Option<KeyValue>; 3]> =
+            Default::default();
         for kv in kvs {
-            let Some(ParsedKey::Table(table, which)) = self.keys.parse(&kv.key) else { continue };
+            let Some(ParsedKey::Table(table, which)) = self.keys.parse(&kv.key) else {
+                continue;
+            };
             let slot = match which {
                 TableKey::Meta => 0,
                 TableKey::Schema => 1,
@@ -432,31 +516,50 @@ impl Catalog {
 
     /// Every schema version a table has had, oldest first.
     pub async fn schema_history(&self, table: &TableRef) -> Result<Vec<TableSchema>, CatalogError> {
-        let prefix = String::from_utf8_lossy(&self.keys.table_schema_version(table, 0)).trim_end_matches('0').to_owned();
+        let prefix = String::from_utf8_lossy(&self.keys.table_schema_version(table, 0))
+            .trim_end_matches('0')
+            .to_owned();
         let (_, kvs) = self.kv.range(prefix.as_bytes()).await?;
         kvs.iter().map(decode).collect()
     }
 
     /// Widens a table's schema to hold `columns`, rebasing on concurrent widenings until it
     /// lands. Returns the schema now current (unchanged when nothing needed widening).
-    pub async fn widen_schema(&self, table: &TableRef, columns: &[Column]) -> Result<Versioned<TableSchema>, CatalogError> {
+    pub async fn widen_schema(
+        &self,
+        table: &TableRef,
+        columns: &[Column],
+    ) -> Result<Versioned<TableSchema>, CatalogError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let state = self.table(table).await?;
-            let Some(widened) = state.schema.value.widen(table, columns)? else { return Ok(state.schema) };
+            let Some(widened) = state.schema.value.widen(table, columns)? else {
+                return Ok(state.schema);
+            };
             let txn = Txn {
-                compares: vec![Compare::mod_revision(self.keys.table_schema(table), state.schema.mod_revision)],
+                compares: vec![Compare::mod_revision(
+                    self.keys.table_schema(table),
+                    state.schema.mod_revision,
+                )],
                 on_success: vec![
                     Op::put(self.keys.table_schema(table), encode(&widened)?),
-                    Op::put(self.keys.table_schema_version(table, widened.version), encode(&widened)?),
+                    Op::put(
+                        self.keys.table_schema_version(table, widened.version),
+                        encode(&widened)?,
+                    ),
                 ],
                 read_on_failure: Vec::new(),
             };
             let outcome = self.kv.txn(txn).await?;
             if outcome.succeeded {
-                return Ok(Versioned { value: widened, mod_revision: outcome.revision });
+                return Ok(Versioned {
+                    value: widened,
+                    mod_revision: outcome.revision,
+                });
             }
         }
-        Err(CatalogError::Unavailable(format!("schema of {table} kept changing under {MAX_CAS_ATTEMPTS} attempts to widen it")))
+        Err(CatalogError::Unavailable(format!(
+            "schema of {table} kept changing under {MAX_CAS_ATTEMPTS} attempts to widen it"
+        )))
     }
 
     // ----- the commit ---------------------------------------------------------------------
@@ -478,43 +581,81 @@ impl Catalog {
             }
         };
         if outcome.succeeded {
-            return Ok(CommitOutcome::Committed { revision: outcome.revision });
+            return Ok(CommitOutcome::Committed {
+                revision: outcome.revision,
+            });
         }
         self.resolve_failed_commit(commit, &outcome.reads)
     }
 
     fn commit_txn(&self, commit: &CatalogCommit) -> Result<Txn, CatalogError> {
         if commit.tables.is_empty() && commit.cursor.is_none() {
-            return Err(CatalogError::invalid("commit", "touches no table and no cursor"));
+            return Err(CatalogError::invalid(
+                "commit",
+                "touches no table and no cursor",
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = commit.tables.iter().find(|t| !seen.insert(&t.table)) {
-            return Err(CatalogError::invalid("commit", format!("table {} appears twice", dup.table)));
+            return Err(CatalogError::invalid(
+                "commit",
+                format!("table {} appears twice", dup.table),
+            ));
         }
         let now = now_ms();
         let mut txn = Txn::default();
         if let Some(cursor) = &commit.cursor {
             let name = &cursor.claim.connector;
-            txn.compares.push(Compare::mod_revision(self.keys.connector(name, ConnectorKey::Epoch), cursor.claim.epoch_revision));
-            txn.compares.push(Compare::mod_revision(self.keys.connector(name, ConnectorKey::Cursor), cursor.base_cursor_revision));
+            txn.compares.push(Compare::mod_revision(
+                self.keys.connector(name, ConnectorKey::Epoch),
+                cursor.claim.epoch_revision,
+            ));
+            txn.compares.push(Compare::mod_revision(
+                self.keys.connector(name, ConnectorKey::Cursor),
+                cursor.base_cursor_revision,
+            ));
             let value = SourceCursor {
                 position: cursor.position.clone(),
                 commit_id: commit.commit_id,
                 epoch: cursor.claim.epoch,
                 committed_at_ms: now,
             };
-            txn.on_success.push(Op::put(self.keys.connector(name, ConnectorKey::Cursor), encode(&value)?));
-            txn.read_on_failure.push(self.keys.connector(name, ConnectorKey::Epoch));
-            txn.read_on_failure.push(self.keys.connector(name, ConnectorKey::Cursor));
+            txn.on_success.push(Op::put(
+                self.keys.connector(name, ConnectorKey::Cursor),
+                encode(&value)?,
+            ));
+            txn.read_on_failure
+                .push(self.keys.connector(name, ConnectorKey::Epoch));
+            txn.read_on_failure
+                .push(self.keys.connector(name, ConnectorKey::Cursor));
         }
         for table in &commit.tables {
-            txn.compares.push(Compare::mod_revision(self.keys.table_snapshot(&table.table), table.base_snapshot_revision));
-            txn.compares.push(Compare::mod_revision(self.keys.table_schema(&table.table), table.base_schema_revision));
-            let snapshot = TableSnapshot { commit_id: Some(commit.commit_id), committed_at_ms: now, ..table.snapshot.clone() };
-            txn.on_success.push(Op::put(self.keys.table_snapshot(&table.table), encode(&snapshot)?));
+            txn.compares.push(Compare::mod_revision(
+                self.keys.table_snapshot(&table.table),
+                table.base_snapshot_revision,
+            ));
+            txn.compares.push(Compare::mod_revision(
+                self.keys.table_schema(&table.table),
+                table.base_schema_revision,
+            ));
+            let snapshot = TableSnapshot {
+                commit_id: Some(commit.commit_id),
+                committed_at_ms: now,
+                ..table.snapshot.clone()
+            };
+            txn.on_success.push(Op::put(
+                self.keys.table_snapshot(&table.table),
+                encode(&snapshot)?,
+            ));
             if let Some(schema) = &table.new_schema {
-                txn.on_success.push(Op::put(self.keys.table_schema(&table.table), encode(schema)?));
-                txn.on_success.push(Op::put(self.keys.table_schema_version(&table.table, schema.version), encode(schema)?));
+                txn.on_success.push(Op::put(
+                    self.keys.table_schema(&table.table),
+                    encode(schema)?,
+                ));
+                txn.on_success.push(Op::put(
+                    self.keys.table_schema_version(&table.table, schema.version),
+                    encode(schema)?,
+                ));
             }
             txn.read_on_failure.extend(self.table_keys(&table.table));
         }
@@ -522,24 +663,38 @@ impl Catalog {
     }
 
     /// Turns a failed commit's reads into fenced, already-committed, or a conflict to rebase on.
-    fn resolve_failed_commit(&self, commit: &CatalogCommit, reads: &[Option<KeyValue>]) -> Result<CommitOutcome, CatalogError> {
-        let (cursor_reads, table_reads) = reads.split_at(if commit.cursor.is_some() { 2 } else { 0 });
+    fn resolve_failed_commit(
+        &self,
+        commit: &CatalogCommit,
+        reads: &[Option<KeyValue>],
+    ) -> Result<CommitOutcome, CatalogError> {
+        let (cursor_reads, table_reads) =
+            reads.split_at(if commit.cursor.is_some() { 2 } else { 0 });
         let mut current_cursor = None;
         if let Some(advance) = &commit.cursor {
             let epoch_kv = &cursor_reads[0];
             if revision_of(epoch_kv) != advance.claim.epoch_revision {
-                let current = epoch_kv.as_ref().map(decode::<u64>).transpose()?.unwrap_or(0);
+                let current = epoch_kv
+                    .as_ref()
+                    .map(decode::<u64>)
+                    .transpose()?
+                    .unwrap_or(0);
                 return Err(CatalogError::Fenced {
                     connector: advance.claim.connector.clone(),
                     held: advance.claim.epoch,
                     current,
                 });
             }
-            current_cursor = cursor_reads[1].as_ref().map(decode_versioned::<SourceCursor>).transpose()?;
-            if let Some(c) = &current_cursor {
-                if c.value.commit_id == commit.commit_id {
-                    return Ok(CommitOutcome::Committed { revision: c.mod_revision });
-                }
+            current_cursor = cursor_reads[1]
+                .as_ref()
+                .map(decode_versioned::<SourceCursor>)
+                .transpose()?;
+            if let Some(c) = &current_cursor
+                && c.value.commit_id == commit.commit_id
+            {
+                return Ok(CommitOutcome::Committed {
+                    revision: c.mod_revision,
+                });
             }
         }
         let mut tables = Vec::with_capacity(commit.tables.len());
@@ -551,11 +706,18 @@ impl Catalog {
         }
         if commit.cursor.is_none()
             && !tables.is_empty()
-            && tables.iter().all(|t| t.snapshot.value.commit_id == Some(commit.commit_id))
+            && tables
+                .iter()
+                .all(|t| t.snapshot.value.commit_id == Some(commit.commit_id))
         {
-            return Ok(CommitOutcome::Committed { revision: tables[0].snapshot.mod_revision });
+            return Ok(CommitOutcome::Committed {
+                revision: tables[0].snapshot.mod_revision,
+            });
         }
-        Ok(CommitOutcome::Conflict(CommitConflict { cursor: current_cursor, tables }))
+        Ok(CommitOutcome::Conflict(CommitConflict {
+            cursor: current_cursor,
+            tables,
+        }))
     }
 
     // ----- connectors ---------------------------------------------------------------------
@@ -566,11 +728,20 @@ impl Catalog {
         reject_password_in_url(&spec.connection.url)?;
         let name = &spec.name;
         let txn = Txn {
-            compares: vec![Compare::mod_revision(self.keys.connector(name, ConnectorKey::Spec), 0)],
+            compares: vec![Compare::mod_revision(
+                self.keys.connector(name, ConnectorKey::Spec),
+                0,
+            )],
             on_success: vec![
                 Op::put(self.keys.connector(name, ConnectorKey::Spec), encode(spec)?),
-                Op::put(self.keys.connector(name, ConnectorKey::Desired), encode(&DesiredState::Running)?),
-                Op::put(self.keys.connector(name, ConnectorKey::Status), encode(&ConnectorStatus::default())?),
+                Op::put(
+                    self.keys.connector(name, ConnectorKey::Desired),
+                    encode(&DesiredState::Running)?,
+                ),
+                Op::put(
+                    self.keys.connector(name, ConnectorKey::Status),
+                    encode(&ConnectorStatus::default())?,
+                ),
             ],
             read_on_failure: Vec::new(),
         };
@@ -581,20 +752,39 @@ impl Catalog {
     }
 
     fn connector_keys(&self, name: &str) -> Vec<Vec<u8>> {
-        [ConnectorKey::Spec, ConnectorKey::Desired, ConnectorKey::Status, ConnectorKey::Cursor, ConnectorKey::Epoch, ConnectorKey::Holder]
-            .into_iter()
-            .map(|k| self.keys.connector(name, k))
-            .collect()
+        [
+            ConnectorKey::Spec,
+            ConnectorKey::Desired,
+            ConnectorKey::Status,
+            ConnectorKey::Cursor,
+            ConnectorKey::Epoch,
+            ConnectorKey::Holder,
+        ]
+        .into_iter()
+        .map(|k| self.keys.connector(name, k))
+        .collect()
     }
 
-    fn decode_connector(&self, name: &str, kvs: &[Option<KeyValue>]) -> Result<ConnectorState, CatalogError> {
+    fn decode_connector(
+        &self,
+        name: &str,
+        kvs: &[Option<KeyValue>],
+    ) -> Result<ConnectorState, CatalogError> {
         let [spec, desired, status, cursor, epoch, holder] = kvs else {
-            return Err(CatalogError::Storage("connector read returned the wrong number of keys".into()));
+            return Err(CatalogError::Storage(
+                "connector read returned the wrong number of keys".into(),
+            ));
         };
-        let spec = spec.as_ref().ok_or_else(|| CatalogError::NotFound(format!("connector `{name}`")))?;
+        let spec = spec
+            .as_ref()
+            .ok_or_else(|| CatalogError::NotFound(format!("connector `{name}`")))?;
         Ok(ConnectorState {
             spec: decode(spec)?,
-            desired: desired.as_ref().map(decode).transpose()?.unwrap_or_default(),
+            desired: desired
+                .as_ref()
+                .map(decode)
+                .transpose()?
+                .unwrap_or_default(),
             status: status.as_ref().map(decode).transpose()?.unwrap_or_default(),
             cursor: cursor.as_ref().map(decode_versioned).transpose()?,
             epoch: epoch.as_ref().map(decode).transpose()?.unwrap_or(0),
@@ -610,10 +800,16 @@ impl Catalog {
 
     /// Lists every connector, sorted by name.
     pub async fn list_connectors(&self) -> Result<Vec<ConnectorState>, CatalogError> {
-        let (_, kvs) = self.kv.range(self.keys.connectors_root().as_bytes()).await?;
-        let mut by_name: std::collections::BTreeMap<String, Vec<Option<KeyValue>>> = Default::default();
+        let (_, kvs) = self
+            .kv
+            .range(self.keys.connectors_root().as_bytes())
+            .await?;
+        let mut by_name: std::collections::BTreeMap<String, Vec<Option<KeyValue>>> =
+            Default::default();
         for kv in kvs {
-            let Some(ParsedKey::Connector(name, which)) = self.keys.parse(&kv.key) else { continue };
+            let Some(ParsedKey::Connector(name, which)) = self.keys.parse(&kv.key) else {
+                continue;
+            };
             let slot = match which {
                 ConnectorKey::Spec => 0,
                 ConnectorKey::Desired => 1,
@@ -642,21 +838,37 @@ impl Catalog {
         }
         let txn = Txn {
             compares: vec![Compare::mod_revision(spec_key, revision)],
-            on_success: self.connector_keys(name).into_iter().map(Op::delete).collect(),
+            on_success: self
+                .connector_keys(name)
+                .into_iter()
+                .map(Op::delete)
+                .collect(),
             read_on_failure: Vec::new(),
         };
         if !self.kv.txn(txn).await?.succeeded {
-            return Err(CatalogError::Unavailable(format!("connector `{name}` changed while deleting it; retry")));
+            return Err(CatalogError::Unavailable(format!(
+                "connector `{name}` changed while deleting it; retry"
+            )));
         }
         Ok(())
     }
 
     /// Sets whether a connector should run (pause / resume).
-    pub async fn set_desired_state(&self, name: &str, desired: DesiredState) -> Result<(), CatalogError> {
-        self.put_if_connector_exists(name, ConnectorKey::Desired, encode(&desired)?).await
+    pub async fn set_desired_state(
+        &self,
+        name: &str,
+        desired: DesiredState,
+    ) -> Result<(), CatalogError> {
+        self.put_if_connector_exists(name, ConnectorKey::Desired, encode(&desired)?)
+            .await
     }
 
-    async fn put_if_connector_exists(&self, name: &str, key: ConnectorKey, value: Vec<u8>) -> Result<(), CatalogError> {
+    async fn put_if_connector_exists(
+        &self,
+        name: &str,
+        key: ConnectorKey,
+        value: Vec<u8>,
+    ) -> Result<(), CatalogError> {
         let spec_key = self.keys.connector(name, ConnectorKey::Spec);
         let (_, kvs) = self.kv.get_many(std::slice::from_ref(&spec_key)).await?;
         let revision = revision_of(&kvs[0]);
@@ -676,12 +888,22 @@ impl Catalog {
 
     /// Writes a connector's status under a claim: a fenced worker cannot overwrite the status
     /// its successor writes.
-    pub async fn put_status(&self, claim: &ConnectorClaim, status: &ConnectorStatus) -> Result<(), CatalogError> {
+    pub async fn put_status(
+        &self,
+        claim: &ConnectorClaim,
+        status: &ConnectorStatus,
+    ) -> Result<(), CatalogError> {
         let fence = &claim.fence;
         let epoch_key = self.keys.connector(&fence.connector, ConnectorKey::Epoch);
         let txn = Txn {
-            compares: vec![Compare::mod_revision(epoch_key.clone(), fence.epoch_revision)],
-            on_success: vec![Op::put(self.keys.connector(&fence.connector, ConnectorKey::Status), encode(status)?)],
+            compares: vec![Compare::mod_revision(
+                epoch_key.clone(),
+                fence.epoch_revision,
+            )],
+            on_success: vec![Op::put(
+                self.keys.connector(&fence.connector, ConnectorKey::Status),
+                encode(status)?,
+            )],
             read_on_failure: vec![epoch_key],
         };
         let outcome = self.kv.txn(txn).await?;
@@ -691,11 +913,19 @@ impl Catalog {
         Err(self.fenced(fence, &outcome.reads[0])?)
     }
 
-    fn fenced(&self, fence: &ClaimFence, epoch_kv: &Option<KeyValue>) -> Result<CatalogError, CatalogError> {
+    fn fenced(
+        &self,
+        fence: &ClaimFence,
+        epoch_kv: &Option<KeyValue>,
+    ) -> Result<CatalogError, CatalogError> {
         Ok(CatalogError::Fenced {
             connector: fence.connector.clone(),
             held: fence.epoch,
-            current: epoch_kv.as_ref().map(decode::<u64>).transpose()?.unwrap_or(0),
+            current: epoch_kv
+                .as_ref()
+                .map(decode::<u64>)
+                .transpose()?
+                .unwrap_or(0),
         })
     }
 
@@ -703,11 +933,25 @@ impl Catalog {
 
     /// Registers a live worker under a lease of `ttl`, kept alive in the background (every
     /// third of the TTL) until the session is dropped or closed.
-    pub async fn start_session(&self, worker_id: &str, ttl: Duration) -> Result<WorkerSession, CatalogError> {
+    pub async fn start_session(
+        &self,
+        worker_id: &str,
+        ttl: Duration,
+    ) -> Result<WorkerSession, CatalogError> {
         validate_identifier("worker id", worker_id)?;
         let lease = self.kv.grant_lease(ttl).await?;
-        let record = WorkerRecord { worker_id: worker_id.to_owned(), started_at_ms: now_ms() };
-        let txn = Txn { on_success: vec![Op::put_with_lease(self.keys.worker(worker_id), encode(&record)?, lease)], ..Txn::default() };
+        let record = WorkerRecord {
+            worker_id: worker_id.to_owned(),
+            started_at_ms: now_ms(),
+        };
+        let txn = Txn {
+            on_success: vec![Op::put_with_lease(
+                self.keys.worker(worker_id),
+                encode(&record)?,
+                lease,
+            )],
+            ..Txn::default()
+        };
         self.kv.txn(txn).await?;
         let (lost_tx, lost) = watch::channel(false);
         // Weak: a session must not keep a closed catalog's backend (and its file lock) alive.
@@ -731,12 +975,22 @@ impl Catalog {
                 }
             }
         });
-        Ok(WorkerSession { worker_id: worker_id.to_owned(), lease, lost, keeper, kv: Arc::clone(&self.kv) })
+        Ok(WorkerSession {
+            worker_id: worker_id.to_owned(),
+            lease,
+            lost,
+            keeper,
+            kv: Arc::clone(&self.kv),
+        })
     }
 
     /// Claims a connector for `session`'s worker at a new, higher epoch. `Ok(None)` when another
     /// live worker holds it. The previous holder, if any, is fenced from here on.
-    pub async fn claim_connector(&self, session: &WorkerSession, name: &str) -> Result<Option<ConnectorClaim>, CatalogError> {
+    pub async fn claim_connector(
+        &self,
+        session: &WorkerSession,
+        name: &str,
+    ) -> Result<Option<ConnectorClaim>, CatalogError> {
         let keys = [
             self.keys.connector(name, ConnectorKey::Spec),
             self.keys.connector(name, ConnectorKey::Epoch),
@@ -752,7 +1006,11 @@ impl Catalog {
                 return Ok(None);
             }
             let epoch = kvs[1].as_ref().map(decode::<u64>).transpose()?.unwrap_or(0) + 1;
-            let holder = ConnectorHolder { worker_id: session.worker_id.clone(), epoch, claimed_at_ms: now_ms() };
+            let holder = ConnectorHolder {
+                worker_id: session.worker_id.clone(),
+                epoch,
+                claimed_at_ms: now_ms(),
+            };
             let txn = Txn {
                 compares: vec![
                     Compare::mod_revision(keys[0].clone(), revision_of(&kvs[0])),
@@ -769,7 +1027,11 @@ impl Catalog {
             let outcome = self.kv.txn(txn).await?;
             if outcome.succeeded {
                 return Ok(Some(ConnectorClaim {
-                    fence: ClaimFence { connector: name.to_owned(), epoch, epoch_revision: outcome.revision },
+                    fence: ClaimFence {
+                        connector: name.to_owned(),
+                        epoch,
+                        epoch_revision: outcome.revision,
+                    },
                     cursor: kvs[3].as_ref().map(decode_versioned).transpose()?,
                 }));
             }
@@ -782,8 +1044,13 @@ impl Catalog {
     pub async fn release_connector(&self, claim: &ConnectorClaim) -> Result<(), CatalogError> {
         let fence = &claim.fence;
         let txn = Txn {
-            compares: vec![Compare::mod_revision(self.keys.connector(&fence.connector, ConnectorKey::Epoch), fence.epoch_revision)],
-            on_success: vec![Op::delete(self.keys.connector(&fence.connector, ConnectorKey::Holder))],
+            compares: vec![Compare::mod_revision(
+                self.keys.connector(&fence.connector, ConnectorKey::Epoch),
+                fence.epoch_revision,
+            )],
+            on_success: vec![Op::delete(
+                self.keys.connector(&fence.connector, ConnectorKey::Holder),
+            )],
             read_on_failure: Vec::new(),
         };
         // A failed compare means someone else holds it already: nothing of ours to release.
@@ -796,18 +1063,29 @@ impl Catalog {
     /// Streams catalog changes from `start_revision` on (use the revision of a read plus one
     /// to miss nothing after that read). Ends with [`CatalogError::Compacted`] when the start is
     /// no longer in the backend's history: re-read, then watch again.
-    pub async fn watch(&self, start_revision: Revision) -> Result<impl Stream<Item = Result<CatalogChange, CatalogError>> + Send + use<>, CatalogError> {
+    pub async fn watch(
+        &self,
+        start_revision: Revision,
+    ) -> Result<impl Stream<Item = Result<CatalogChange, CatalogError>> + Send + use<>, CatalogError>
+    {
         let keys = self.keys.clone();
-        let stream = self.kv.watch(keys.root().as_bytes(), start_revision).await?;
+        let stream = self
+            .kv
+            .watch(keys.root().as_bytes(), start_revision)
+            .await?;
         Ok(stream.map(move |batch| {
             let batch = batch?;
             let mut events: Vec<CatalogEvent> = Vec::new();
             for event in &batch.events {
                 let deleted = event.kind == WatchEventKind::Delete;
                 let catalog_event = match keys.parse(&event.kv.key) {
-                    Some(ParsedKey::Table(t, TableKey::Meta)) if deleted => CatalogEvent::TableDropped(t),
+                    Some(ParsedKey::Table(t, TableKey::Meta)) if deleted => {
+                        CatalogEvent::TableDropped(t)
+                    }
                     Some(ParsedKey::Table(t, _)) => CatalogEvent::TableChanged(t),
-                    Some(ParsedKey::Connector(n, ConnectorKey::Spec)) if deleted => CatalogEvent::ConnectorDeleted(n),
+                    Some(ParsedKey::Connector(n, ConnectorKey::Spec)) if deleted => {
+                        CatalogEvent::ConnectorDeleted(n)
+                    }
                     Some(ParsedKey::Connector(n, _)) => CatalogEvent::ConnectorChanged(n),
                     Some(ParsedKey::Worker(w)) => CatalogEvent::WorkerChanged(w),
                     None => continue,
@@ -817,13 +1095,33 @@ impl Catalog {
                 }
             }
             // A dropped table's other keys go in the same revision: report the drop only.
-            let dropped: Vec<TableRef> =
-                events.iter().filter_map(|e| if let CatalogEvent::TableDropped(t) = e { Some(t.clone()) } else { None }).collect();
+            let dropped: Vec<TableRef> = events
+                .iter()
+                .filter_map(|e| {
+                    if let CatalogEvent::TableDropped(t) = e {
+                        Some(t.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
             events.retain(|e| !matches!(e, CatalogEvent::TableChanged(t) if dropped.contains(t)));
-            let deleted: Vec<String> =
-                events.iter().filter_map(|e| if let CatalogEvent::ConnectorDeleted(n) = e { Some(n.clone()) } else { None }).collect();
-            events.retain(|e| !matches!(e, CatalogEvent::ConnectorChanged(n) if deleted.contains(n)));
-            Ok(CatalogChange { revision: batch.revision, events })
+            let deleted: Vec<String> = events
+                .iter()
+                .filter_map(|e| {
+                    if let CatalogEvent::ConnectorDeleted(n) = e {
+                        Some(n.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            events
+                .retain(|e| !matches!(e, CatalogEvent::ConnectorChanged(n) if deleted.contains(n)));
+            Ok(CatalogChange {
+                revision: batch.revision,
+                events,
+            })
         }))
     }
 }
@@ -832,17 +1130,19 @@ impl Catalog {
 /// must never be stored in the catalog.
 fn reject_password_in_url(url: &str) -> Result<(), CatalogError> {
     let Some((_, rest)) = url.split_once("://") else {
-        return Err(CatalogError::invalid("connection.url", "must be a URL such as postgres://user@host:5432/db"));
+        return Err(CatalogError::invalid(
+            "connection.url",
+            "must be a URL such as postgres://user@host:5432/db",
+        ));
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if let Some((userinfo, _)) = authority.rsplit_once('@') {
-        if userinfo.contains(':') {
-            return Err(CatalogError::invalid(
-                "connection.url",
-                "must not contain a password; put it in a secret and name it in connection.secret_ref",
-            ));
-        }
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && userinfo.contains(':')
+    {
+        return Err(CatalogError::invalid(
+            "connection.url",
+            "must not contain a password; put it in a secret and name it in connection.secret_ref",
+        ));
     }
     Ok(())
 }
-

@@ -59,7 +59,9 @@ pub enum CatalogError {
     TooLarge(String),
 
     /// A watch started before the oldest revision the backend still remembers.
-    #[error("catalog watch history is compacted up to revision {0}: re-read the catalog and watch from the revision read")]
+    #[error(
+        "catalog watch history is compacted up to revision {0}: re-read the catalog and watch from the revision read"
+    )]
     Compacted(i64),
 
     /// The lease lapsed or was revoked.

@@ -114,14 +114,20 @@ impl ConnectorKey {
     ];
 
     fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or("spec")
+        Self::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("spec")
     }
 }
 
 impl Keys {
     /// Keys under `prefix` (a trailing `/` is ignored; an empty prefix is the root).
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.trim_end_matches('/').to_owned() }
+        Self {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
     }
 
     /// The prefix every catalog key starts with (ends with `/`).
@@ -136,7 +142,12 @@ impl Keys {
 
     /// Prefix of the tables of one schema (`catalog.schema`).
     pub fn schema_prefix(&self, catalog: &str, schema: &str) -> String {
-        format!("{}{}/{}/", self.tables_root(), escape(catalog), escape(schema))
+        format!(
+            "{}{}/{}/",
+            self.tables_root(),
+            escape(catalog),
+            escape(schema)
+        )
     }
 
     /// Prefix of the tables of one catalog.
@@ -145,7 +156,11 @@ impl Keys {
     }
 
     fn table_prefix(&self, table: &TableRef) -> String {
-        format!("{}{}/", self.schema_prefix(&table.catalog, &table.schema), escape(&table.table))
+        format!(
+            "{}{}/",
+            self.schema_prefix(&table.catalog, &table.schema),
+            escape(&table.table)
+        )
     }
 
     /// `…/meta` of a table.
@@ -211,7 +226,10 @@ impl Keys {
                 Some(ParsedKey::Table(table, which))
             }
             ["connectors", name, leaf] => {
-                let which = ConnectorKey::ALL.iter().find(|(_, n)| n == leaf).map(|(k, _)| *k)?;
+                let which = ConnectorKey::ALL
+                    .iter()
+                    .find(|(_, n)| n == leaf)
+                    .map(|(k, _)| *k)?;
                 Some(ParsedKey::Connector(unescape(name)?, which))
             }
             ["workers", id] => Some(ParsedKey::Worker(unescape(id)?)),
@@ -231,15 +249,23 @@ mod tests {
         let key = keys.table_snapshot(&hostile);
         let text = String::from_utf8(key.clone()).expect("keys are ASCII");
         assert!(text.starts_with("/kyma/tables/kyma/a%2Fb/"), "{text}");
-        assert_eq!(text.matches('/').count(), 6, "escaped names add no path steps: {text}");
-        assert_eq!(keys.parse(&key), Some(ParsedKey::Table(hostile, TableKey::Snapshot)));
+        assert_eq!(
+            text.matches('/').count(),
+            6,
+            "escaped names add no path steps: {text}"
+        );
+        assert_eq!(
+            keys.parse(&key),
+            Some(ParsedKey::Table(hostile, TableKey::Snapshot))
+        );
     }
 
     #[test]
     fn a_schema_prefix_does_not_match_a_longer_schema_name() {
         let keys = Keys::new("/p");
         let short = keys.schema_prefix("kyma", "s");
-        let longer = String::from_utf8(keys.table_meta(&TableRef::new("kyma", "s2", "t"))).expect("ascii");
+        let longer =
+            String::from_utf8(keys.table_meta(&TableRef::new("kyma", "s2", "t"))).expect("ascii");
         assert!(!longer.starts_with(&short));
     }
 

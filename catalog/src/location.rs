@@ -28,29 +28,43 @@ impl CatalogLocation {
         let invalid = |reason: String| CatalogError::invalid(field, reason);
         if let Some(path) = value.strip_prefix("embedded://") {
             if path.is_empty() {
-                return Err(invalid("embedded:// needs a file path, e.g. embedded:///var/lib/kyma/catalog.redb".into()));
+                return Err(invalid(
+                    "embedded:// needs a file path, e.g. embedded:///var/lib/kyma/catalog.redb"
+                        .into(),
+                ));
             }
-            return Ok(CatalogLocation::Embedded { path: PathBuf::from(path) });
+            return Ok(CatalogLocation::Embedded {
+                path: PathBuf::from(path),
+            });
         }
         let Some(rest) = value.strip_prefix("etcd://") else {
-            return Err(invalid(format!("`{value}` is not a catalog location: use etcd://HOST:PORT[,HOST:PORT]/PREFIX")));
+            return Err(invalid(format!(
+                "`{value}` is not a catalog location: use etcd://HOST:PORT[,HOST:PORT]/PREFIX"
+            )));
         };
         let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let prefix = prefix.trim_end_matches('/');
         if prefix.is_empty() {
-            return Err(invalid(format!("`{value}` has no key prefix: add one, e.g. etcd://{hosts}/kyma")));
+            return Err(invalid(format!(
+                "`{value}` has no key prefix: add one, e.g. etcd://{hosts}/kyma"
+            )));
         }
         let mut endpoints = Vec::new();
         for host in hosts.split(',') {
-            let (name, port) = host
-                .rsplit_once(':')
-                .ok_or_else(|| invalid(format!("etcd endpoint `{host}` needs a port, e.g. {host}:2379")))?;
+            let (name, port) = host.rsplit_once(':').ok_or_else(|| {
+                invalid(format!(
+                    "etcd endpoint `{host}` needs a port, e.g. {host}:2379"
+                ))
+            })?;
             if name.is_empty() || port.parse::<u16>().is_err() {
                 return Err(invalid(format!("etcd endpoint `{host}` is not HOST:PORT")));
             }
             endpoints.push(format!("http://{host}"));
         }
-        Ok(CatalogLocation::Etcd { endpoints, prefix: format!("/{prefix}") })
+        Ok(CatalogLocation::Etcd {
+            endpoints,
+            prefix: format!("/{prefix}"),
+        })
     }
 }
 
@@ -60,10 +74,14 @@ mod tests {
 
     #[test]
     fn parses_several_etcd_endpoints_and_a_prefix() {
-        let parsed = CatalogLocation::parse("--catalog", "etcd://a:2379,b:2380/kyma/prod/").expect("valid");
+        let parsed =
+            CatalogLocation::parse("--catalog", "etcd://a:2379,b:2380/kyma/prod/").expect("valid");
         assert_eq!(
             parsed,
-            CatalogLocation::Etcd { endpoints: vec!["http://a:2379".into(), "http://b:2380".into()], prefix: "/kyma/prod".into() }
+            CatalogLocation::Etcd {
+                endpoints: vec!["http://a:2379".into(), "http://b:2380".into()],
+                prefix: "/kyma/prod".into()
+            }
         );
     }
 
@@ -75,8 +93,13 @@ mod tests {
             ("etcd://a/kyma", "needs a port"),
             ("etcd://a:notaport/kyma", "not HOST:PORT"),
         ] {
-            let message = CatalogLocation::parse("--catalog", bad).expect_err(bad).to_string();
-            assert!(message.contains("--catalog") && message.contains(hint), "{bad}: {message}");
+            let message = CatalogLocation::parse("--catalog", bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                message.contains("--catalog") && message.contains(hint),
+                "{bad}: {message}"
+            );
         }
     }
 }

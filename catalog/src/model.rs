@@ -28,13 +28,25 @@ pub struct TableRef {
 
 impl TableRef {
     /// A table reference from its three parts.
-    pub fn new(catalog: impl Into<String>, schema: impl Into<String>, table: impl Into<String>) -> Self {
-        Self { catalog: catalog.into(), schema: schema.into(), table: table.into() }
+    pub fn new(
+        catalog: impl Into<String>,
+        schema: impl Into<String>,
+        table: impl Into<String>,
+    ) -> Self {
+        Self {
+            catalog: catalog.into(),
+            schema: schema.into(),
+            table: table.into(),
+        }
     }
 
     /// Refuses empty parts and control characters, naming the part at fault.
     pub fn validate(&self) -> Result<(), CatalogError> {
-        for (field, value) in [("catalog", &self.catalog), ("schema", &self.schema), ("table", &self.table)] {
+        for (field, value) in [
+            ("catalog", &self.catalog),
+            ("schema", &self.schema),
+            ("table", &self.table),
+        ] {
             validate_identifier(field, value)?;
         }
         Ok(())
@@ -48,17 +60,26 @@ pub fn validate_identifier(field: &str, value: &str) -> Result<(), CatalogError>
         return Err(CatalogError::invalid(field, "must not be empty"));
     }
     if value.len() > 255 {
-        return Err(CatalogError::invalid(field, format!("is {} bytes long; at most 255 are allowed", value.len())));
+        return Err(CatalogError::invalid(
+            field,
+            format!("is {} bytes long; at most 255 are allowed", value.len()),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(CatalogError::invalid(field, format!("{value:?} contains a control character")));
+        return Err(CatalogError::invalid(
+            field,
+            format!("{value:?} contains a control character"),
+        ));
     }
     Ok(())
 }
 
 impl fmt::Display for TableRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, part) in [&self.catalog, &self.schema, &self.table].into_iter().enumerate() {
+        for (i, part) in [&self.catalog, &self.schema, &self.table]
+            .into_iter()
+            .enumerate()
+        {
             if i > 0 {
                 f.write_str(".")?;
             }
@@ -185,7 +206,12 @@ pub struct Column {
 impl Column {
     /// A nullable column.
     pub fn new(name: impl Into<String>, ty: KymaType) -> Self {
-        Self { name: name.into(), ty, nullable: true, promoted_from: None }
+        Self {
+            name: name.into(),
+            ty,
+            nullable: true,
+            promoted_from: None,
+        }
     }
 
     /// The same column, NOT NULL.
@@ -208,7 +234,10 @@ impl TableSchema {
     /// The first version of a schema. Refuses empty and duplicate column names.
     pub fn initial(columns: Vec<Column>) -> Result<Self, CatalogError> {
         check_columns(&columns)?;
-        Ok(Self { version: 1, columns })
+        Ok(Self {
+            version: 1,
+            columns,
+        })
     }
 
     /// The column named `name`.
@@ -225,15 +254,25 @@ impl TableSchema {
     /// - a column proposed with another type is refused (never narrow or retype: the writer
     ///   routes such values to a dynamic column instead); so is another promotion source;
     /// - columns the proposal does not mention are kept.
-    pub fn widen(&self, table: &TableRef, proposed: &[Column]) -> Result<Option<Self>, CatalogError> {
+    pub fn widen(
+        &self,
+        table: &TableRef,
+        proposed: &[Column],
+    ) -> Result<Option<Self>, CatalogError> {
         check_columns(proposed)?;
-        let refuse = |reason: String| CatalogError::SchemaChange { table: table.to_string(), reason };
+        let refuse = |reason: String| CatalogError::SchemaChange {
+            table: table.to_string(),
+            reason,
+        };
         let mut columns = self.columns.clone();
         let mut changed = false;
         for column in proposed {
             match columns.iter_mut().find(|c| c.name == column.name) {
                 None => {
-                    columns.push(Column { nullable: true, ..column.clone() });
+                    columns.push(Column {
+                        nullable: true,
+                        ..column.clone()
+                    });
                     changed = true;
                 }
                 Some(existing) => {
@@ -243,7 +282,9 @@ impl TableSchema {
                             column.name, existing.ty, column.ty
                         )));
                     }
-                    if column.promoted_from.is_some() && existing.promoted_from != column.promoted_from {
+                    if column.promoted_from.is_some()
+                        && existing.promoted_from != column.promoted_from
+                    {
                         return Err(refuse(format!(
                             "column `{}` exists already and is not promoted from that dynamic path",
                             column.name
@@ -256,7 +297,10 @@ impl TableSchema {
                 }
             }
         }
-        Ok(changed.then(|| TableSchema { version: self.version + 1, columns }))
+        Ok(changed.then(|| TableSchema {
+            version: self.version + 1,
+            columns,
+        }))
     }
 }
 
@@ -265,7 +309,10 @@ fn check_columns(columns: &[Column]) -> Result<(), CatalogError> {
     for column in columns {
         validate_identifier("column name", &column.name)?;
         if !seen.insert(column.name.as_str()) {
-            return Err(CatalogError::invalid("columns", format!("column `{}` appears twice", column.name)));
+            return Err(CatalogError::invalid(
+                "columns",
+                format!("column `{}` appears twice", column.name),
+            ));
         }
     }
     Ok(())
@@ -440,7 +487,9 @@ pub struct RetentionSpec {
 
 impl Default for RetentionSpec {
     fn default() -> Self {
-        Self { tombstone_days: default_tombstone_days() }
+        Self {
+            tombstone_days: default_tombstone_days(),
+        }
     }
 }
 

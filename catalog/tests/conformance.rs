@@ -25,9 +25,17 @@ struct Fixture {
 }
 
 async fn etcd_fixture_on(endpoint: String) -> Fixture {
-    let kv: Arc<dyn KvBackend> = Arc::new(EtcdBackend::connect(&[endpoint]).await.expect("connect to etcd"));
+    let kv: Arc<dyn KvBackend> = Arc::new(
+        EtcdBackend::connect(&[endpoint])
+            .await
+            .expect("connect to etcd"),
+    );
     let prefix = format!("/{}", unique_name("conformance"));
-    Fixture { catalog: Catalog::new(Arc::clone(&kv), &prefix), kv, _dir: None }
+    Fixture {
+        catalog: Catalog::new(Arc::clone(&kv), &prefix),
+        kv,
+        _dir: None,
+    }
 }
 
 async fn etcd_fixture() -> Fixture {
@@ -36,8 +44,16 @@ async fn etcd_fixture() -> Fixture {
 
 async fn embedded_fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
-    let kv: Arc<dyn KvBackend> = Arc::new(EmbeddedBackend::open(dir.path().join("catalog.redb")).await.expect("open embedded"));
-    Fixture { catalog: Catalog::new(Arc::clone(&kv), ""), kv, _dir: Some(dir) }
+    let kv: Arc<dyn KvBackend> = Arc::new(
+        EmbeddedBackend::open(dir.path().join("catalog.redb"))
+            .await
+            .expect("open embedded"),
+    );
+    Fixture {
+        catalog: Catalog::new(Arc::clone(&kv), ""),
+        kv,
+        _dir: Some(dir),
+    }
 }
 
 fn table(name: &str) -> TableRef {
@@ -62,14 +78,25 @@ fn connector_spec(name: &str) -> ConnectorSpec {
 
 /// Commits `manifest` on top of the table's current state, rebasing on conflicts, and returns
 /// the snapshot version it won.
-async fn commit_until_won(catalog: &Catalog, t: &TableRef, manifest: &str, columns: &[Column]) -> u64 {
+async fn commit_until_won(
+    catalog: &Catalog,
+    t: &TableRef,
+    manifest: &str,
+    columns: &[Column],
+) -> u64 {
     let mut base = catalog.table(t).await.expect("read table");
     loop {
         let change = TableCommit::on(&base, manifest, columns).expect("widen");
         let version = change.snapshot.version;
-        match catalog.commit(&CatalogCommit::tables(vec![change])).await.expect("commit") {
+        match catalog
+            .commit(&CatalogCommit::tables(vec![change]))
+            .await
+            .expect("commit")
+        {
             CommitOutcome::Committed { .. } => return version,
-            CommitOutcome::Conflict(conflict) => base = conflict.tables.into_iter().next().expect("one table"),
+            CommitOutcome::Conflict(conflict) => {
+                base = conflict.tables.into_iter().next().expect("one table")
+            }
         }
     }
 }
@@ -83,7 +110,9 @@ async fn watch_until(
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !done(seen) {
-        let next = tokio::time::timeout_at(deadline, stream.next()).await.expect("watch delivered in time");
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("watch delivered in time");
         seen.push(next.expect("watch still open").expect("watch event"));
     }
 }
@@ -94,13 +123,30 @@ mod cases {
     pub async fn tables_are_created_read_listed_and_dropped(f: Fixture) {
         let c = &f.catalog;
         let hostile = TableRef::new("kyma", "we/ird", "x\"; DROP TABLE y; --");
-        let columns = vec![Column::new("id", KymaType::Long).not_null(), Column::new("attributes", KymaType::Dynamic)];
-        let created = c.create_table(&hostile, TableOrigin::Native, columns.clone()).await.expect("create");
+        let columns = vec![
+            Column::new("id", KymaType::Long).not_null(),
+            Column::new("attributes", KymaType::Dynamic),
+        ];
+        let created = c
+            .create_table(&hostile, TableOrigin::Native, columns.clone())
+            .await
+            .expect("create");
         assert_eq!(created.snapshot.value.version, 0);
         assert_eq!(created.schema.value.columns, columns);
-        let again = c.create_table(&hostile, TableOrigin::Native, columns.clone()).await;
-        assert!(matches!(again, Err(CatalogError::AlreadyExists(_))), "{again:?}");
-        c.create_table(&table("plain"), TableOrigin::Native, vec![Column::new("v", KymaType::Vector(3))]).await.expect("create");
+        let again = c
+            .create_table(&hostile, TableOrigin::Native, columns.clone())
+            .await;
+        assert!(
+            matches!(again, Err(CatalogError::AlreadyExists(_))),
+            "{again:?}"
+        );
+        c.create_table(
+            &table("plain"),
+            TableOrigin::Native,
+            vec![Column::new("v", KymaType::Vector(3))],
+        )
+        .await
+        .expect("create");
 
         let read = c.table(&hostile).await.expect("read");
         assert_eq!(read, created);
@@ -109,17 +155,35 @@ mod cases {
         assert_eq!(names, vec![table("plain"), hostile.clone()]);
 
         c.drop_table(&hostile).await.expect("drop");
-        assert!(matches!(c.table(&hostile).await, Err(CatalogError::NotFound(_))));
-        assert!(matches!(c.drop_table(&hostile).await, Err(CatalogError::NotFound(_))));
-        let bad = c.create_table(&TableRef::new("kyma", "", "t"), TableOrigin::Native, vec![]).await;
-        assert!(matches!(bad, Err(CatalogError::InvalidArgument { ref field, .. }) if field == "schema"), "{bad:?}");
+        assert!(matches!(
+            c.table(&hostile).await,
+            Err(CatalogError::NotFound(_))
+        ));
+        assert!(matches!(
+            c.drop_table(&hostile).await,
+            Err(CatalogError::NotFound(_))
+        ));
+        let bad = c
+            .create_table(&TableRef::new("kyma", "", "t"), TableOrigin::Native, vec![])
+            .await;
+        assert!(
+            matches!(bad, Err(CatalogError::InvalidArgument { ref field, .. }) if field == "schema"),
+            "{bad:?}"
+        );
     }
 
     pub async fn racing_committers_win_each_version_exactly_once(f: Fixture) {
         const WRITERS: usize = 6;
         const WINS_EACH: usize = 8;
         let t = table("raced");
-        f.catalog.create_table(&t, TableOrigin::Native, vec![Column::new("id", KymaType::Long)]).await.expect("create");
+        f.catalog
+            .create_table(
+                &t,
+                TableOrigin::Native,
+                vec![Column::new("id", KymaType::Long)],
+            )
+            .await
+            .expect("create");
         let mut tasks = Vec::new();
         for writer in 0..WRITERS {
             let catalog = f.catalog.clone();
@@ -127,7 +191,10 @@ mod cases {
             tasks.push(tokio::spawn(async move {
                 let mut won = Vec::new();
                 for i in 0..WINS_EACH {
-                    won.push((commit_until_won(&catalog, &t, &format!("m/{writer}/{i}"), &[]).await, format!("m/{writer}/{i}")));
+                    won.push((
+                        commit_until_won(&catalog, &t, &format!("m/{writer}/{i}"), &[]).await,
+                        format!("m/{writer}/{i}"),
+                    ));
                 }
                 won
             }));
@@ -135,44 +202,113 @@ mod cases {
         let mut by_version = BTreeMap::new();
         for task in tasks {
             for (version, manifest) in task.await.expect("writer task") {
-                assert!(by_version.insert(version, manifest).is_none(), "version {version} won twice");
+                assert!(
+                    by_version.insert(version, manifest).is_none(),
+                    "version {version} won twice"
+                );
             }
         }
         let total = (WRITERS * WINS_EACH) as u64;
-        assert_eq!(by_version.keys().copied().collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>(), "no lost update");
+        assert_eq!(
+            by_version.keys().copied().collect::<Vec<_>>(),
+            (1..=total).collect::<Vec<_>>(),
+            "no lost update"
+        );
         let last = f.catalog.table(&t).await.expect("read");
         assert_eq!(last.snapshot.value.version, total);
-        assert_eq!(last.snapshot.value.manifest.as_ref(), by_version.get(&total));
+        assert_eq!(
+            last.snapshot.value.manifest.as_ref(),
+            by_version.get(&total)
+        );
     }
 
     pub async fn concurrent_schema_widenings_both_land(f: Fixture) {
         let t = table("widened");
-        let base = f.catalog.create_table(&t, TableOrigin::Native, vec![Column::new("id", KymaType::Long).not_null()]).await.expect("create");
+        let base = f
+            .catalog
+            .create_table(
+                &t,
+                TableOrigin::Native,
+                vec![Column::new("id", KymaType::Long).not_null()],
+            )
+            .await
+            .expect("create");
         // Two writers widen from the same base; the CAS loser rebases and both land.
-        let a = TableCommit::on(&base, "m/a", &[Column::new("a", KymaType::String)]).expect("widen a");
-        let b = TableCommit::on(&base, "m/b", &[Column::new("b", KymaType::Dynamic)]).expect("widen b");
-        let (a, b) = (CatalogCommit::tables(vec![a]), CatalogCommit::tables(vec![b]));
+        let a =
+            TableCommit::on(&base, "m/a", &[Column::new("a", KymaType::String)]).expect("widen a");
+        let b =
+            TableCommit::on(&base, "m/b", &[Column::new("b", KymaType::Dynamic)]).expect("widen b");
+        let (a, b) = (
+            CatalogCommit::tables(vec![a]),
+            CatalogCommit::tables(vec![b]),
+        );
         let (ra, rb) = tokio::join!(f.catalog.commit(&a), f.catalog.commit(&b));
         let outcomes = [ra.expect("commit a"), rb.expect("commit b")];
-        let lost = outcomes.iter().filter(|o| matches!(o, CommitOutcome::Conflict(_))).count();
-        assert_eq!(lost, 1, "exactly one of two racing commits from one base wins: {outcomes:?}");
+        let lost = outcomes
+            .iter()
+            .filter(|o| matches!(o, CommitOutcome::Conflict(_)))
+            .count();
+        assert_eq!(
+            lost, 1,
+            "exactly one of two racing commits from one base wins: {outcomes:?}"
+        );
         for (outcome, (manifest, column)) in outcomes.iter().zip([("m/a", "a"), ("m/b", "b")]) {
             if let CommitOutcome::Conflict(conflict) = outcome {
-                let ty = if column == "a" { KymaType::String } else { KymaType::Dynamic };
-                commit_until_won_on(&f.catalog, conflict.tables[0].clone(), manifest, &[Column::new(column, ty)]).await;
+                let ty = if column == "a" {
+                    KymaType::String
+                } else {
+                    KymaType::Dynamic
+                };
+                commit_until_won_on(
+                    &f.catalog,
+                    conflict.tables[0].clone(),
+                    manifest,
+                    &[Column::new(column, ty)],
+                )
+                .await;
             }
         }
         let now = f.catalog.table(&t).await.expect("read");
-        let names: Vec<&str> = now.schema.value.columns.iter().map(|c| c.name.as_str()).collect();
-        assert!(names.contains(&"a") && names.contains(&"b") && names[0] == "id", "{names:?}");
+        let names: Vec<&str> = now
+            .schema
+            .value
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(
+            names.contains(&"a") && names.contains(&"b") && names[0] == "id",
+            "{names:?}"
+        );
         assert_eq!(now.schema.value.version, 3);
-        assert!(now.schema.value.columns.iter().filter(|c| c.name != "id").all(|c| c.nullable), "added columns are nullable");
-        let history: Vec<u64> = f.catalog.schema_history(&t).await.expect("history").iter().map(|s| s.version).collect();
+        assert!(
+            now.schema
+                .value
+                .columns
+                .iter()
+                .filter(|c| c.name != "id")
+                .all(|c| c.nullable),
+            "added columns are nullable"
+        );
+        let history: Vec<u64> = f
+            .catalog
+            .schema_history(&t)
+            .await
+            .expect("history")
+            .iter()
+            .map(|s| s.version)
+            .collect();
         assert_eq!(history, vec![1, 2, 3]);
 
         // The dedicated widening call races too, and both land.
-        let (x, y) = ([Column::new("x", KymaType::Int)], [Column::new("y", KymaType::Timestamp)]);
-        let (x, y) = tokio::join!(f.catalog.widen_schema(&t, &x), f.catalog.widen_schema(&t, &y));
+        let (x, y) = (
+            [Column::new("x", KymaType::Int)],
+            [Column::new("y", KymaType::Timestamp)],
+        );
+        let (x, y) = tokio::join!(
+            f.catalog.widen_schema(&t, &x),
+            f.catalog.widen_schema(&t, &y)
+        );
         x.expect("widen x");
         y.expect("widen y");
         let schema = f.catalog.table(&t).await.expect("read").schema.value;
@@ -180,19 +316,40 @@ mod cases {
         assert_eq!(schema.version, 5);
 
         // Narrowing or retyping is refused with the column named; nothing changes.
-        let refused = f.catalog.widen_schema(&t, &[Column::new("id", KymaType::Int)]).await;
-        assert!(matches!(&refused, Err(CatalogError::SchemaChange { reason, .. }) if reason.contains("`id` is long")), "{refused:?}");
+        let refused = f
+            .catalog
+            .widen_schema(&t, &[Column::new("id", KymaType::Int)])
+            .await;
+        assert!(
+            matches!(&refused, Err(CatalogError::SchemaChange { reason, .. }) if reason.contains("`id` is long")),
+            "{refused:?}"
+        );
         // Loosening NOT NULL is a widening.
-        let loosened = f.catalog.widen_schema(&t, &[Column::new("id", KymaType::Long)]).await.expect("loosen");
+        let loosened = f
+            .catalog
+            .widen_schema(&t, &[Column::new("id", KymaType::Long)])
+            .await
+            .expect("loosen");
         assert!(loosened.value.column("id").is_some_and(|c| c.nullable));
     }
 
-    async fn commit_until_won_on(catalog: &Catalog, mut base: TableState, manifest: &str, columns: &[Column]) {
+    async fn commit_until_won_on(
+        catalog: &Catalog,
+        mut base: TableState,
+        manifest: &str,
+        columns: &[Column],
+    ) {
         loop {
             let change = TableCommit::on(&base, manifest, columns).expect("widen");
-            match catalog.commit(&CatalogCommit::tables(vec![change])).await.expect("commit") {
+            match catalog
+                .commit(&CatalogCommit::tables(vec![change]))
+                .await
+                .expect("commit")
+            {
                 CommitOutcome::Committed { .. } => return,
-                CommitOutcome::Conflict(conflict) => base = conflict.tables.into_iter().next().expect("table"),
+                CommitOutcome::Conflict(conflict) => {
+                    base = conflict.tables.into_iter().next().expect("table")
+                }
             }
         }
     }
@@ -200,16 +357,38 @@ mod cases {
     pub async fn a_multi_table_commit_is_all_or_nothing(f: Fixture) {
         let (t1, t2) = (table("orders"), table("users"));
         for t in [&t1, &t2] {
-            f.catalog.create_table(t, TableOrigin::Native, vec![Column::new("id", KymaType::Long)]).await.expect("create");
+            f.catalog
+                .create_table(
+                    t,
+                    TableOrigin::Native,
+                    vec![Column::new("id", KymaType::Long)],
+                )
+                .await
+                .expect("create");
         }
-        let (_, states) = f.catalog.tables(&[t1.clone(), t2.clone()]).await.expect("consistent read");
+        let (_, states) = f
+            .catalog
+            .tables(&[t1.clone(), t2.clone()])
+            .await
+            .expect("consistent read");
         let both = CatalogCommit::tables(vec![
             TableCommit::on(&states[0], "m/orders/1", &[]).expect("on"),
             TableCommit::on(&states[1], "m/users/1", &[]).expect("on"),
         ]);
-        let CommitOutcome::Committed { revision } = f.catalog.commit(&both).await.expect("commit") else { panic!("first commit conflicts") };
-        let (_, after) = f.catalog.tables(&[t1.clone(), t2.clone()]).await.expect("read");
-        assert!(after.iter().all(|t| t.snapshot.mod_revision == revision && t.snapshot.value.version == 1));
+        let CommitOutcome::Committed { revision } = f.catalog.commit(&both).await.expect("commit")
+        else {
+            panic!("first commit conflicts")
+        };
+        let (_, after) = f
+            .catalog
+            .tables(&[t1.clone(), t2.clone()])
+            .await
+            .expect("read");
+        assert!(
+            after
+                .iter()
+                .all(|t| t.snapshot.mod_revision == revision && t.snapshot.value.version == 1)
+        );
 
         // Someone else advances t2 only; a commit built on the old states touches neither.
         commit_until_won(&f.catalog, &t2, "m/users/other", &[]).await;
@@ -217,61 +396,141 @@ mod cases {
             TableCommit::on(&after[0], "m/orders/2", &[]).expect("on"),
             TableCommit::on(&after[1], "m/users/2", &[]).expect("on"),
         ]);
-        let CommitOutcome::Conflict(conflict) = f.catalog.commit(&stale).await.expect("commit") else { panic!("stale commit landed") };
-        assert_eq!(conflict.tables[1].snapshot.value.manifest.as_deref(), Some("m/users/other"), "conflict returns current values");
+        let CommitOutcome::Conflict(conflict) = f.catalog.commit(&stale).await.expect("commit")
+        else {
+            panic!("stale commit landed")
+        };
+        assert_eq!(
+            conflict.tables[1].snapshot.value.manifest.as_deref(),
+            Some("m/users/other"),
+            "conflict returns current values"
+        );
         let orders = f.catalog.table(&t1).await.expect("read");
-        assert_eq!(orders.snapshot.value.manifest.as_deref(), Some("m/orders/1"), "the other table was not half-applied");
+        assert_eq!(
+            orders.snapshot.value.manifest.as_deref(),
+            Some("m/orders/1"),
+            "the other table was not half-applied"
+        );
     }
 
     pub async fn a_retried_commit_applies_once(f: Fixture) {
         let t = table("retried");
-        let base = f.catalog.create_table(&t, TableOrigin::Native, vec![]).await.expect("create");
+        let base = f
+            .catalog
+            .create_table(&t, TableOrigin::Native, vec![])
+            .await
+            .expect("create");
         let commit = CatalogCommit::tables(vec![TableCommit::on(&base, "m/1", &[]).expect("on")]);
         let first = f.catalog.commit(&commit).await.expect("first");
         // The same commit again (as after a lost answer): recognised, not applied twice.
         let second = f.catalog.commit(&commit).await.expect("retry");
         assert_eq!(first, second);
-        assert_eq!(f.catalog.table(&t).await.expect("read").snapshot.value.version, 1);
+        assert_eq!(
+            f.catalog
+                .table(&t)
+                .await
+                .expect("read")
+                .snapshot
+                .value
+                .version,
+            1
+        );
     }
 
     pub async fn connectors_are_registered_without_secrets_and_managed(f: Fixture) {
         let c = &f.catalog;
         let spec = connector_spec("pg_prod");
         c.create_connector(&spec).await.expect("create");
-        assert!(matches!(c.create_connector(&spec).await, Err(CatalogError::AlreadyExists(_))));
+        assert!(matches!(
+            c.create_connector(&spec).await,
+            Err(CatalogError::AlreadyExists(_))
+        ));
         let mut leaky = connector_spec("leaky");
         leaky.connection.url = "postgres://app:hunter2@db:5432/app".into();
-        let refused = c.create_connector(&leaky).await.expect_err("a password in the URL is refused");
-        assert!(refused.to_string().contains("connection.url") && !refused.to_string().contains("hunter2"), "{refused}");
+        let refused = c
+            .create_connector(&leaky)
+            .await
+            .expect_err("a password in the URL is refused");
+        assert!(
+            refused.to_string().contains("connection.url")
+                && !refused.to_string().contains("hunter2"),
+            "{refused}"
+        );
 
         let state = c.connector("pg_prod").await.expect("get");
         assert_eq!(state.spec, spec);
         assert_eq!(state.desired, DesiredState::Running);
-        assert_eq!((state.epoch, state.holder.clone(), state.cursor.clone()), (0, None, None));
-        c.set_desired_state("pg_prod", DesiredState::Paused).await.expect("pause");
-        assert_eq!(c.connector("pg_prod").await.expect("get").desired, DesiredState::Paused);
+        assert_eq!(
+            (state.epoch, state.holder.clone(), state.cursor.clone()),
+            (0, None, None)
+        );
+        c.set_desired_state("pg_prod", DesiredState::Paused)
+            .await
+            .expect("pause");
+        assert_eq!(
+            c.connector("pg_prod").await.expect("get").desired,
+            DesiredState::Paused
+        );
         assert_eq!(c.list_connectors().await.expect("list").len(), 1);
         c.delete_connector("pg_prod").await.expect("delete");
-        assert!(matches!(c.connector("pg_prod").await, Err(CatalogError::NotFound(_))));
-        assert!(matches!(c.set_desired_state("pg_prod", DesiredState::Running).await, Err(CatalogError::NotFound(_))));
+        assert!(matches!(
+            c.connector("pg_prod").await,
+            Err(CatalogError::NotFound(_))
+        ));
+        assert!(matches!(
+            c.set_desired_state("pg_prod", DesiredState::Running).await,
+            Err(CatalogError::NotFound(_))
+        ));
     }
 
     pub async fn a_lapsed_lease_is_taken_over_and_the_old_worker_is_fenced(f: Fixture) {
         let c = &f.catalog;
-        c.create_connector(&connector_spec("pg_sync")).await.expect("create connector");
+        c.create_connector(&connector_spec("pg_sync"))
+            .await
+            .expect("create connector");
         let t = TableRef::new("pg_sync", "public", "users");
-        c.create_table(&t, TableOrigin::Synced { connector: "pg_sync".into() }, vec![Column::new("id", KymaType::Long)]).await.expect("table");
+        c.create_table(
+            &t,
+            TableOrigin::Synced {
+                connector: "pg_sync".into(),
+            },
+            vec![Column::new("id", KymaType::Long)],
+        )
+        .await
+        .expect("table");
 
-        let worker_a = c.start_session("worker-a", Duration::from_secs(2)).await.expect("session a");
-        let claim_a = c.claim_connector(&worker_a, "pg_sync").await.expect("claim").expect("free to claim");
+        let worker_a = c
+            .start_session("worker-a", Duration::from_secs(2))
+            .await
+            .expect("session a");
+        let claim_a = c
+            .claim_connector(&worker_a, "pg_sync")
+            .await
+            .expect("claim")
+            .expect("free to claim");
         assert_eq!(claim_a.fence.epoch, 1);
         let state = c.table(&t).await.expect("read");
-        let first = CatalogCommit::sync(&claim_a, "0/16B3748", vec![TableCommit::on(&state, "m/a/1", &[]).expect("on")]);
-        assert!(matches!(c.commit(&first).await.expect("commit"), CommitOutcome::Committed { .. }));
+        let first = CatalogCommit::sync(
+            &claim_a,
+            "0/16B3748",
+            vec![TableCommit::on(&state, "m/a/1", &[]).expect("on")],
+        );
+        assert!(matches!(
+            c.commit(&first).await.expect("commit"),
+            CommitOutcome::Committed { .. }
+        ));
 
         // While A is alive, B cannot claim.
-        let worker_b = c.start_session("worker-b", Duration::from_secs(2)).await.expect("session b");
-        assert_eq!(c.claim_connector(&worker_b, "pg_sync").await.expect("claim"), None);
+        let worker_b = c
+            .start_session("worker-b", Duration::from_secs(2))
+            .await
+            .expect("session b");
+        assert_eq!(
+            c.claim_connector(&worker_b, "pg_sync")
+                .await
+                .expect("claim"),
+            None
+        );
 
         // A stops renewing (as a crashed or paused process); its lease lapses.
         let revision = c.ping().await.expect("ping");
@@ -281,36 +540,98 @@ mod cases {
         let catalog = c.clone();
         let mut holder_gone = false;
         while !holder_gone {
-            watch_until(&mut watch, &mut seen, |s| s.iter().any(|ch| ch.events.contains(&CatalogEvent::ConnectorChanged("pg_sync".into())))).await;
-            holder_gone = catalog.connector("pg_sync").await.expect("read").holder.is_none();
+            watch_until(&mut watch, &mut seen, |s| {
+                s.iter().any(|ch| {
+                    ch.events
+                        .contains(&CatalogEvent::ConnectorChanged("pg_sync".into()))
+                })
+            })
+            .await;
+            holder_gone = catalog
+                .connector("pg_sync")
+                .await
+                .expect("read")
+                .holder
+                .is_none();
             seen.clear();
         }
 
         // B takes over with a higher epoch, resuming from A's committed cursor.
-        let claim_b = c.claim_connector(&worker_b, "pg_sync").await.expect("claim").expect("lapsed lease is free");
+        let claim_b = c
+            .claim_connector(&worker_b, "pg_sync")
+            .await
+            .expect("claim")
+            .expect("lapsed lease is free");
         assert_eq!(claim_b.fence.epoch, 2);
-        assert_eq!(claim_b.cursor.as_ref().map(|cur| cur.value.position.as_str()), Some("0/16B3748"));
+        assert_eq!(
+            claim_b
+                .cursor
+                .as_ref()
+                .map(|cur| cur.value.position.as_str()),
+            Some("0/16B3748")
+        );
 
         // A (still running, unaware) tries to commit: fenced, and nothing changes.
         let state = c.table(&t).await.expect("read");
-        let zombie = CatalogCommit::sync(&claim_a, "0/FFFFFFF", vec![TableCommit::on(&state, "m/a/2", &[]).expect("on")]);
+        let zombie = CatalogCommit::sync(
+            &claim_a,
+            "0/FFFFFFF",
+            vec![TableCommit::on(&state, "m/a/2", &[]).expect("on")],
+        );
         let fenced = c.commit(&zombie).await;
-        assert!(matches!(fenced, Err(CatalogError::Fenced { held: 1, current: 2, .. })), "{fenced:?}");
+        assert!(
+            matches!(
+                fenced,
+                Err(CatalogError::Fenced {
+                    held: 1,
+                    current: 2,
+                    ..
+                })
+            ),
+            "{fenced:?}"
+        );
         assert!(!fenced.as_ref().expect_err("fenced").is_retryable());
-        assert!(matches!(c.put_status(&claim_a, &Default::default()).await, Err(CatalogError::Fenced { .. })));
+        assert!(matches!(
+            c.put_status(&claim_a, &Default::default()).await,
+            Err(CatalogError::Fenced { .. })
+        ));
 
         // B commits from where A left off.
-        let next = CatalogCommit::sync(&claim_b, "0/16B3800", vec![TableCommit::on(&state, "m/b/1", &[]).expect("on")]);
-        assert!(matches!(c.commit(&next).await.expect("commit"), CommitOutcome::Committed { .. }));
+        let next = CatalogCommit::sync(
+            &claim_b,
+            "0/16B3800",
+            vec![TableCommit::on(&state, "m/b/1", &[]).expect("on")],
+        );
+        assert!(matches!(
+            c.commit(&next).await.expect("commit"),
+            CommitOutcome::Committed { .. }
+        ));
         let connector = c.connector("pg_sync").await.expect("read");
         let cursor = connector.cursor.expect("cursor");
-        assert_eq!((cursor.value.position.as_str(), cursor.value.epoch, connector.epoch), ("0/16B3800", 2, 2));
-        assert_eq!(connector.holder.map(|h| h.worker_id), Some("worker-b".into()));
+        assert_eq!(
+            (
+                cursor.value.position.as_str(),
+                cursor.value.epoch,
+                connector.epoch
+            ),
+            ("0/16B3800", 2, 2)
+        );
+        assert_eq!(
+            connector.holder.map(|h| h.worker_id),
+            Some("worker-b".into())
+        );
 
         // A closed session releases at once.
         worker_b.close().await.expect("close");
-        let worker_c = c.start_session("worker-c", Duration::from_secs(2)).await.expect("session c");
-        let claim_c = c.claim_connector(&worker_c, "pg_sync").await.expect("claim").expect("released by close");
+        let worker_c = c
+            .start_session("worker-c", Duration::from_secs(2))
+            .await
+            .expect("session c");
+        let claim_c = c
+            .claim_connector(&worker_c, "pg_sync")
+            .await
+            .expect("claim")
+            .expect("released by close");
         assert_eq!(claim_c.fence.epoch, 3);
     }
 
@@ -319,43 +640,105 @@ mod cases {
         let t = table("watched");
         let start = c.ping().await.expect("ping") + 1;
         let mut watch = Box::pin(c.watch(start).await.expect("watch"));
-        c.create_table(&t, TableOrigin::Native, vec![]).await.expect("create");
+        c.create_table(&t, TableOrigin::Native, vec![])
+            .await
+            .expect("create");
         let mut revisions = Vec::new();
         for i in 0..5 {
             let state = c.table(&t).await.expect("read");
-            let commit = CatalogCommit::tables(vec![TableCommit::on(&state, format!("m/{i}"), &[]).expect("on")]);
-            let CommitOutcome::Committed { revision } = c.commit(&commit).await.expect("commit") else { panic!("conflict") };
+            let commit = CatalogCommit::tables(vec![
+                TableCommit::on(&state, format!("m/{i}"), &[]).expect("on"),
+            ]);
+            let CommitOutcome::Committed { revision } = c.commit(&commit).await.expect("commit")
+            else {
+                panic!("conflict")
+            };
             revisions.push(revision);
         }
-        c.create_connector(&connector_spec("watched_conn")).await.expect("connector");
+        c.create_connector(&connector_spec("watched_conn"))
+            .await
+            .expect("connector");
         let mut seen = Vec::new();
-        watch_until(&mut watch, &mut seen, |s| s.iter().any(|ch| ch.events.contains(&CatalogEvent::ConnectorChanged("watched_conn".into())))).await;
-        let table_revisions: Vec<i64> =
-            seen.iter().filter(|ch| ch.events.contains(&CatalogEvent::TableChanged(t.clone()))).map(|ch| ch.revision).collect();
-        assert_eq!(table_revisions[1..], revisions[..], "creation, then each commit, in order");
+        watch_until(&mut watch, &mut seen, |s| {
+            s.iter().any(|ch| {
+                ch.events
+                    .contains(&CatalogEvent::ConnectorChanged("watched_conn".into()))
+            })
+        })
+        .await;
+        let table_revisions: Vec<i64> = seen
+            .iter()
+            .filter(|ch| ch.events.contains(&CatalogEvent::TableChanged(t.clone())))
+            .map(|ch| ch.revision)
+            .collect();
+        assert_eq!(
+            table_revisions[1..],
+            revisions[..],
+            "creation, then each commit, in order"
+        );
         assert!(seen.windows(2).all(|w| w[0].revision < w[1].revision));
 
         // A watch may start in the past: it replays from there.
         let mut replay = Box::pin(c.watch(revisions[2]).await.expect("watch from the past"));
         let mut replayed = Vec::new();
         watch_until(&mut replay, &mut replayed, |s| s.len() >= 3).await;
-        assert_eq!(replayed.iter().map(|ch| ch.revision).take(3).collect::<Vec<_>>(), revisions[2..]);
+        assert_eq!(
+            replayed
+                .iter()
+                .map(|ch| ch.revision)
+                .take(3)
+                .collect::<Vec<_>>(),
+            revisions[2..]
+        );
 
         c.drop_table(&t).await.expect("drop");
-        watch_until(&mut watch, &mut seen, |s| s.iter().any(|ch| ch.events.contains(&CatalogEvent::TableDropped(t.clone())))).await;
+        watch_until(&mut watch, &mut seen, |s| {
+            s.iter()
+                .any(|ch| ch.events.contains(&CatalogEvent::TableDropped(t.clone())))
+        })
+        .await;
     }
 
     pub async fn leased_keys_vanish_with_their_lease(f: Fixture) {
         let kv = &f.kv;
-        let lease = kv.grant_lease(Duration::from_secs(30)).await.expect("grant");
+        let lease = kv
+            .grant_lease(Duration::from_secs(30))
+            .await
+            .expect("grant");
         let key = format!("/{}/leased", unique_name("lease")).into_bytes();
-        kv.txn(Txn { on_success: vec![Op::put_with_lease(key.clone(), b"v".to_vec(), lease)], ..Txn::default() }).await.expect("put");
+        kv.txn(Txn {
+            on_success: vec![Op::put_with_lease(key.clone(), b"v".to_vec(), lease)],
+            ..Txn::default()
+        })
+        .await
+        .expect("put");
         kv.keep_alive(lease).await.expect("renew a live lease");
-        assert!(kv.get_many(std::slice::from_ref(&key)).await.expect("get").1[0].is_some());
+        assert!(
+            kv.get_many(std::slice::from_ref(&key))
+                .await
+                .expect("get")
+                .1[0]
+                .is_some()
+        );
         kv.revoke_lease(lease).await.expect("revoke");
-        assert!(kv.get_many(std::slice::from_ref(&key)).await.expect("get").1[0].is_none(), "revoked lease took its key");
-        assert!(matches!(kv.keep_alive(lease).await, Err(CatalogError::LeaseExpired(_))));
-        let put = kv.txn(Txn { on_success: vec![Op::put_with_lease(key, b"v".to_vec(), lease)], ..Txn::default() }).await;
+        assert!(
+            kv.get_many(std::slice::from_ref(&key))
+                .await
+                .expect("get")
+                .1[0]
+                .is_none(),
+            "revoked lease took its key"
+        );
+        assert!(matches!(
+            kv.keep_alive(lease).await,
+            Err(CatalogError::LeaseExpired(_))
+        ));
+        let put = kv
+            .txn(Txn {
+                on_success: vec![Op::put_with_lease(key, b"v".to_vec(), lease)],
+                ..Txn::default()
+            })
+            .await;
         assert!(put.is_err(), "a put under a dead lease is refused");
     }
 }
@@ -398,22 +781,53 @@ async fn embedded_data_survives_closing_and_reopening_the_store() {
     let path = dir.path().join("catalog.redb");
     let t = table("durable");
     {
-        let catalog = Catalog::new(Arc::new(EmbeddedBackend::open(&path).await.expect("open")), "");
-        let state = catalog.create_table(&t, TableOrigin::Native, vec![Column::new("id", KymaType::Long)]).await.expect("create");
-        let commit = CatalogCommit::tables(vec![TableCommit::on(&state, "m/1", &[Column::new("extra", KymaType::String)]).expect("on")]);
+        let catalog = Catalog::new(
+            Arc::new(EmbeddedBackend::open(&path).await.expect("open")),
+            "",
+        );
+        let state = catalog
+            .create_table(
+                &t,
+                TableOrigin::Native,
+                vec![Column::new("id", KymaType::Long)],
+            )
+            .await
+            .expect("create");
+        let commit = CatalogCommit::tables(vec![
+            TableCommit::on(&state, "m/1", &[Column::new("extra", KymaType::String)]).expect("on"),
+        ]);
         catalog.commit(&commit).await.expect("commit");
-        catalog.create_connector(&connector_spec("kept")).await.expect("connector");
-        let session = catalog.start_session("w", Duration::from_secs(60)).await.expect("session");
-        catalog.claim_connector(&session, "kept").await.expect("claim").expect("claimed");
+        catalog
+            .create_connector(&connector_spec("kept"))
+            .await
+            .expect("connector");
+        let session = catalog
+            .start_session("w", Duration::from_secs(60))
+            .await
+            .expect("session");
+        catalog
+            .claim_connector(&session, "kept")
+            .await
+            .expect("claim")
+            .expect("claimed");
     }
     // Everything of the first open is dropped here: the file lock is released with it.
-    let reopened = Catalog::new(Arc::new(EmbeddedBackend::open(&path).await.expect("reopen")), "");
+    let reopened = Catalog::new(
+        Arc::new(EmbeddedBackend::open(&path).await.expect("reopen")),
+        "",
+    );
     let state = reopened.table(&t).await.expect("table survived");
     assert_eq!(state.snapshot.value.manifest.as_deref(), Some("m/1"));
     assert!(state.schema.value.column("extra").is_some());
-    let connector = reopened.connector("kept").await.expect("connector survived");
+    let connector = reopened
+        .connector("kept")
+        .await
+        .expect("connector survived");
     assert_eq!(connector.epoch, 1, "the fencing epoch survives");
-    assert_eq!(connector.holder, None, "a holder from the previous process is gone with its lease");
+    assert_eq!(
+        connector.holder, None,
+        "a holder from the previous process is gone with its lease"
+    );
 }
 
 #[tokio::test]
@@ -421,9 +835,19 @@ async fn a_second_open_of_the_embedded_store_is_refused_clearly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("catalog.redb");
     let _first = EmbeddedBackend::open(&path).await.expect("open");
-    let second = EmbeddedBackend::open(&path).await.expect_err("second open must fail");
-    assert!(matches!(second, CatalogError::AlreadyOpen { .. }), "{second:?}");
-    assert!(second.to_string().contains("already open in another process"), "{second}");
+    let second = EmbeddedBackend::open(&path)
+        .await
+        .expect_err("second open must fail");
+    assert!(
+        matches!(second, CatalogError::AlreadyOpen { .. }),
+        "{second:?}"
+    );
+    assert!(
+        second
+            .to_string()
+            .contains("already open in another process"),
+        "{second}"
+    );
 }
 
 // ----- etcd only -----------------------------------------------------------------------------
@@ -435,7 +859,10 @@ async fn etcd_restart_mid_run_loses_and_half_applies_nothing() {
     let catalog = f.catalog.clone().with_retry_for(Duration::from_secs(60));
     let (t1, t2) = (table("r1"), table("r2"));
     for t in [&t1, &t2] {
-        catalog.create_table(t, TableOrigin::Native, vec![]).await.expect("create");
+        catalog
+            .create_table(t, TableOrigin::Native, vec![])
+            .await
+            .expect("create");
     }
     let start = catalog.ping().await.expect("ping") + 1;
     let mut watch = Box::pin(catalog.watch(start).await.expect("watch"));
@@ -486,30 +913,60 @@ async fn etcd_restart_mid_run_loses_and_half_applies_nothing() {
     }
     // Restart etcd once a third of the commits have landed.
     let third = u32::try_from(WRITERS * COMMITS_EACH / 3).expect("small");
-    committed.acquire_many(third).await.expect("semaphore").forget();
+    committed
+        .acquire_many(third)
+        .await
+        .expect("semaphore")
+        .forget();
     etcd.restart().expect("restart etcd");
 
     let mut by_version = BTreeMap::new();
     for task in tasks {
         for (version, manifest) in task.await.expect("writer") {
-            assert!(by_version.insert(version, manifest).is_none(), "version {version} won twice");
+            assert!(
+                by_version.insert(version, manifest).is_none(),
+                "version {version} won twice"
+            );
         }
     }
     let total = (WRITERS * COMMITS_EACH) as u64;
-    assert_eq!(by_version.keys().copied().collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
-    let (_, states) = catalog.tables(&[t1.clone(), t2.clone()]).await.expect("read");
+    assert_eq!(
+        by_version.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
+    let (_, states) = catalog
+        .tables(&[t1.clone(), t2.clone()])
+        .await
+        .expect("read");
     for state in &states {
-        assert_eq!(state.snapshot.value.version, total, "both tables advanced together");
-        assert_eq!(state.snapshot.value.manifest.as_ref(), by_version.get(&total));
+        assert_eq!(
+            state.snapshot.value.version, total,
+            "both tables advanced together"
+        );
+        assert_eq!(
+            state.snapshot.value.manifest.as_ref(),
+            by_version.get(&total)
+        );
     }
     // The watch reconnected by itself and saw every commit exactly once, in order.
     let mut seen = Vec::new();
     watch_until(&mut watch, &mut seen, |s| {
-        s.iter().filter(|ch| ch.events.contains(&CatalogEvent::TableChanged(t1.clone()))).count() as u64 >= total
+        s.iter()
+            .filter(|ch| ch.events.contains(&CatalogEvent::TableChanged(t1.clone())))
+            .count() as u64
+            >= total
     })
     .await;
     let revisions: Vec<i64> = seen.iter().map(|ch| ch.revision).collect();
-    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "in order, no repeats: {revisions:?}");
-    assert!(seen.iter().all(|ch| ch.events.contains(&CatalogEvent::TableChanged(t1.clone())) == ch.events.contains(&CatalogEvent::TableChanged(t2.clone()))),
-        "every revision changed both tables or neither");
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "in order, no repeats: {revisions:?}"
+    );
+    assert!(
+        seen.iter().all(
+            |ch| ch.events.contains(&CatalogEvent::TableChanged(t1.clone()))
+                == ch.events.contains(&CatalogEvent::TableChanged(t2.clone()))
+        ),
+        "every revision changed both tables or neither"
+    );
 }

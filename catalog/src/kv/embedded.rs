@@ -46,7 +46,9 @@ pub struct EmbeddedBackend {
 
 impl std::fmt::Debug for EmbeddedBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedBackend").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("EmbeddedBackend")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,10 +95,21 @@ fn encode_record(mod_revision: Revision, lease: LeaseId, value: &[u8]) -> Vec<u8
 fn decode_record(key: &[u8], record: &[u8]) -> Result<KeyValue, CatalogError> {
     let corrupt = || CatalogError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: format!("embedded record of {} bytes is shorter than its header", record.len()),
+        reason: format!(
+            "embedded record of {} bytes is shorter than its header",
+            record.len()
+        ),
     };
-    let mod_revision = record.get(0..8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes).ok_or_else(corrupt)?;
-    let lease = record.get(8..16).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes).ok_or_else(corrupt)?;
+    let mod_revision = record
+        .get(0..8)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_le_bytes)
+        .ok_or_else(corrupt)?;
+    let lease = record
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_le_bytes)
+        .ok_or_else(corrupt)?;
     Ok(KeyValue {
         key: key.to_vec(),
         value: record[RECORD_HEADER..].to_vec(),
@@ -131,7 +144,9 @@ impl EmbeddedBackend {
         f: impl FnOnce(&Inner) -> Result<T, CatalogError> + Send + 'static,
     ) -> Result<T, CatalogError> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(storage("task"))?
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(storage("task"))?
     }
 }
 
@@ -139,19 +154,29 @@ impl Inner {
     fn open(path: PathBuf) -> Result<Self, CatalogError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
-                CatalogError::Storage(format!("cannot create the catalog directory {}: {e}", parent.display()))
+                CatalogError::Storage(format!(
+                    "cannot create the catalog directory {}: {e}",
+                    parent.display()
+                ))
             })?;
         }
         let db = Database::create(&path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => CatalogError::AlreadyOpen { path: path.clone() },
-            other => CatalogError::Storage(format!("cannot open the embedded catalog {}: {other}", path.display())),
+            other => CatalogError::Storage(format!(
+                "cannot open the embedded catalog {}: {other}",
+                path.display()
+            )),
         })?;
         // Keys attached to leases belonged to the process that last had the store open.
         let write = db.begin_write().map_err(storage("open"))?;
         let revision = {
             let mut meta = write.open_table(META).map_err(storage("open"))?;
             let mut kv = write.open_table(KV).map_err(storage("open"))?;
-            let mut revision = meta.get(REVISION_KEY).map_err(storage("open"))?.map(|g| g.value()).unwrap_or(0);
+            let mut revision = meta
+                .get(REVISION_KEY)
+                .map_err(storage("open"))?
+                .map(|g| g.value())
+                .unwrap_or(0);
             let mut leased = Vec::new();
             for entry in kv.iter().map_err(storage("open"))? {
                 let (key, record) = entry.map_err(storage("open"))?;
@@ -164,7 +189,8 @@ impl Inner {
                     kv.remove(key.as_slice()).map_err(storage("open"))?;
                 }
                 revision += 1;
-                meta.insert(REVISION_KEY, revision).map_err(storage("open"))?;
+                meta.insert(REVISION_KEY, revision)
+                    .map_err(storage("open"))?;
             }
             revision
         };
@@ -189,21 +215,33 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave redb half-written (its transaction is
         // dropped, i.e. aborted), so the state is still consistent: keep going.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records the earliest lease deadline for the reaper and wakes it. Call with the state
     /// lock held, after changing leases.
     fn publish_deadline(&self, state: &State) {
         let earliest = state.leases.values().map(|l| l.deadline).min();
-        *self.earliest_deadline.lock().unwrap_or_else(|p| p.into_inner()) = earliest;
+        *self
+            .earliest_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = earliest;
         self.leases_changed.notify_one();
     }
 
-    fn read<T>(&self, f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, CatalogError>) -> Result<(Revision, T), CatalogError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, CatalogError>,
+    ) -> Result<(Revision, T), CatalogError> {
         let read = self.db.begin_read().map_err(storage("read"))?;
         let revision = match read.open_table(META) {
-            Ok(meta) => meta.get(REVISION_KEY).map_err(storage("read"))?.map(|g| g.value()).unwrap_or(0),
+            Ok(meta) => meta
+                .get(REVISION_KEY)
+                .map_err(storage("read"))?
+                .map(|g| g.value())
+                .unwrap_or(0),
             Err(redb::TableError::TableDoesNotExist(_)) => 0,
             Err(e) => return Err(storage("read")(e)),
         };
@@ -219,8 +257,13 @@ impl Inner {
         let new_revision = state.revision + 1;
         {
             let mut kv = write.open_table(KV).map_err(storage("write"))?;
-            let current = |kv: &redb::Table<'_, &[u8], &[u8]>, key: &[u8]| -> Result<Option<KeyValue>, CatalogError> {
-                kv.get(key).map_err(storage("read"))?.map(|g| decode_record(key, g.value())).transpose()
+            let current = |kv: &redb::Table<'_, &[u8], &[u8]>,
+                           key: &[u8]|
+             -> Result<Option<KeyValue>, CatalogError> {
+                kv.get(key)
+                    .map_err(storage("read"))?
+                    .map(|g| decode_record(key, g.value()))
+                    .transpose()
             };
             let mut holds = true;
             for compare in &txn.compares {
@@ -232,12 +275,26 @@ impl Inner {
                 }
             }
             if !holds {
-                let reads = txn.read_on_failure.iter().map(|k| current(&kv, k)).collect::<Result<_, _>>()?;
-                return Ok(TxnOutcome { succeeded: false, revision: state.revision, reads });
+                let reads = txn
+                    .read_on_failure
+                    .iter()
+                    .map(|k| current(&kv, k))
+                    .collect::<Result<_, _>>()?;
+                return Ok(TxnOutcome {
+                    succeeded: false,
+                    revision: state.revision,
+                    reads,
+                });
             }
             for op in &txn.on_success {
-                if let Op::Put { lease: Some(lease), .. } = op {
-                    let live = state.leases.get(lease).is_some_and(|l| l.deadline > Instant::now());
+                if let Op::Put {
+                    lease: Some(lease), ..
+                } = op
+                {
+                    let live = state
+                        .leases
+                        .get(lease)
+                        .is_some_and(|l| l.deadline > Instant::now());
                     if !live {
                         return Err(CatalogError::LeaseExpired(*lease));
                     }
@@ -245,22 +302,30 @@ impl Inner {
             }
             for op in txn.on_success {
                 let previous = current(&kv, op.key())?;
-                if let Some(old_lease) = previous.as_ref().map(|p| p.lease).filter(|l| *l != 0) {
-                    if let Some(lease) = state.leases.get_mut(&old_lease) {
-                        lease.keys.remove(op.key());
-                    }
+                if let Some(old_lease) = previous.as_ref().map(|p| p.lease).filter(|l| *l != 0)
+                    && let Some(lease) = state.leases.get_mut(&old_lease)
+                {
+                    lease.keys.remove(op.key());
                 }
                 match op {
                     Op::Put { key, value, lease } => {
                         let lease = lease.unwrap_or(0);
-                        kv.insert(key.as_slice(), encode_record(new_revision, lease, &value).as_slice())
-                            .map_err(storage("write"))?;
+                        kv.insert(
+                            key.as_slice(),
+                            encode_record(new_revision, lease, &value).as_slice(),
+                        )
+                        .map_err(storage("write"))?;
                         if let Some(l) = state.leases.get_mut(&lease) {
                             l.keys.insert(key.clone());
                         }
                         events.push(WatchEvent {
                             kind: WatchEventKind::Put,
-                            kv: KeyValue { key, value, mod_revision: new_revision, lease },
+                            kv: KeyValue {
+                                key,
+                                value,
+                                mod_revision: new_revision,
+                                lease,
+                            },
                         });
                     }
                     Op::Delete { key } => {
@@ -275,17 +340,32 @@ impl Inner {
         if events.is_empty() {
             // Nothing changed: like etcd, no new revision.
             write.abort().map_err(storage("write"))?;
-            return Ok(TxnOutcome { succeeded: true, revision: state.revision, reads: Vec::new() });
+            return Ok(TxnOutcome {
+                succeeded: true,
+                revision: state.revision,
+                reads: Vec::new(),
+            });
         }
         self.commit(write, &mut state, new_revision, events)?;
-        Ok(TxnOutcome { succeeded: true, revision: new_revision, reads: Vec::new() })
+        Ok(TxnOutcome {
+            succeeded: true,
+            revision: new_revision,
+            reads: Vec::new(),
+        })
     }
 
     /// Commits `write` as `revision` and publishes its events.
-    fn commit(&self, write: redb::WriteTransaction, state: &mut State, revision: Revision, events: Vec<WatchEvent>) -> Result<(), CatalogError> {
+    fn commit(
+        &self,
+        write: redb::WriteTransaction,
+        state: &mut State,
+        revision: Revision,
+        events: Vec<WatchEvent>,
+    ) -> Result<(), CatalogError> {
         {
             let mut meta = write.open_table(META).map_err(storage("write"))?;
-            meta.insert(REVISION_KEY, revision).map_err(storage("write"))?;
+            meta.insert(REVISION_KEY, revision)
+                .map_err(storage("write"))?;
         }
         write.commit().map_err(storage("commit"))?;
         state.revision = revision;
@@ -305,7 +385,12 @@ impl Inner {
     fn expire_lapsed(&self) -> Result<(), CatalogError> {
         let mut state = self.lock();
         let now = Instant::now();
-        let lapsed: Vec<LeaseId> = state.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+        let lapsed: Vec<LeaseId> = state
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in lapsed {
             if let Some(lease) = state.leases.remove(&id) {
                 self.delete_keys(&mut state, lease.keys)?;
@@ -325,7 +410,11 @@ impl Inner {
         {
             let mut kv = write.open_table(KV).map_err(storage("write"))?;
             for key in keys {
-                if kv.remove(key.as_slice()).map_err(storage("write"))?.is_some() {
+                if kv
+                    .remove(key.as_slice())
+                    .map_err(storage("write"))?
+                    .is_some()
+                {
                     events.push(delete_event(key, revision));
                 }
             }
@@ -341,21 +430,34 @@ impl Inner {
 fn delete_event(key: Vec<u8>, revision: Revision) -> WatchEvent {
     WatchEvent {
         kind: WatchEventKind::Delete,
-        kv: KeyValue { key, value: Vec::new(), mod_revision: revision, lease: 0 },
+        kv: KeyValue {
+            key,
+            value: Vec::new(),
+            mod_revision: revision,
+            lease: 0,
+        },
     }
 }
 
 /// Deletes the keys of lapsed leases as their deadlines pass, until the store is dropped. It
 /// holds the store only while a lease has actually lapsed.
-async fn reap_leases(inner: Weak<Inner>, earliest: Arc<Mutex<Option<Instant>>>, leases_changed: Arc<Notify>) {
+async fn reap_leases(
+    inner: Weak<Inner>,
+    earliest: Arc<Mutex<Option<Instant>>>,
+    leases_changed: Arc<Notify>,
+) {
     loop {
         let notified = leases_changed.notified();
         let deadline = *earliest.lock().unwrap_or_else(|p| p.into_inner());
         if deadline.is_some_and(|d| d <= Instant::now()) {
-            let Some(strong) = inner.upgrade() else { return };
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
             match tokio::task::spawn_blocking(move || strong.expire_lapsed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(e)) => tracing::warn!(error = %e, "embedded catalog could not expire leases; retrying"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "embedded catalog could not expire leases; retrying")
+                }
                 Err(_) => return,
             }
         }
@@ -375,12 +477,20 @@ async fn reap_leases(inner: Weak<Inner>, earliest: Arc<Mutex<Option<Instant>>>, 
 
 #[async_trait]
 impl KvBackend for EmbeddedBackend {
-    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<(Revision, Vec<Option<KeyValue>>), CatalogError> {
+    async fn get_many(
+        &self,
+        keys: &[Vec<u8>],
+    ) -> Result<(Revision, Vec<Option<KeyValue>>), CatalogError> {
         let keys = keys.to_vec();
         self.blocking(move |inner| {
             inner.read(|kv| {
                 keys.iter()
-                    .map(|k| kv.get(k.as_slice()).map_err(storage("read"))?.map(|g| decode_record(k, g.value())).transpose())
+                    .map(|k| {
+                        kv.get(k.as_slice())
+                            .map_err(storage("read"))?
+                            .map(|g| decode_record(k, g.value()))
+                            .transpose()
+                    })
                     .collect()
             })
         })
@@ -410,20 +520,40 @@ impl KvBackend for EmbeddedBackend {
         self.blocking(move |inner| inner.apply(txn)).await
     }
 
-    async fn watch(&self, prefix: &[u8], start_revision: Revision) -> Result<KvWatchStream, CatalogError> {
+    async fn watch(
+        &self,
+        prefix: &[u8],
+        start_revision: Revision,
+    ) -> Result<KvWatchStream, CatalogError> {
         let prefix = prefix.to_vec();
         let filter = move |batch: &WatchBatch| -> Option<WatchBatch> {
-            let events: Vec<WatchEvent> = batch.events.iter().filter(|e| e.kv.key.starts_with(&prefix)).cloned().collect();
-            (!events.is_empty()).then(|| WatchBatch { revision: batch.revision, events })
+            let events: Vec<WatchEvent> = batch
+                .events
+                .iter()
+                .filter(|e| e.kv.key.starts_with(&prefix))
+                .cloned()
+                .collect();
+            (!events.is_empty()).then_some(WatchBatch {
+                revision: batch.revision,
+                events,
+            })
         };
         let (replay, mut live) = {
             let state = self.inner.lock();
-            let start = if start_revision <= 0 { state.revision + 1 } else { start_revision };
+            let start = if start_revision <= 0 {
+                state.revision + 1
+            } else {
+                start_revision
+            };
             if start < state.history_start {
                 return Err(CatalogError::Compacted(state.history_start - 1));
             }
-            let replay: Vec<WatchBatch> =
-                state.history.iter().filter(|b| b.revision >= start).filter_map(|b| filter(b)).collect();
+            let replay: Vec<WatchBatch> = state
+                .history
+                .iter()
+                .filter(|b| b.revision >= start)
+                .filter_map(|b| filter(b))
+                .collect();
             // Subscribed under the lock: nothing committed after the replay can be missed.
             (replay, self.inner.events.subscribe())
         };
@@ -441,10 +571,10 @@ impl KvBackend for EmbeddedBackend {
                 };
                 match received {
                     Ok(batch) => {
-                        if let Some(batch) = filter(&batch) {
-                            if tx.send(Ok(batch)).await.is_err() {
-                                return;
-                            }
+                        if let Some(batch) = filter(&batch)
+                            && tx.send(Ok(batch)).await.is_err()
+                        {
+                            return;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -463,7 +593,14 @@ impl KvBackend for EmbeddedBackend {
             let mut state = self.inner.lock();
             let id = state.next_lease;
             state.next_lease += 1;
-            state.leases.insert(id, Lease { ttl, deadline: Instant::now() + ttl, keys: BTreeSet::new() });
+            state.leases.insert(
+                id,
+                Lease {
+                    ttl,
+                    deadline: Instant::now() + ttl,
+                    keys: BTreeSet::new(),
+                },
+            );
             self.inner.publish_deadline(&state);
             id
         };
@@ -485,7 +622,9 @@ impl KvBackend for EmbeddedBackend {
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), CatalogError> {
         self.blocking(move |inner| {
             let mut state = inner.lock();
-            let Some(removed) = state.leases.remove(&lease) else { return Ok(()) };
+            let Some(removed) = state.leases.remove(&lease) else {
+                return Ok(());
+            };
             inner.publish_deadline(&state);
             inner.delete_keys(&mut state, removed.keys)
         })

@@ -110,7 +110,10 @@ fn gets_of(response: &etcd_client::TxnResponse) -> Vec<Option<KeyValue>> {
 
 #[async_trait]
 impl KvBackend for EtcdBackend {
-    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<(Revision, Vec<Option<KeyValue>>), CatalogError> {
+    async fn get_many(
+        &self,
+        keys: &[Vec<u8>],
+    ) -> Result<(Revision, Vec<Option<KeyValue>>), CatalogError> {
         if keys.is_empty() {
             let mut client = self.client.kv_client();
             let response = client
@@ -179,7 +182,11 @@ impl KvBackend for EtcdBackend {
                 Op::Delete { key } => TxnOp::delete(key, None),
             })
             .collect();
-        let reads: Vec<TxnOp> = txn.read_on_failure.into_iter().map(|k| TxnOp::get(k, None)).collect();
+        let reads: Vec<TxnOp> = txn
+            .read_on_failure
+            .into_iter()
+            .map(|k| TxnOp::get(k, None))
+            .collect();
         let response = self
             .client
             .kv_client()
@@ -190,11 +197,19 @@ impl KvBackend for EtcdBackend {
         Ok(TxnOutcome {
             succeeded,
             revision: header_revision(response.header()),
-            reads: if succeeded { Vec::new() } else { gets_of(&response) },
+            reads: if succeeded {
+                Vec::new()
+            } else {
+                gets_of(&response)
+            },
         })
     }
 
-    async fn watch(&self, prefix: &[u8], start_revision: Revision) -> Result<KvWatchStream, CatalogError> {
+    async fn watch(
+        &self,
+        prefix: &[u8],
+        start_revision: Revision,
+    ) -> Result<KvWatchStream, CatalogError> {
         let (tx, rx) = mpsc::channel(256);
         let client = self.client.clone();
         let prefix = prefix.to_vec();
@@ -291,11 +306,16 @@ async fn run_watch(
                 Ok(Some(response)) => {
                     attempt = 0;
                     if response.compact_revision() > 0 {
-                        let _ = tx.send(Err(CatalogError::Compacted(response.compact_revision()))).await;
+                        let _ = tx
+                            .send(Err(CatalogError::Compacted(response.compact_revision())))
+                            .await;
                         return;
                     }
                     if response.canceled() {
-                        tracing::debug!(reason = response.cancel_reason(), "etcd cancelled the watch; reopening");
+                        tracing::debug!(
+                            reason = response.cancel_reason(),
+                            "etcd cancelled the watch; reopening"
+                        );
                         break;
                     }
                     for batch in group_events(response.events()) {
@@ -325,7 +345,9 @@ fn group_events(events: &[etcd_client::Event]) -> Vec<WatchBatch> {
             EventType::Delete => WatchEventKind::Delete,
         };
         match batches.last_mut() {
-            Some(batch) if batch.revision == kv.mod_revision => batch.events.push(WatchEvent { kind, kv }),
+            Some(batch) if batch.revision == kv.mod_revision => {
+                batch.events.push(WatchEvent { kind, kv })
+            }
             _ => batches.push(WatchBatch {
                 revision: kv.mod_revision,
                 events: vec![WatchEvent { kind, kv }],

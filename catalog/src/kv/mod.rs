@@ -108,7 +108,11 @@ impl Op {
     }
 
     /// A put attached to `lease`.
-    pub fn put_with_lease(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Self {
+    pub fn put_with_lease(
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        lease: LeaseId,
+    ) -> Self {
         Op::Put {
             key: key.into(),
             value: value.into(),
@@ -200,7 +204,10 @@ pub type KvWatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, CatalogErr
 #[async_trait]
 pub trait KvBackend: Send + Sync + 'static {
     /// Reads `keys` at one revision, returned with that revision.
-    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<(Revision, Vec<Option<KeyValue>>), CatalogError>;
+    async fn get_many(
+        &self,
+        keys: &[Vec<u8>],
+    ) -> Result<(Revision, Vec<Option<KeyValue>>), CatalogError>;
 
     /// Reads every key starting with `prefix`, sorted by key, at one revision.
     async fn range(&self, prefix: &[u8]) -> Result<(Revision, Vec<KeyValue>), CatalogError>;
@@ -209,7 +216,11 @@ pub trait KvBackend: Send + Sync + 'static {
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, CatalogError>;
 
     /// Streams every change under `prefix` from `start_revision` (inclusive) on.
-    async fn watch(&self, prefix: &[u8], start_revision: Revision) -> Result<KvWatchStream, CatalogError>;
+    async fn watch(
+        &self,
+        prefix: &[u8],
+        start_revision: Revision,
+    ) -> Result<KvWatchStream, CatalogError>;
 
     /// Creates a lease that lapses `ttl` after the last keep-alive.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CatalogError>;
@@ -224,7 +235,11 @@ pub trait KvBackend: Send + Sync + 'static {
 /// Checks a transaction against the limits every backend enforces alike, so that a commit that
 /// works on the embedded store cannot fail on etcd for its size.
 pub(crate) fn check_txn_limits(txn: &Txn) -> Result<(), CatalogError> {
-    let ops = txn.compares.len().max(txn.on_success.len()).max(txn.read_on_failure.len());
+    let ops = txn
+        .compares
+        .len()
+        .max(txn.on_success.len())
+        .max(txn.read_on_failure.len());
     if ops > MAX_TXN_OPS {
         return Err(CatalogError::TooLarge(format!(
             "a catalog transaction may carry at most {MAX_TXN_OPS} operations, this one has {ops}"

@@ -20,7 +20,7 @@
 mod process;
 mod servers;
 
-pub use process::{HarnessError, ServerProcess};
+pub use process::{HarnessError, ServerProcess, free_port, http_get};
 pub use servers::{Etcd, MariaDb, Postgres, S3};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// (bucket names use `-`: see [`S3::bucket_name`]).
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Prints the line a test prints when it skips for a missing optional server, and says whether

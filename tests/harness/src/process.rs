@@ -67,14 +67,24 @@ pub(crate) fn system_user(name: &str) -> Result<RunAs, HarnessError> {
         .lines()
         .map(|line| line.split(':').collect::<Vec<_>>())
         .find(|fields| fields.first() == Some(&name))
-        .and_then(|fields| Some(RunAs { uid: fields.get(2)?.parse().ok()?, gid: fields.get(3)?.parse().ok()? }))
-        .ok_or_else(|| HarnessError::Missing { program: format!("user `{name}`"), hint: "created by its Debian server package".into() })
+        .and_then(|fields| {
+            Some(RunAs {
+                uid: fields.get(2)?.parse().ok()?,
+                gid: fields.get(3)?.parse().ok()?,
+            })
+        })
+        .ok_or_else(|| HarnessError::Missing {
+            program: format!("user `{name}`"),
+            hint: "created by its Debian server package".into(),
+        })
 }
 
 /// Whether this process runs as root (servers that refuse root then run as a system user).
 pub(crate) fn running_as_root() -> bool {
     std::env::var("USER").map(|u| u == "root").unwrap_or(false)
-        || fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+        || fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false)
 }
 
 /// This process's scratch directory, removed by a janitor process when this process exits.
@@ -101,7 +111,10 @@ pub(crate) fn scratch_root() -> Result<&'static Path, HarnessError> {
     });
     match entry {
         Ok((dir, _)) => Ok(dir.as_path()),
-        Err(message) => Err(HarnessError::Io { what: message.clone(), source: std::io::Error::other("scratch") }),
+        Err(message) => Err(HarnessError::Io {
+            what: message.clone(),
+            source: std::io::Error::other("scratch"),
+        }),
     }
 }
 
@@ -112,17 +125,25 @@ for _ in $(seq 300); do rm -rf -- "$0" 2>/dev/null; [ -e "$0" ] || exit 0; sleep
 
 /// A fresh directory under the scratch root, owned by `owner` when given.
 pub(crate) fn scratch_dir(name: &str, owner: Option<RunAs>) -> Result<PathBuf, HarnessError> {
-    let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(scratch_root()?).map_err(io("creating a server directory"))?.keep();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(scratch_root()?)
+        .map_err(io("creating a server directory"))?
+        .keep();
     if let Some(owner) = owner {
-        std::os::unix::fs::chown(&dir, Some(owner.uid), Some(owner.gid)).map_err(io("handing the server directory to its user"))?;
+        std::os::unix::fs::chown(&dir, Some(owner.uid), Some(owner.gid))
+            .map_err(io("handing the server directory to its user"))?;
     }
     Ok(dir)
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the server binds it next).
-pub(crate) fn free_port() -> Result<u16, HarnessError> {
+pub fn free_port() -> Result<u16, HarnessError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(listener.local_addr().map_err(io("finding a free port"))?.port())
+    Ok(listener
+        .local_addr()
+        .map_err(io("finding a free port"))?
+        .port())
 }
 
 /// Checks that `program` is on PATH (or is an existing path).
@@ -132,7 +153,10 @@ pub(crate) fn require(program: &str, hint: &str) -> Result<PathBuf, HarnessError
         return if candidate.exists() {
             Ok(candidate.to_path_buf())
         } else {
-            Err(HarnessError::Missing { program: program.into(), hint: hint.into() })
+            Err(HarnessError::Missing {
+                program: program.into(),
+                hint: hint.into(),
+            })
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -145,19 +169,33 @@ pub(crate) fn require(program: &str, hint: &str) -> Result<PathBuf, HarnessError
     dirs.into_iter()
         .map(|d| d.join(program))
         .find(|p| p.is_file())
-        .ok_or_else(|| HarnessError::Missing { program: program.into(), hint: hint.into() })
+        .ok_or_else(|| HarnessError::Missing {
+            program: program.into(),
+            hint: hint.into(),
+        })
 }
 
 /// Runs a setup command to completion, as `run_as` when given.
-pub(crate) fn run(what: &str, command: &mut Command, run_as: Option<RunAs>) -> Result<String, HarnessError> {
+pub(crate) fn run(
+    what: &str,
+    command: &mut Command,
+    run_as: Option<RunAs>,
+) -> Result<String, HarnessError> {
     if let Some(user) = run_as {
         std::os::unix::process::CommandExt::uid(command, user.uid);
         std::os::unix::process::CommandExt::gid(command, user.gid);
     }
     let output = command.stdin(Stdio::null()).output().map_err(io(what))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     if !output.status.success() {
-        return Err(HarnessError::Command { what: what.into(), output: text });
+        return Err(HarnessError::Command {
+            what: what.into(),
+            output: text,
+        });
     }
     Ok(text)
 }
@@ -193,7 +231,10 @@ exit 0"#;
 
 impl ServerProcess {
     pub(crate) fn start(launch: Launch) -> Result<Self, HarnessError> {
-        let process = Self { launch, running: Mutex::new(None) };
+        let process = Self {
+            launch,
+            running: Mutex::new(None),
+        };
         process.spawn()?;
         Ok(process)
     }
@@ -215,7 +256,9 @@ impl ServerProcess {
             std::os::unix::process::CommandExt::uid(&mut command, user.uid);
             std::os::unix::process::CommandExt::gid(&mut command, user.gid);
         }
-        let mut child = command.spawn().map_err(io(format!("starting {}", self.launch.name)))?;
+        let mut child = command
+            .spawn()
+            .map_err(io(format!("starting {}", self.launch.name)))?;
         let stdin = child.stdin.take().ok_or_else(|| HarnessError::Io {
             what: format!("starting {}", self.launch.name),
             source: std::io::Error::other("no stdin pipe"),
@@ -225,14 +268,22 @@ impl ServerProcess {
     }
 
     fn signal_and_wait(&self, signal: Option<&str>) -> Result<(), HarnessError> {
-        let taken = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some((mut child, mut stdin)) = taken else { return Ok(()) };
+        let taken = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some((mut child, mut stdin)) = taken else {
+            return Ok(());
+        };
         if let Some(signal) = signal {
             // A supervisor that already exited has closed the pipe; waiting below still works.
             let _ = writeln!(stdin, "{signal}");
         }
         drop(stdin);
-        child.wait().map_err(io(format!("stopping {}", self.launch.name)))?;
+        child
+            .wait()
+            .map_err(io(format!("stopping {}", self.launch.name)))?;
         Ok(())
     }
 
@@ -265,7 +316,11 @@ impl ServerProcess {
     }
 
     /// Polls `ready` until it holds or `timeout` passes; the error carries the log tail.
-    pub(crate) fn wait_ready(&self, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), HarnessError> {
+    pub(crate) fn wait_ready(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if ready() {
@@ -273,7 +328,11 @@ impl ServerProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(HarnessError::NotReady { server: self.launch.name.clone(), seconds: timeout.as_secs(), log: self.log_tail() })
+        Err(HarnessError::NotReady {
+            server: self.launch.name.clone(),
+            seconds: timeout.as_secs(),
+            log: self.log_tail(),
+        })
     }
 }
 
@@ -289,9 +348,11 @@ pub(crate) fn accepts(port: u16) -> bool {
 }
 
 /// Sends a plain HTTP/1.0 GET and returns the response (status line, headers and body).
-pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
+pub fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::Read;
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut response = String::new();

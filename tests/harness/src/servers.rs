@@ -15,13 +15,20 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Returns the shared instance, starting it on first use. Panics with the harness error: this
 /// is test setup, and a missing server must fail the test loudly, naming what to install.
-fn shared<T>(cell: &'static OnceLock<T>, start: impl FnOnce() -> Result<T, HarnessError>) -> &'static T {
+fn shared<T>(
+    cell: &'static OnceLock<T>,
+    start: impl FnOnce() -> Result<T, HarnessError>,
+) -> &'static T {
     cell.get_or_init(|| start().unwrap_or_else(|e| panic!("test server failed to start: {e}")))
 }
 
 /// The user a server that refuses root runs as.
 fn service_user(name: &str) -> Result<Option<RunAs>, HarnessError> {
-    if running_as_root() { system_user(name).map(Some) } else { Ok(None) }
+    if running_as_root() {
+        system_user(name).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 // ----- etcd ----------------------------------------------------------------------------------
@@ -61,7 +68,10 @@ impl Etcd {
             log: dir.join("etcd.log"),
             stop_signal: "TERM",
         })?;
-        let etcd = Self { client_port, process };
+        let etcd = Self {
+            client_port,
+            process,
+        };
         etcd.wait_ready()?;
         Ok(etcd)
     }
@@ -115,14 +125,30 @@ pub struct Postgres {
 impl Postgres {
     /// Runs initdb and starts the server on a free loopback port.
     pub fn start() -> Result<Self, HarnessError> {
-        let bin = PathBuf::from(std::env::var("KYMA_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()));
-        let postgres = require(&bin.join("postgres").to_string_lossy(), "Debian package postgresql-15")?;
+        let bin = PathBuf::from(
+            std::env::var("KYMA_TEST_PG_BIN")
+                .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
+        );
+        let postgres = require(
+            &bin.join("postgres").to_string_lossy(),
+            "Debian package postgresql-15",
+        )?;
         let run_as = service_user("postgres")?;
         let dir = scratch_dir("postgres", run_as)?;
         let data = dir.join("data");
         run(
             "initdb",
-            Command::new(bin.join("initdb")).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"]).arg(&data),
+            Command::new(bin.join("initdb"))
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&data),
             run_as,
         )?;
         let port = free_port()?;
@@ -155,7 +181,12 @@ impl Postgres {
             // SIGINT is PostgreSQL's fast shutdown: it does not wait for clients to leave.
             stop_signal: "INT",
         })?;
-        let server = Self { port, bin, run_as, process };
+        let server = Self {
+            port,
+            bin,
+            run_as,
+            process,
+        };
         server.wait_ready()?;
         Ok(server)
     }
@@ -181,7 +212,15 @@ impl Postgres {
         let pg_isready = self.bin.join("pg_isready");
         self.process.wait_ready(READY_TIMEOUT, || {
             Command::new(&pg_isready)
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
                 .status()
                 .is_ok_and(|s| s.success())
         })
@@ -192,7 +231,19 @@ impl Postgres {
         run(
             "psql",
             Command::new(self.bin.join("psql"))
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-p",
+                ])
                 .arg(self.port.to_string())
                 .args(["-d", database, "-c", sql]),
             self.run_as,
@@ -266,7 +317,11 @@ impl MariaDb {
             log: dir.join("mariadb.log"),
             stop_signal: "TERM",
         })?;
-        let server = Self { port, socket, process };
+        let server = Self {
+            port,
+            socket,
+            process,
+        };
         server.wait_ready()?;
         server.sql("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;")?;
         Ok(server)
@@ -290,7 +345,9 @@ impl MariaDb {
 
     /// Waits until the server answers on its socket.
     pub fn wait_ready(&self) -> Result<(), HarnessError> {
-        self.process.wait_ready(READY_TIMEOUT, || accepts(self.port) && self.sql("SELECT 1").is_ok())
+        self.process.wait_ready(READY_TIMEOUT, || {
+            accepts(self.port) && self.sql("SELECT 1").is_ok()
+        })
     }
 
     /// Runs SQL as root over the server's socket.
@@ -298,7 +355,10 @@ impl MariaDb {
         let client = require("mariadb", "Debian package mariadb-client")?;
         run(
             "mariadb",
-            Command::new(client).arg("--no-defaults").arg(format!("--socket={}", self.socket.display())).args(["-uroot", "-N", "-B", "-e", sql]),
+            Command::new(client)
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", self.socket.display()))
+                .args(["-uroot", "-N", "-B", "-e", sql]),
             None,
         )
     }
@@ -336,7 +396,10 @@ impl S3 {
 
     /// Starts s3s-fs on a free loopback port.
     pub fn start() -> Result<Self, HarnessError> {
-        let program = require("s3s-fs", "cargo install --locked s3s-fs@0.14.1 --features binary")?;
+        let program = require(
+            "s3s-fs",
+            "cargo install --locked s3s-fs@0.14.1 --features binary",
+        )?;
         let dir = scratch_dir("s3", None)?;
         let root = dir.join("root");
         fs::create_dir_all(&root).map_err(io("creating the S3 root"))?;
@@ -360,8 +423,14 @@ impl S3 {
             log: dir.join("s3s-fs.log"),
             stop_signal: "TERM",
         })?;
-        let server = Self { port, root, process };
-        server.process.wait_ready(READY_TIMEOUT, || http_get(port, "/").is_some_and(|r| r.starts_with("HTTP/")))?;
+        let server = Self {
+            port,
+            root,
+            process,
+        };
+        server.process.wait_ready(READY_TIMEOUT, || {
+            http_get(port, "/").is_some_and(|r| r.starts_with("HTTP/"))
+        })?;
         Ok(server)
     }
 

@@ -13,7 +13,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 #[tokio::test]
 async fn etcd_starts_and_answers_a_put_and_get() {
     let etcd = Etcd::shared();
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.expect("connect to etcd");
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("connect to etcd");
     let key = kyma_test_harness::unique_name("harness");
     client.put(key.clone(), "hello", None).await.expect("put");
     let response = client.get(key, None).await.expect("get");
@@ -24,8 +26,13 @@ async fn etcd_starts_and_answers_a_put_and_get() {
 async fn etcd_keeps_its_data_across_a_kill_and_restart() {
     let etcd = Etcd::start().expect("start a private etcd");
     {
-        let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.expect("connect");
-        client.put("survivor", "still here", None).await.expect("put");
+        let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .expect("connect");
+        client
+            .put("survivor", "still here", None)
+            .await
+            .expect("put");
     }
     etcd.process().kill().expect("kill etcd");
     let options = etcd_client::ConnectOptions::new()
@@ -38,7 +45,9 @@ async fn etcd_keeps_its_data_across_a_kill_and_restart() {
     assert!(down, "etcd must be down after a kill");
     etcd.process().start_again().expect("start etcd again");
     etcd.wait_ready().expect("etcd ready again");
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.expect("reconnect");
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("reconnect");
     let response = client.get("survivor", None).await.expect("get");
     assert_eq!(response.kvs()[0].value(), b"still here");
 }
@@ -47,19 +56,38 @@ async fn etcd_keeps_its_data_across_a_kill_and_restart() {
 async fn postgres_starts_with_logical_wal_and_replication_slots() {
     let pg = Postgres::shared();
     let database = pg.create_database("harness").expect("create database");
-    let (client, connection) = tokio_postgres::connect(&pg.url(&database), tokio_postgres::NoTls).await.expect("connect to postgres");
+    let (client, connection) = tokio_postgres::connect(&pg.url(&database), tokio_postgres::NoTls)
+        .await
+        .expect("connect to postgres");
     tokio::spawn(connection);
-    let wal_level: String = client.query_one("SHOW wal_level", &[]).await.expect("SHOW wal_level").get(0);
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .expect("SHOW wal_level")
+        .get(0);
     assert_eq!(wal_level, "logical");
-    let slots: String = client.query_one("SHOW max_replication_slots", &[]).await.expect("slots").get(0);
-    assert!(slots.parse::<u32>().expect("a number") >= 10, "max_replication_slots = {slots}");
+    let slots: String = client
+        .query_one("SHOW max_replication_slots", &[])
+        .await
+        .expect("slots")
+        .get(0);
+    assert!(
+        slots.parse::<u32>().expect("a number") >= 10,
+        "max_replication_slots = {slots}"
+    );
     // A logical slot with pgoutput can really be created (what the Postgres source needs).
     let slot = kyma_test_harness::unique_name("slot");
     client
-        .execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"), &[])
+        .execute(
+            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+            &[],
+        )
         .await
         .expect("create a logical slot");
-    client.execute(&format!("SELECT pg_drop_replication_slot('{slot}')"), &[]).await.expect("drop the slot");
+    client
+        .execute(&format!("SELECT pg_drop_replication_slot('{slot}')"), &[])
+        .await
+        .expect("drop the slot");
 }
 
 #[tokio::test]
@@ -73,10 +101,26 @@ async fn mariadb_starts_with_row_binlog_and_gtids() {
         .await
         .expect("read binlog settings")
         .expect("one row");
-    assert_eq!((log_bin.as_str(), format.as_str(), image.as_str(), strict.as_str()), ("1", "ROW", "FULL", "1"));
-    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)").await.expect("create table");
-    conn.query_drop("INSERT INTO t VALUES (1)").await.expect("insert");
-    let gtid: String = conn.query_first("SELECT @@gtid_binlog_pos").await.expect("gtid").expect("row");
+    assert_eq!(
+        (
+            log_bin.as_str(),
+            format.as_str(),
+            image.as_str(),
+            strict.as_str()
+        ),
+        ("1", "ROW", "FULL", "1")
+    );
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .expect("create table");
+    conn.query_drop("INSERT INTO t VALUES (1)")
+        .await
+        .expect("insert");
+    let gtid: String = conn
+        .query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .expect("gtid")
+        .expect("row");
     assert!(!gtid.is_empty(), "a write must produce a GTID");
     drop(conn);
     pool.disconnect().await.expect("disconnect");
@@ -99,15 +143,38 @@ async fn s3_starts_and_supports_put_get_list_and_conditional_put() {
             .expect("build the S3 store"),
     );
     let path = Path::from("extents/a.parquet");
-    store.put(&path, PutPayload::from_static(b"extent bytes")).await.expect("put");
-    let read = store.get(&path).await.expect("get").bytes().await.expect("body");
+    store
+        .put(&path, PutPayload::from_static(b"extent bytes"))
+        .await
+        .expect("put");
+    let read = store
+        .get(&path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
     assert_eq!(read, Bytes::from_static(b"extent bytes"));
-    let listed = store.list_with_delimiter(Some(&Path::from("extents"))).await.expect("list");
+    let listed = store
+        .list_with_delimiter(Some(&Path::from("extents")))
+        .await
+        .expect("list");
     assert_eq!(listed.objects.len(), 1);
     // Create-only puts: the second must be refused (what safe manifest writes rely on).
     let fresh = Path::from("manifests/1.json");
-    let create = PutOptions { mode: PutMode::Create, ..Default::default() };
-    store.put_opts(&fresh, PutPayload::from_static(b"1"), create.clone()).await.expect("first create");
-    let second = store.put_opts(&fresh, PutPayload::from_static(b"2"), create).await;
-    assert!(matches!(second, Err(object_store::Error::AlreadyExists { .. })), "second create-only put: {second:?}");
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    store
+        .put_opts(&fresh, PutPayload::from_static(b"1"), create.clone())
+        .await
+        .expect("first create");
+    let second = store
+        .put_opts(&fresh, PutPayload::from_static(b"2"), create)
+        .await;
+    assert!(
+        matches!(second, Err(object_store::Error::AlreadyExists { .. })),
+        "second create-only put: {second:?}"
+    );
 }

@@ -1,0 +1,118 @@
+//! The operations HTTP endpoints every process serves: `/healthz` (the process is up),
+//! `/readyz` (it can do its work: the catalog answers, a worker's lease is alive) and
+//! `/metrics` (Prometheus text). Serves until SIGTERM or Ctrl-C.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use kyma_cdc_worker::CdcWorker;
+use kyma_query_node::QueryNode;
+
+use crate::RunError;
+
+/// What `/readyz` checks.
+pub enum Probe<'a> {
+    /// A query node.
+    QueryNode(QueryNode),
+    /// A CDC worker.
+    Worker(&'a CdcWorker),
+    /// Both, in one process.
+    Standalone(QueryNode, &'a CdcWorker),
+}
+
+impl Probe<'_> {
+    async fn ready(&self) -> Result<(), kyma_catalog::CatalogError> {
+        match self {
+            Probe::QueryNode(node) => node.ready().await,
+            Probe::Worker(worker) => worker.ready().await,
+            Probe::Standalone(node, worker) => {
+                node.ready().await?;
+                worker.ready().await
+            }
+        }
+    }
+}
+
+/// Serves the endpoints on `addr` until the process is asked to stop.
+pub async fn serve(addr: SocketAddr, probe: Probe<'_>) -> Result<(), RunError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Http { addr, source })?;
+    // The router is 'static; readiness is answered here, in the serving task, over a channel.
+    let (ask, mut asked) =
+        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>(16);
+    let readyz = move || {
+        let ask = ask.clone();
+        async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if ask.send(reply).await.is_err() {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting down\n".to_owned(),
+                );
+            }
+            match answer.await {
+                Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
+                Ok(Err(why)) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+                Err(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting down\n".to_owned(),
+                ),
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .into_future();
+    tokio::pin!(server);
+    loop {
+        tokio::select! {
+            result = &mut server => return result.map_err(|source| RunError::Http { addr, source }),
+            Some(reply) = asked.recv() => {
+                let _ = reply.send(probe.ready().await.map_err(|e| e.to_string()));
+            }
+        }
+    }
+}
+
+async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        format!(
+            "# HELP kyma_build_info kyma build.\n# TYPE kyma_build_info gauge\nkyma_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+    )
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,390 @@
+//! Command-line settings. Every setting is a flag, an environment variable (`KYMA_…`) and a key
+//! of the config file given with `--config` (same name as the flag, without the dashes);
+//! precedence: flag, then environment, then config file, then default. A bad value is refused
+//! at start with a message naming the flag.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use kyma_catalog::CatalogLocation;
+
+/// kyma: SQL over Arrow Flight SQL across kyma tables and operational databases.
+#[derive(Debug, Parser)]
+#[command(name = "kyma", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The three processes.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Query node and one CDC worker in one process, on an embedded catalog and local storage.
+    Standalone(StandaloneArgs),
+    /// A stateless query node on an etcd catalog and object storage.
+    QueryNode(QueryNodeArgs),
+    /// A CDC worker on an etcd catalog and object storage.
+    CdcWorker(CdcWorkerArgs),
+}
+
+/// Settings every process has.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Config file (TOML); its keys are the flag names, e.g. `http-addr = "0.0.0.0:8080"`.
+    #[arg(long, env = "KYMA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTP address: /healthz, /readyz, /metrics (and the REST admin API on query nodes).
+    #[arg(
+        long,
+        env = "KYMA_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub http_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "KYMA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// `kyma standalone`.
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Directory holding the embedded catalog and the extents.
+    #[arg(
+        long,
+        env = "KYMA_DATA_DIR",
+        default_value = "./kyma-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Flight SQL and admin gRPC address.
+    #[arg(
+        long,
+        env = "KYMA_GRPC_ADDR",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR"
+    )]
+    pub grpc_addr: SocketAddr,
+    /// Directory of mounted secrets (one file per secret).
+    #[arg(
+        long,
+        env = "KYMA_SECRETS_DIR",
+        default_value = "/var/run/secrets/kyma",
+        value_name = "DIR"
+    )]
+    pub secrets_dir: PathBuf,
+}
+
+/// `kyma query-node`.
+#[derive(Debug, Args)]
+pub struct QueryNodeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Flight SQL and admin gRPC address.
+    #[arg(
+        long,
+        env = "KYMA_GRPC_ADDR",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR"
+    )]
+    pub grpc_addr: SocketAddr,
+    /// Directory of mounted secrets (one file per secret).
+    #[arg(
+        long,
+        env = "KYMA_SECRETS_DIR",
+        default_value = "/var/run/secrets/kyma",
+        value_name = "DIR"
+    )]
+    pub secrets_dir: PathBuf,
+}
+
+/// `kyma cdc-worker`.
+#[derive(Debug, Args)]
+pub struct CdcWorkerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// This worker's id (default: host name and process id).
+    #[arg(long, env = "KYMA_WORKER_ID", value_name = "ID")]
+    pub worker_id: Option<String>,
+    /// Seconds without a keep-alive after which this worker's claims may be taken over.
+    #[arg(long, env = "KYMA_LEASE_TTL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_ttl_secs: u64,
+    /// Directory of mounted secrets (one file per secret).
+    #[arg(
+        long,
+        env = "KYMA_SECRETS_DIR",
+        default_value = "/var/run/secrets/kyma",
+        value_name = "DIR"
+    )]
+    pub secrets_dir: PathBuf,
+}
+
+/// Where the shared catalog and storage are.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The catalog: etcd://HOST:PORT[,HOST:PORT]/PREFIX.
+    #[arg(long, env = "KYMA_CATALOG", value_name = "URL", value_parser = parse_catalog)]
+    pub catalog: CatalogLocation,
+    /// Object storage for extents: file:///DIR, s3://BUCKET/PREFIX, gs://…, az://…, memory://.
+    #[arg(long, env = "KYMA_STORE", value_name = "URL", value_parser = parse_store)]
+    pub store: StoreLocation,
+    /// Endpoint of an S3-compatible server (else AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, env = "KYMA_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+}
+
+fn parse_catalog(value: &str) -> Result<CatalogLocation, String> {
+    match CatalogLocation::parse("--catalog", value) {
+        Ok(CatalogLocation::Embedded { .. }) => {
+            Err("the embedded catalog is for `kyma standalone`; separate processes share an etcd catalog: etcd://HOST:PORT/PREFIX".into())
+        }
+        Ok(location) => Ok(location),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Object storage for extents and manifests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory.
+    File(PathBuf),
+    /// An S3 (or S3-compatible) bucket and key prefix.
+    S3 {
+        /// Bucket.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+    },
+    /// A Google Cloud Storage bucket and prefix.
+    Gcs {
+        /// Bucket.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+    },
+    /// An Azure Blob container and prefix.
+    Azure {
+        /// Container.
+        container: String,
+        /// Key prefix.
+        prefix: String,
+    },
+    /// In memory (tests).
+    Memory,
+}
+
+fn parse_store(value: &str) -> Result<StoreLocation, String> {
+    let hint = "use file:///DIR, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or memory://";
+    let (scheme, rest) = value
+        .split_once("://")
+        .ok_or_else(|| format!("`{value}` is not a store URL: {hint}"))?;
+    let bucket_and_prefix = || -> Result<(String, String), String> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("`{value}` names no bucket: {hint}"));
+        }
+        Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+    };
+    match scheme {
+        "file" if rest.starts_with('/') => Ok(StoreLocation::File(PathBuf::from(rest))),
+        "file" => Err(format!("`{value}` needs an absolute path: file:///DIR")),
+        "s3" => bucket_and_prefix().map(|(bucket, prefix)| StoreLocation::S3 { bucket, prefix }),
+        "gs" => bucket_and_prefix().map(|(bucket, prefix)| StoreLocation::Gcs { bucket, prefix }),
+        "az" => bucket_and_prefix()
+            .map(|(container, prefix)| StoreLocation::Azure { container, prefix }),
+        "memory" => Ok(StoreLocation::Memory),
+        other => Err(format!("store scheme `{other}` is not supported: {hint}")),
+    }
+}
+
+/// A refused setting, naming what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(String);
+
+/// Parses `args` (including the program name), merging the config file: its keys fill in what
+/// neither a flag nor an environment variable set.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let args = merge_config_file(args)
+        .map_err(|e| Cli::command().error(clap::error::ErrorKind::InvalidValue, e.0))?;
+    Cli::try_parse_from(args)
+}
+
+fn merge_config_file(mut args: Vec<OsString>) -> Result<Vec<OsString>, SettingsError> {
+    let strings: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let from_flag = strings.iter().enumerate().find_map(|(i, a)| {
+        if a == "--config" {
+            strings.get(i + 1).cloned()
+        } else {
+            a.strip_prefix("--config=").map(str::to_owned)
+        }
+    });
+    let Some(path) = from_flag.or_else(|| std::env::var("KYMA_CONFIG").ok()) else {
+        return Ok(args);
+    };
+    // The subcommand is the first argument naming one; file values go right after it.
+    let command = Cli::command();
+    let Some((position, sub)) = strings
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find_map(|(i, a)| command.find_subcommand(a).map(|s| (i, s)))
+    else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| SettingsError(format!("cannot read the config file {path}: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| SettingsError(format!("config file {path} is not valid TOML: {e}")))?;
+    let mut injected = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let arg = sub
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()) && flag != "config")
+            .ok_or_else(|| {
+                SettingsError(format!(
+                    "config file {path}: unknown key `{key}` for `kyma {}`",
+                    sub.get_name()
+                ))
+            })?;
+        let given_as_flag = strings
+            .iter()
+            .any(|a| a == &format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
+        let given_in_env = arg
+            .get_env()
+            .is_some_and(|var| std::env::var_os(var).is_some());
+        if given_as_flag || given_in_env {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(SettingsError(format!(
+                    "config file {path}: key `{key}` must be a string, number or boolean, not {}",
+                    other.type_str()
+                )));
+            }
+        };
+        injected.push(OsString::from(format!("--{flag}={value}")));
+    }
+    let tail = args.split_off(position + 1);
+    args.extend(injected);
+    args.extend(tail);
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn store_urls_parse_and_bad_ones_name_the_fix() {
+        assert_eq!(
+            parse_store("s3://b/p/q/"),
+            Ok(StoreLocation::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            })
+        );
+        assert_eq!(
+            parse_store("file:///tmp/x"),
+            Ok(StoreLocation::File("/tmp/x".into()))
+        );
+        assert!(
+            parse_store("file://relative")
+                .expect_err("relative")
+                .contains("absolute path")
+        );
+        assert!(
+            parse_store("ftp://x")
+                .expect_err("ftp")
+                .contains("not supported")
+        );
+        assert!(
+            parse_store("s3://")
+                .expect_err("no bucket")
+                .contains("no bucket")
+        );
+    }
+
+    #[test]
+    fn a_bad_flag_value_is_refused_naming_the_flag() {
+        let error = parse(args(&[
+            "kyma",
+            "query-node",
+            "--catalog",
+            "redis://x",
+            "--store",
+            "memory://",
+        ]))
+        .expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("--catalog") && text.contains("etcd://HOST:PORT"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn config_file_fills_in_what_flags_do_not_set() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("kyma.toml");
+        std::fs::write(
+            &file,
+            "http-addr = \"127.0.0.1:9999\"\ngrpc_addr = \"127.0.0.1:7777\"\n",
+        )
+        .expect("write");
+        let cli = parse(args(&[
+            "kyma",
+            "standalone",
+            "--config",
+            &file.to_string_lossy(),
+            "--grpc-addr",
+            "127.0.0.1:1234",
+        ]))
+        .expect("parse");
+        let Command::Standalone(s) = cli.command else {
+            panic!("standalone")
+        };
+        assert_eq!(s.common.http_addr.port(), 9999, "from the file");
+        assert_eq!(s.grpc_addr.port(), 1234, "the flag wins over the file");
+    }
+
+    #[test]
+    fn an_unknown_config_key_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("kyma.toml");
+        std::fs::write(&file, "htp-addr = \"x\"\n").expect("write");
+        let error = parse(args(&[
+            "kyma",
+            "standalone",
+            "--config",
+            &file.to_string_lossy(),
+        ]))
+        .expect_err("refused");
+        assert!(
+            error.to_string().contains("unknown key `htp-addr`"),
+            "{error}"
+        );
+    }
+}
