@@ -84,7 +84,17 @@ async fn commit_until_won(
     manifest: &str,
     columns: &[Column],
 ) -> u64 {
-    let mut base = catalog.table(t).await.expect("read table");
+    let base = catalog.table(t).await.expect("read table");
+    commit_until_won_on(catalog, base, manifest, columns).await
+}
+
+/// Commits `manifest` on top of `base`, rebasing on conflicts; returns the version it won.
+async fn commit_until_won_on(
+    catalog: &Catalog,
+    mut base: TableState,
+    manifest: &str,
+    columns: &[Column],
+) -> u64 {
     loop {
         let change = TableCommit::on(&base, manifest, columns).expect("widen");
         let version = change.snapshot.version;
@@ -331,27 +341,6 @@ mod cases {
             .await
             .expect("loosen");
         assert!(loosened.value.column("id").is_some_and(|c| c.nullable));
-    }
-
-    async fn commit_until_won_on(
-        catalog: &Catalog,
-        mut base: TableState,
-        manifest: &str,
-        columns: &[Column],
-    ) {
-        loop {
-            let change = TableCommit::on(&base, manifest, columns).expect("widen");
-            match catalog
-                .commit(&CatalogCommit::tables(vec![change]))
-                .await
-                .expect("commit")
-            {
-                CommitOutcome::Committed { .. } => return,
-                CommitOutcome::Conflict(conflict) => {
-                    base = conflict.tables.into_iter().next().expect("table")
-                }
-            }
-        }
     }
 
     pub async fn a_multi_table_commit_is_all_or_nothing(f: Fixture) {

@@ -80,8 +80,8 @@ async fn run(command: Command) -> Result<(), RunError> {
             tracing::info!(
                 data_dir = %args.data_dir.display(),
                 http = %args.common.http_addr,
-                grpc = %args.grpc_addr,
-                secrets_dir = %args.secrets_dir.display(),
+                grpc = %args.serve.grpc_addr,
+                secrets_dir = %args.common.secrets_dir.display(),
                 "kyma standalone running"
             );
             let result = ops_http::serve(
@@ -97,10 +97,10 @@ async fn run(command: Command) -> Result<(), RunError> {
             let node = QueryNode::new(catalog);
             tracing::info!(
                 http = %args.common.http_addr,
-                grpc = %args.grpc_addr,
+                grpc = %args.serve.grpc_addr,
                 store = ?args.cluster.store,
                 s3_endpoint = ?args.cluster.s3_endpoint,
-                secrets_dir = %args.secrets_dir.display(),
+                secrets_dir = %args.common.secrets_dir.display(),
                 "kyma query node running"
             );
             ops_http::serve(args.common.http_addr, ops_http::Probe::QueryNode(node)).await
@@ -119,7 +119,7 @@ async fn run(command: Command) -> Result<(), RunError> {
                 http = %args.common.http_addr,
                 store = ?args.cluster.store,
                 s3_endpoint = ?args.cluster.s3_endpoint,
-                secrets_dir = %args.secrets_dir.display(),
+                secrets_dir = %args.common.secrets_dir.display(),
                 "kyma cdc worker running"
             );
             let result =

@@ -47,6 +47,27 @@ pub struct CommonArgs {
     /// Log format.
     #[arg(long, env = "KYMA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Directory of mounted secrets (one file per secret).
+    #[arg(
+        long,
+        env = "KYMA_SECRETS_DIR",
+        default_value = "/var/run/secrets/kyma",
+        value_name = "DIR"
+    )]
+    pub secrets_dir: PathBuf,
+}
+
+/// Settings of processes that serve queries.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Flight SQL and admin gRPC address.
+    #[arg(
+        long,
+        env = "KYMA_GRPC_ADDR",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR"
+    )]
+    pub grpc_addr: SocketAddr,
 }
 
 /// `kyma standalone`.
@@ -62,22 +83,8 @@ pub struct StandaloneArgs {
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,
-    /// Flight SQL and admin gRPC address.
-    #[arg(
-        long,
-        env = "KYMA_GRPC_ADDR",
-        default_value = "127.0.0.1:50051",
-        value_name = "ADDR"
-    )]
-    pub grpc_addr: SocketAddr,
-    /// Directory of mounted secrets (one file per secret).
-    #[arg(
-        long,
-        env = "KYMA_SECRETS_DIR",
-        default_value = "/var/run/secrets/kyma",
-        value_name = "DIR"
-    )]
-    pub secrets_dir: PathBuf,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// `kyma query-node`.
@@ -87,22 +94,8 @@ pub struct QueryNodeArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Flight SQL and admin gRPC address.
-    #[arg(
-        long,
-        env = "KYMA_GRPC_ADDR",
-        default_value = "127.0.0.1:50051",
-        value_name = "ADDR"
-    )]
-    pub grpc_addr: SocketAddr,
-    /// Directory of mounted secrets (one file per secret).
-    #[arg(
-        long,
-        env = "KYMA_SECRETS_DIR",
-        default_value = "/var/run/secrets/kyma",
-        value_name = "DIR"
-    )]
-    pub secrets_dir: PathBuf,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// `kyma cdc-worker`.
@@ -118,14 +111,6 @@ pub struct CdcWorkerArgs {
     /// Seconds without a keep-alive after which this worker's claims may be taken over.
     #[arg(long, env = "KYMA_LEASE_TTL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=300))]
     pub lease_ttl_secs: u64,
-    /// Directory of mounted secrets (one file per secret).
-    #[arg(
-        long,
-        env = "KYMA_SECRETS_DIR",
-        default_value = "/var/run/secrets/kyma",
-        value_name = "DIR"
-    )]
-    pub secrets_dir: PathBuf,
 }
 
 /// Where the shared catalog and storage are.
@@ -367,7 +352,11 @@ mod tests {
             panic!("standalone")
         };
         assert_eq!(s.common.http_addr.port(), 9999, "from the file");
-        assert_eq!(s.grpc_addr.port(), 1234, "the flag wins over the file");
+        assert_eq!(
+            s.serve.grpc_addr.port(),
+            1234,
+            "the flag wins over the file"
+        );
     }
 
     #[test]
