@@ -20,5 +20,6 @@ pub use catalog::{
     ConnectorClaim, CursorAdvance, TableCommit, WorkerSession,
 };
 pub use error::CatalogError;
+pub use kv::Revision;
 pub use location::CatalogLocation;
 pub use model::*;

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use kyma_catalog::{Catalog, CatalogLocation};
 use kyma_cdc_worker::CdcWorker;
-use kyma_query_node::QueryNode;
-use settings::{Command, CommonArgs};
+use kyma_query_node::{GrpcOptions, QueryNode};
+use kyma_table::{ExtentStore, S3Options, StoreLocation};
+use settings::{Command, CommonArgs, ServeArgs};
+use tokio::sync::watch;
 
 fn main() -> ExitCode {
     let cli = match settings::parse(std::env::args_os().collect()) {
@@ -60,6 +62,10 @@ fn init_logging(common: &CommonArgs) {
 enum RunError {
     #[error(transparent)]
     Catalog(#[from] kyma_catalog::CatalogError),
+    #[error(transparent)]
+    Table(#[from] kyma_table::TableError),
+    #[error(transparent)]
+    Serve(#[from] kyma_query_node::ServeError),
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -67,43 +73,100 @@ enum RunError {
     },
 }
 
+/// A future that completes once the process is asked to stop; every server waits on one.
+fn stop_signal(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+}
+
+fn grpc_options(serve: &ServeArgs) -> GrpcOptions {
+    GrpcOptions {
+        auth_token: serve.auth_token.clone(),
+        tls: serve.tls_cert.clone().zip(serve.tls_key.clone()),
+    }
+}
+
 async fn run(command: Command) -> Result<(), RunError> {
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        ops_http::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
     match command {
         Command::Standalone(args) => {
+            let data_dir = std::path::absolute(&args.data_dir).map_err(|e| {
+                kyma_table::TableError::invalid(
+                    "--data-dir",
+                    format!("{}: {e}", args.data_dir.display()),
+                )
+            })?;
             let catalog = Catalog::open(&CatalogLocation::Embedded {
-                path: args.data_dir.join("catalog.redb"),
+                path: data_dir.join("catalog.redb"),
             })
             .await?;
+            let store = ExtentStore::open(
+                &StoreLocation::File(data_dir.join("store")),
+                &S3Options::default(),
+            )?;
             let worker =
                 CdcWorker::start(catalog.clone(), "standalone", Duration::from_secs(10)).await?;
-            let node = QueryNode::new(catalog);
+            let node = QueryNode::start(catalog, store).await?;
             tracing::info!(
-                data_dir = %args.data_dir.display(),
+                data_dir = %data_dir.display(),
                 http = %args.common.http_addr,
                 grpc = %args.serve.grpc_addr,
-                secrets_dir = %args.common.secrets_dir.display(),
                 "kyma standalone running"
             );
-            let result = ops_http::serve(
+            let grpc = async {
+                node.serve_grpc(
+                    args.serve.grpc_addr,
+                    grpc_options(&args.serve),
+                    stop_signal(&stop),
+                )
+                .await
+                .map_err(RunError::from)
+            };
+            let http = ops_http::serve(
                 args.common.http_addr,
-                ops_http::Probe::Standalone(node, &worker),
-            )
-            .await;
+                ops_http::Probe::Standalone(node.clone(), &worker),
+                stop_signal(&stop),
+            );
+            let result = tokio::try_join!(grpc, http).map(|_| ());
             worker.shutdown().await?;
             result
         }
         Command::QueryNode(args) => {
             let catalog = Catalog::open(&args.cluster.catalog).await?;
-            let node = QueryNode::new(catalog);
+            let store = ExtentStore::open(
+                &args.cluster.store,
+                &S3Options {
+                    endpoint: args.cluster.s3_endpoint.clone(),
+                },
+            )?;
+            let node = QueryNode::start(catalog, store).await?;
             tracing::info!(
                 http = %args.common.http_addr,
                 grpc = %args.serve.grpc_addr,
                 store = ?args.cluster.store,
-                s3_endpoint = ?args.cluster.s3_endpoint,
-                secrets_dir = %args.common.secrets_dir.display(),
                 "kyma query node running"
             );
-            ops_http::serve(args.common.http_addr, ops_http::Probe::QueryNode(node)).await
+            let grpc = async {
+                node.serve_grpc(
+                    args.serve.grpc_addr,
+                    grpc_options(&args.serve),
+                    stop_signal(&stop),
+                )
+                .await
+                .map_err(RunError::from)
+            };
+            let http = ops_http::serve(
+                args.common.http_addr,
+                ops_http::Probe::QueryNode(node.clone()),
+                stop_signal(&stop),
+            );
+            tokio::try_join!(grpc, http).map(|_| ())
         }
         Command::CdcWorker(args) => {
             let catalog = Catalog::open(&args.cluster.catalog).await?;
@@ -118,12 +181,14 @@ async fn run(command: Command) -> Result<(), RunError> {
                 %worker_id,
                 http = %args.common.http_addr,
                 store = ?args.cluster.store,
-                s3_endpoint = ?args.cluster.s3_endpoint,
-                secrets_dir = %args.common.secrets_dir.display(),
                 "kyma cdc worker running"
             );
-            let result =
-                ops_http::serve(args.common.http_addr, ops_http::Probe::Worker(&worker)).await;
+            let result = ops_http::serve(
+                args.common.http_addr,
+                ops_http::Probe::Worker(&worker),
+                stop_signal(&stop),
+            )
+            .await;
             worker.shutdown().await?;
             result
         }

@@ -1,6 +1,6 @@
 //! The operations HTTP endpoints every process serves: `/healthz` (the process is up),
 //! `/readyz` (it can do its work: the catalog answers, a worker's lease is alive) and
-//! `/metrics` (Prometheus text). Serves until SIGTERM or Ctrl-C.
+//! `/metrics` (Prometheus text). Serves until the process is asked to stop.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -36,8 +36,12 @@ impl Probe<'_> {
     }
 }
 
-/// Serves the endpoints on `addr` until the process is asked to stop.
-pub async fn serve(addr: SocketAddr, probe: Probe<'_>) -> Result<(), RunError> {
+/// Serves the endpoints on `addr` until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    probe: Probe<'_>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Http { addr, source })?;
@@ -67,12 +71,16 @@ pub async fn serve(addr: SocketAddr, probe: Probe<'_>) -> Result<(), RunError> {
             }
         }
     };
+    let node = match &probe {
+        Probe::QueryNode(node) | Probe::Standalone(node, _) => Some(node.clone()),
+        Probe::Worker(_) => None,
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(move || metrics(node.clone())));
     let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .into_future();
     tokio::pin!(server);
     loop {
@@ -85,20 +93,25 @@ pub async fn serve(addr: SocketAddr, probe: Probe<'_>) -> Result<(), RunError> {
     }
 }
 
-async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn metrics(node: Option<QueryNode>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let mut text = format!(
+        "# HELP kyma_build_info kyma build.\n# TYPE kyma_build_info gauge\nkyma_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(node) = node {
+        node.metrics().render(&mut text);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        format!(
-            "# HELP kyma_build_info kyma build.\n# TYPE kyma_build_info gauge\nkyma_build_info{{version=\"{}\"}} 1\n",
-            env!("CARGO_PKG_VERSION")
-        ),
+        text,
     )
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

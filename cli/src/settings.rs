@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use kyma_catalog::CatalogLocation;
+use kyma_table::StoreLocation;
 
 /// kyma: SQL over Arrow Flight SQL across kyma tables and operational databases.
 #[derive(Debug, Parser)]
@@ -68,6 +69,21 @@ pub struct ServeArgs {
         value_name = "ADDR"
     )]
     pub grpc_addr: SocketAddr,
+    /// Require this bearer token from Flight SQL clients (a basic-auth handshake presents it
+    /// as the password). Off when unset; prefer the environment variable to the flag.
+    #[arg(
+        long,
+        env = "KYMA_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub auth_token: Option<String>,
+    /// PEM certificate for TLS on the gRPC port (with --tls-key). Plaintext when unset.
+    #[arg(long, env = "KYMA_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the gRPC port (with --tls-cert).
+    #[arg(long, env = "KYMA_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `kyma standalone`.
@@ -137,58 +153,8 @@ fn parse_catalog(value: &str) -> Result<CatalogLocation, String> {
     }
 }
 
-/// Object storage for extents and manifests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    /// A local directory.
-    File(PathBuf),
-    /// An S3 (or S3-compatible) bucket and key prefix.
-    S3 {
-        /// Bucket.
-        bucket: String,
-        /// Key prefix.
-        prefix: String,
-    },
-    /// A Google Cloud Storage bucket and prefix.
-    Gcs {
-        /// Bucket.
-        bucket: String,
-        /// Key prefix.
-        prefix: String,
-    },
-    /// An Azure Blob container and prefix.
-    Azure {
-        /// Container.
-        container: String,
-        /// Key prefix.
-        prefix: String,
-    },
-    /// In memory (tests).
-    Memory,
-}
-
 fn parse_store(value: &str) -> Result<StoreLocation, String> {
-    let hint = "use file:///DIR, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or memory://";
-    let (scheme, rest) = value
-        .split_once("://")
-        .ok_or_else(|| format!("`{value}` is not a store URL: {hint}"))?;
-    let bucket_and_prefix = || -> Result<(String, String), String> {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!("`{value}` names no bucket: {hint}"));
-        }
-        Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
-    };
-    match scheme {
-        "file" if rest.starts_with('/') => Ok(StoreLocation::File(PathBuf::from(rest))),
-        "file" => Err(format!("`{value}` needs an absolute path: file:///DIR")),
-        "s3" => bucket_and_prefix().map(|(bucket, prefix)| StoreLocation::S3 { bucket, prefix }),
-        "gs" => bucket_and_prefix().map(|(bucket, prefix)| StoreLocation::Gcs { bucket, prefix }),
-        "az" => bucket_and_prefix()
-            .map(|(container, prefix)| StoreLocation::Azure { container, prefix }),
-        "memory" => Ok(StoreLocation::Memory),
-        other => Err(format!("store scheme `{other}` is not supported: {hint}")),
-    }
+    StoreLocation::parse("--store", value).map_err(|e| e.to_string())
 }
 
 /// A refused setting, naming what to fix.
@@ -280,36 +246,6 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<OsString> {
         list.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn store_urls_parse_and_bad_ones_name_the_fix() {
-        assert_eq!(
-            parse_store("s3://b/p/q/"),
-            Ok(StoreLocation::S3 {
-                bucket: "b".into(),
-                prefix: "p/q".into()
-            })
-        );
-        assert_eq!(
-            parse_store("file:///tmp/x"),
-            Ok(StoreLocation::File("/tmp/x".into()))
-        );
-        assert!(
-            parse_store("file://relative")
-                .expect_err("relative")
-                .contains("absolute path")
-        );
-        assert!(
-            parse_store("ftp://x")
-                .expect_err("ftp")
-                .contains("not supported")
-        );
-        assert!(
-            parse_store("s3://")
-                .expect_err("no bucket")
-                .contains("no bucket")
-        );
     }
 
     #[test]

@@ -256,6 +256,6 @@ pub(crate) fn check_txn_limits(txn: &Txn) -> Result<(), CatalogError> {
 }
 
 /// Retry backoff shared by the backends' reconnect loops: doubles from 50 ms up to 2 s.
-pub(crate) fn backoff(attempt: u32) -> Duration {
+pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6)).min(2_000))
 }

@@ -1,0 +1,794 @@
+//! Arrow Flight SQL on the query engine (arrow-flight's `FlightSqlService`).
+//!
+//! Supported: statement queries and updates, prepared statements with bound parameters,
+//! bulk ingest (`CommandStatementIngest`: create, append, replace), and the metadata
+//! commands clients call on connect (GetSqlInfo, GetCatalogs, GetDbSchemas, GetTables with
+//! schemas, GetTableTypes, GetPrimaryKeys). Everything else answers UNIMPLEMENTED.
+//!
+//! # Statelessness
+//!
+//! Tickets and prepared-statement handles carry the statement itself (JSON: the SQL and the
+//! bound parameters as Arrow IPC), so any replica behind a load balancer can serve any call.
+//! Binding parameters returns a new handle holding them (`DoPutPreparedStatementResult`).
+//! A command sent as a query (DDL or INSERT through `GetFlightInfo`) runs at
+//! `GetFlightInfo`; its ticket carries the count.
+//!
+//! # Errors
+//!
+//! Failures reach the client as gRPC statuses: bad SQL, type mismatches and bad arguments
+//! are INVALID_ARGUMENT, unknown tables NOT_FOUND, an existing table ALREADY_EXISTS, a
+//! transient catalog or storage failure UNAVAILABLE. A panic never ends a connection.
+
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TableExistsOption, TableNotExistOption, TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
+use datafusion::common::{DataFusionError, ScalarValue, SchemaError};
+use datafusion::execution::SendableRecordBatchStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use kyma_catalog::CatalogError;
+use kyma_table::TableError;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::engine::{IngestMode, Outcome, QueryEngine};
+use crate::metrics::QueryMetrics;
+use crate::provider::{DEFAULT_SCHEMA, KYMA_CATALOG, count_batch};
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+
+/// What a ticket or prepared-statement handle carries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Handle {
+    /// The statement.
+    sql: String,
+    /// Bound parameters: an Arrow IPC stream of one row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params: Option<Vec<u8>>,
+    /// For a command already run at GetFlightInfo: its count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    done: Option<u64>,
+}
+
+impl Handle {
+    fn encode(&self) -> bytes::Bytes {
+        serde_json::to_vec(self).unwrap_or_default().into()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, Status> {
+        serde_json::from_slice(bytes).map_err(|_| {
+            Status::invalid_argument("the ticket or statement handle was not issued by kyma")
+        })
+    }
+
+    fn parameters(&self) -> Result<Vec<ScalarValue>, Status> {
+        let Some(ipc) = &self.params else {
+            return Ok(Vec::new());
+        };
+        let batches = decode_ipc(ipc)?;
+        first_row(&batches)
+    }
+}
+
+/// The Flight SQL service of a query node.
+#[derive(Clone)]
+pub struct KymaFlightSqlService {
+    engine: QueryEngine,
+    metrics: Arc<QueryMetrics>,
+    token: Option<Arc<str>>,
+}
+
+impl KymaFlightSqlService {
+    /// A service over `engine`; `token` (when set) is what a basic-auth handshake must
+    /// present as its password, and what it hands back as the bearer token.
+    pub fn new(engine: QueryEngine, metrics: Arc<QueryMetrics>, token: Option<Arc<str>>) -> Self {
+        Self {
+            engine,
+            metrics,
+            token,
+        }
+    }
+
+    async fn run(&self, sql: &str, params: Vec<ScalarValue>) -> Result<Outcome, Status> {
+        let started = Instant::now();
+        let result = self.engine.execute(sql, params).await;
+        self.metrics.statement(started.elapsed(), result.is_ok());
+        if let Ok(Outcome::Count(n)) = &result
+            && sql_is_write(sql)
+        {
+            self.metrics.rows_ingested(*n);
+        }
+        result.map_err(|e| status_of(&e))
+    }
+
+    fn stream_rows(&self, schema: SchemaRef, stream: SendableRecordBatchStream) -> DoGetStream {
+        let metrics = self.metrics.clone();
+        let batches = stream
+            .inspect_ok(move |b| metrics.rows_returned(b.num_rows() as u64))
+            .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))));
+        Box::pin(
+            FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(batches)
+                .map_err(Status::from),
+        )
+    }
+
+    async fn outcome_stream(&self, handle: &Handle) -> Result<DoGetStream, Status> {
+        if let Some(count) = handle.done {
+            return Ok(batch_stream(count_batch(count).map_err(|e| status_of(&e))?));
+        }
+        match self.run(&handle.sql, handle.parameters()?).await? {
+            Outcome::Rows(stream) => Ok(self.stream_rows(stream.schema(), stream)),
+            Outcome::Count(count) => {
+                Ok(batch_stream(count_batch(count).map_err(|e| status_of(&e))?))
+            }
+        }
+    }
+
+    async fn catalog_entries(&self) -> Vec<(String, String, String, &'static str, SchemaRef)> {
+        let ctx = self.engine.session();
+        let mut out = Vec::new();
+        for catalog_name in ctx.catalog_names() {
+            let Some(catalog) = ctx.catalog(&catalog_name) else {
+                continue;
+            };
+            for schema_name in catalog.schema_names() {
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                let kind = if schema_name == "information_schema" {
+                    "VIEW"
+                } else {
+                    "TABLE"
+                };
+                for table_name in schema.table_names() {
+                    if let Ok(Some(table)) = schema.table(&table_name).await {
+                        out.push((
+                            catalog_name.clone(),
+                            schema_name.clone(),
+                            table_name,
+                            kind,
+                            table.schema(),
+                        ));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+        out
+    }
+}
+
+fn sql_is_write(sql: &str) -> bool {
+    let head = sql
+        .trim_start()
+        .get(..6)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    head == "insert" || head == "create"
+}
+
+fn batch_stream(batch: RecordBatch) -> DoGetStream {
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(batch.schema())
+            .build(futures::stream::once(async { Ok(batch) }))
+            .map_err(Status::from),
+    )
+}
+
+fn flight_info(
+    schema: &Schema,
+    ticket: Vec<u8>,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(format!("cannot encode the result schema: {e}")))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+fn schema_ipc(schema: &Schema) -> Result<bytes::Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    Ok(bytes)
+}
+
+fn encode_ipc(batches: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<u8>, Status> {
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut out, schema)
+        .map_err(|e| Status::invalid_argument(format!("bad parameters: {e}")))?;
+    for batch in batches {
+        writer
+            .write(batch)
+            .map_err(|e| Status::invalid_argument(format!("bad parameters: {e}")))?;
+    }
+    writer
+        .finish()
+        .map_err(|e| Status::invalid_argument(format!("bad parameters: {e}")))?;
+    drop(writer);
+    Ok(out)
+}
+
+fn decode_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, Status> {
+    StreamReader::try_new(bytes, None)
+        .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            Status::invalid_argument(format!("the bound parameters are not Arrow IPC: {e}"))
+        })
+}
+
+/// The first row of the parameter batches as scalars, one per placeholder.
+fn first_row(batches: &[RecordBatch]) -> Result<Vec<ScalarValue>, Status> {
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(Vec::new());
+    };
+    rows_of(batch).into_iter().next().unwrap_or(Ok(Vec::new()))
+}
+
+/// Every row of a parameter batch as scalars.
+fn rows_of(batch: &RecordBatch) -> Vec<Result<Vec<ScalarValue>, Status>> {
+    (0..batch.num_rows())
+        .map(|row| {
+            batch
+                .columns()
+                .iter()
+                .map(|c| {
+                    ScalarValue::try_from_array(c, row)
+                        .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+async fn read_batches(
+    request: Request<PeekableFlightDataStream>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    let mut stream = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+        request.into_inner().map_err(FlightError::from),
+    );
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        batches.push(batch.map_err(Status::from)?);
+    }
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .or_else(|| stream.schema().cloned())
+        .unwrap_or_else(|| Arc::new(Schema::empty()));
+    Ok((schema, batches))
+}
+
+/// The gRPC status for an engine error, with a message that names what to fix.
+pub fn status_of(error: &DataFusionError) -> Status {
+    let root = error.find_root();
+    if let DataFusionError::External(inner) = root
+        && let Some(table_error) = inner.downcast_ref::<TableError>()
+    {
+        let message = table_error.to_string();
+        return match table_error {
+            TableError::Catalog(CatalogError::NotFound(_)) => Status::not_found(message),
+            TableError::Catalog(CatalogError::AlreadyExists(_)) => Status::already_exists(message),
+            TableError::Catalog(
+                CatalogError::InvalidArgument { .. } | CatalogError::SchemaChange { .. },
+            )
+            | TableError::TypeMismatch { .. }
+            | TableError::UnmappedType { .. }
+            | TableError::NullInNotNull { .. }
+            | TableError::InvalidArgument { .. } => Status::invalid_argument(message),
+            e if e.is_retryable() => Status::unavailable(message),
+            _ => Status::internal(message),
+        };
+    }
+    let message = root.to_string();
+    match root {
+        DataFusionError::SchemaError(e, _)
+            if matches!(e.as_ref(), SchemaError::FieldNotFound { .. }) =>
+        {
+            Status::invalid_argument(message)
+        }
+        DataFusionError::Plan(m) if m.contains("not found") => Status::not_found(message),
+        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
+            Status::invalid_argument(message)
+        }
+        DataFusionError::NotImplemented(_) => Status::unimplemented(message),
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
+        DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => {
+            Status::invalid_argument(message)
+        }
+        _ => Status::internal(message),
+    }
+}
+
+static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+    let mut builder = SqlInfoDataBuilder::new();
+    builder.append(SqlInfo::FlightSqlServerName, "kyma");
+    builder.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    builder.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+    builder.append(SqlInfo::FlightSqlServerReadOnly, false);
+    builder.append(SqlInfo::FlightSqlServerSql, true);
+    builder.append(SqlInfo::FlightSqlServerSubstrait, false);
+    builder.append(SqlInfo::FlightSqlServerTransaction, 0_i32);
+    builder.append(SqlInfo::FlightSqlServerCancel, false);
+    builder.append(SqlInfo::FlightSqlServerBulkIngestion, true);
+    builder.append(SqlInfo::SqlDdlCatalog, false);
+    builder.append(SqlInfo::SqlDdlSchema, false);
+    builder.append(SqlInfo::SqlDdlTable, true);
+    builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    builder.append(SqlInfo::SqlIdentifierCase, 3_i32);
+    builder.append(SqlInfo::SqlQuotedIdentifierCase, 3_i32);
+    builder.append(SqlInfo::SqlAllTablesAreSelectable, true);
+    builder.append(SqlInfo::SqlNullOrdering, 2_i32);
+    // Building from the fixed values above cannot fail; an empty set is the safe fallback.
+    builder.build().unwrap_or_else(|_| {
+        SqlInfoDataBuilder::new()
+            .build()
+            .unwrap_or_else(|_| unreachable!("an empty SqlInfo set always builds"))
+    })
+});
+
+fn primary_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("catalog_name", DataType::Utf8, true),
+        Field::new("db_schema_name", DataType::Utf8, true),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("key_name", DataType::Utf8, true),
+        Field::new("key_sequence", DataType::Int32, false),
+    ]))
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for KymaFlightSqlService {
+    type FlightService = KymaFlightSqlService;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        // The auth interceptor has already checked the credentials (basic or bearer).
+        let _ = request;
+        let payload = self
+            .token
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: payload.into(),
+        };
+        let mut out: Response<
+            Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>,
+        > = Response::new(Box::pin(futures::stream::once(async { Ok(response) })));
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::internal("the auth token is not a valid header value"))?;
+            out.metadata_mut().insert("authorization", value);
+        }
+        Ok(out)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let described = self
+            .engine
+            .describe(&query.query)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let mut handle = Handle {
+            sql: query.query.clone(),
+            ..Handle::default()
+        };
+        if !described.is_query {
+            match self.run(&query.query, Vec::new()).await? {
+                Outcome::Count(n) => handle.done = Some(n),
+                Outcome::Rows(_) => {}
+            }
+        }
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode(),
+        };
+        flight_info(
+            &described.schema,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = Handle::decode(&cmd.prepared_statement_handle)?;
+        let described = self
+            .engine
+            .describe(&handle.sql)
+            .await
+            .map_err(|e| status_of(&e))?;
+        flight_info(
+            &described.schema,
+            cmd.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(
+            &query.clone().into_builder().schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(
+            &query.clone().into_builder().schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(
+            &query.clone().into_builder().schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(
+            &query.clone().into_builder().schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(
+            &query.clone().into_builder(&SQL_INFO).schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(
+            &primary_keys_schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let handle = Handle::decode(&ticket.statement_handle)?;
+        Ok(Response::new(self.outcome_stream(&handle).await?))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let handle = Handle::decode(&query.prepared_statement_handle)?;
+        Ok(Response::new(self.outcome_stream(&handle).await?))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let mut names = self.engine.session().catalog_names();
+        names.sort();
+        for name in names {
+            builder.append(name);
+        }
+        Ok(Response::new(batch_stream(
+            builder.build().map_err(Status::from)?,
+        )))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let ctx = self.engine.session();
+        let mut names = ctx.catalog_names();
+        names.sort();
+        for catalog_name in names {
+            if let Some(catalog) = ctx.catalog(&catalog_name) {
+                for schema in catalog.schema_names() {
+                    builder.append(&catalog_name, schema);
+                }
+            }
+        }
+        Ok(Response::new(batch_stream(
+            builder.build().map_err(Status::from)?,
+        )))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for (catalog, schema, table, kind, table_schema) in self.catalog_entries().await {
+            builder
+                .append(catalog, schema, table, kind, &table_schema)
+                .map_err(Status::from)?;
+        }
+        Ok(Response::new(batch_stream(
+            builder.build().map_err(Status::from)?,
+        )))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        builder.append("VIEW");
+        Ok(Response::new(batch_stream(
+            builder.build().map_err(Status::from)?,
+        )))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let batch = query
+            .into_builder(&SQL_INFO)
+            .build()
+            .map_err(Status::from)?;
+        Ok(Response::new(batch_stream(batch)))
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        // Native kyma tables declare no primary key.
+        Ok(Response::new(batch_stream(RecordBatch::new_empty(
+            primary_keys_schema(),
+        ))))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        ticket: CommandStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        match self.run(&ticket.query, Vec::new()).await? {
+            Outcome::Count(n) => Ok(i64::try_from(n).unwrap_or(i64::MAX)),
+            Outcome::Rows(mut stream) => {
+                while let Some(batch) = stream.next().await {
+                    batch.map_err(|e| status_of(&e))?;
+                }
+                Ok(-1)
+            }
+        }
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        ticket: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        if ticket.temporary {
+            return Err(Status::invalid_argument(
+                "temporary tables are not supported; ingest into a regular table",
+            ));
+        }
+        if ticket.transaction_id.is_some() {
+            return Err(Status::invalid_argument(
+                "transactions are not supported; ingest without one",
+            ));
+        }
+        let options = ticket.table_definition_options.unwrap_or_default();
+        let not_exist = TableNotExistOption::try_from(options.if_not_exist)
+            .unwrap_or(TableNotExistOption::Unspecified);
+        let exists = TableExistsOption::try_from(options.if_exists)
+            .unwrap_or(TableExistsOption::Unspecified);
+        let mode = match (not_exist, exists) {
+            (
+                TableNotExistOption::Create,
+                TableExistsOption::Fail | TableExistsOption::Unspecified,
+            ) => IngestMode::Create,
+            (TableNotExistOption::Create, TableExistsOption::Append) => IngestMode::CreateAppend,
+            (TableNotExistOption::Create, TableExistsOption::Replace) => IngestMode::Replace,
+            (
+                TableNotExistOption::Fail | TableNotExistOption::Unspecified,
+                TableExistsOption::Append,
+            ) => IngestMode::Append,
+            (
+                TableNotExistOption::Fail | TableNotExistOption::Unspecified,
+                TableExistsOption::Replace,
+            ) => IngestMode::Replace,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "ingest options: choose create, append, replace or create_append",
+                ));
+            }
+        };
+        let table = kyma_catalog::TableRef::new(
+            ticket.catalog.as_deref().unwrap_or(KYMA_CATALOG),
+            ticket.schema.as_deref().unwrap_or(DEFAULT_SCHEMA),
+            &ticket.table,
+        );
+        let mut stream = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        );
+        // The schema arrives before the first batch; an empty stream still creates the table.
+        let first = stream.next().await.transpose().map_err(Status::from)?;
+        let schema = match (&first, stream.schema()) {
+            (Some(batch), _) => batch.schema(),
+            (None, Some(schema)) => schema.clone(),
+            (None, None) => {
+                return Err(Status::invalid_argument(
+                    "the ingest stream carried no schema",
+                ));
+            }
+        };
+        let batches = futures::stream::iter(first.map(Ok))
+            .chain(stream.map_err(|e| DataFusionError::External(Box::new(e))));
+        let started = Instant::now();
+        let result = self
+            .engine
+            .ingest(&table, mode, &schema, Box::pin(batches))
+            .await;
+        self.metrics.statement(started.elapsed(), result.is_ok());
+        let rows = result.map_err(|e| status_of(&e))?;
+        self.metrics.rows_ingested(rows);
+        Ok(i64::try_from(rows).unwrap_or(i64::MAX))
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let mut handle = Handle::decode(&query.prepared_statement_handle)?;
+        let (schema, batches) = read_batches(request).await?;
+        handle.params = Some(encode_ipc(&batches, &schema)?);
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.encode()),
+        })
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        query: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let handle = Handle::decode(&query.prepared_statement_handle)?;
+        let (_, batches) = read_batches(request).await?;
+        let mut rows: Vec<Vec<ScalarValue>> = Vec::new();
+        for batch in &batches {
+            for row in rows_of(batch) {
+                rows.push(row?);
+            }
+        }
+        if rows.is_empty() {
+            rows.push(handle.parameters()?);
+        }
+        let mut total = 0_i64;
+        for params in rows {
+            if let Outcome::Count(n) = self.run(&handle.sql, params).await? {
+                total = total.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        Ok(total)
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let described = self
+            .engine
+            .describe(&query.query)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let parameters = Schema::new(
+            described
+                .parameters
+                .iter()
+                .map(|(name, ty)| Field::new(name, ty.clone().unwrap_or(DataType::Null), true))
+                .collect::<Vec<_>>(),
+        );
+        let handle = Handle {
+            sql: query.query,
+            ..Handle::default()
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.encode(),
+            dataset_schema: schema_ipc(&described.schema)?,
+            parameter_schema: schema_ipc(&parameters)?,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        // Handles carry their statement; there is nothing to free.
+        Ok(())
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

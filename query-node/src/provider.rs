@@ -1,0 +1,575 @@
+//! The `kyma` catalog in DataFusion: schemas and tables from the [`CatalogView`], a
+//! `TableProvider` that reads one consistent snapshot of a table's extents, and the sink that
+//! INSERT writes through.
+//!
+//! # Pushdown
+//!
+//! Every filter is accepted as **Inexact**: the scan uses it to skip whole extents from the
+//! manifest's min/max/null statistics (no file is opened for a skipped extent) and hands it to
+//! the Parquet reader for row-group and page pruning; DataFusion still applies the filter to
+//! what is read. Projection and LIMIT go to the Parquet scan. Planning reads only the view
+//! (memory): no catalog or storage round trip.
+//!
+//! # Promoted columns
+//!
+//! A column promoted from a dynamic path holds new values only; older rows keep theirs in the
+//! dynamic column. Such a table is read through a view that projects
+//! `coalesce(column, dynamic_<type>(source, path...))`, so readers see the union.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::stats::Precision;
+use datafusion::common::{
+    Column as DfColumn, DFSchema, DataFusionError, Result, Statistics, not_impl_err, plan_err,
+};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::{ViewTable, provider_as_source};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{
+    Expr, LogicalPlanBuilder, TableProviderFilterPushDown, TableType, col, lit,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+use kyma_catalog::{Catalog, TableRef};
+use kyma_table::types::{UTC, arrow_schema};
+use kyma_table::{
+    ExtentEntry, ExtentStore, Manifest, StatValue, TableError, TableWriter, WriteOptions,
+};
+
+use crate::dynamic_sql::DynamicFunctions;
+use crate::view::{CatalogView, TableEntry};
+
+/// The catalog native tables live in.
+pub const KYMA_CATALOG: &str = "kyma";
+/// The schema a table goes to when none is named.
+pub const DEFAULT_SCHEMA: &str = "default";
+/// How long a write waits for this node's view to show its commit.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every table provider of a node shares.
+#[derive(Debug)]
+pub struct NodeTables {
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Extent storage.
+    pub store: ExtentStore,
+    /// The watched view of the catalog.
+    pub view: CatalogView,
+    /// The URL extents are registered under in DataFusion's object store registry.
+    pub store_url: ObjectStoreUrl,
+    /// The dynamic functions (promoted columns read through them).
+    pub functions: DynamicFunctions,
+}
+
+impl NodeTables {
+    /// Waits until this node's view shows `revision`, so the writer reads its own write.
+    pub async fn await_visible(&self, revision: Option<kyma_catalog::Revision>) {
+        if let Some(revision) = revision
+            && !self.view.wait_for(revision, READ_YOUR_WRITES_TIMEOUT).await
+        {
+            tracing::warn!(
+                revision,
+                "the catalog view did not reach a committed revision in time"
+            );
+        }
+    }
+}
+
+/// The `kyma` catalog provider.
+#[derive(Debug)]
+pub struct KymaCatalogProvider {
+    tables: Arc<NodeTables>,
+}
+
+impl KymaCatalogProvider {
+    /// The provider over `tables`.
+    pub fn new(tables: Arc<NodeTables>) -> Self {
+        Self { tables }
+    }
+}
+
+impl CatalogProvider for KymaCatalogProvider {
+    fn schema_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .tables
+            .view
+            .tables()
+            .iter()
+            .filter(|e| e.state.table.catalog == KYMA_CATALOG)
+            .map(|e| e.state.table.schema.clone())
+            .chain([DEFAULT_SCHEMA.to_owned()])
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        Some(Arc::new(KymaSchemaProvider {
+            tables: self.tables.clone(),
+            schema: name.to_owned(),
+        }))
+    }
+}
+
+/// One schema of the `kyma` catalog.
+#[derive(Debug)]
+struct KymaSchemaProvider {
+    tables: Arc<NodeTables>,
+    schema: String,
+}
+
+#[async_trait]
+impl SchemaProvider for KymaSchemaProvider {
+    fn table_names(&self) -> Vec<String> {
+        self.tables
+            .view
+            .tables()
+            .iter()
+            .map(|e| &e.state.table)
+            .filter(|t| t.catalog == KYMA_CATALOG && t.schema == self.schema)
+            .map(|t| t.table.clone())
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let table = TableRef::new(KYMA_CATALOG, &self.schema, name);
+        Ok(self
+            .tables
+            .view
+            .table(&table)
+            .map(|entry| Arc::new(KymaTable::new(self.tables.clone(), entry)) as _))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables
+            .view
+            .table(&TableRef::new(KYMA_CATALOG, &self.schema, name))
+            .is_some()
+    }
+}
+
+/// A kyma table at one snapshot.
+#[derive(Debug)]
+pub struct KymaTable {
+    tables: Arc<NodeTables>,
+    entry: Arc<TableEntry>,
+    schema: SchemaRef,
+    /// Read the stored columns as they are, without the promoted-column union.
+    raw: bool,
+}
+
+impl KymaTable {
+    /// The table as `entry` holds it.
+    pub fn new(tables: Arc<NodeTables>, entry: Arc<TableEntry>) -> Self {
+        let schema = arrow_schema(&entry.state.schema.value);
+        Self {
+            tables,
+            entry,
+            schema,
+            raw: false,
+        }
+    }
+
+    fn promoted(&self) -> bool {
+        self.entry
+            .state
+            .schema
+            .value
+            .columns
+            .iter()
+            .any(|c| c.promoted_from.is_some())
+    }
+
+    /// The view projecting the union of promoted columns and their dynamic copies.
+    fn union_view(&self) -> Result<ViewTable> {
+        let raw = Arc::new(KymaTable {
+            raw: true,
+            ..KymaTable::new(self.tables.clone(), self.entry.clone())
+        });
+        let exprs: Vec<Expr> = self
+            .entry
+            .state
+            .schema
+            .value
+            .columns
+            .iter()
+            .map(|c| {
+                let column = col(DfColumn::new_unqualified(&c.name));
+                match &c.promoted_from {
+                    None => column,
+                    Some(p) => {
+                        let mut args = vec![col(DfColumn::new_unqualified(&p.column))];
+                        args.extend(p.path.iter().map(|s| lit(s.as_str())));
+                        let copy = self.tables.functions.read(c.ty, args);
+                        datafusion::functions::expr_fn::coalesce(vec![column, copy]).alias(&c.name)
+                    }
+                }
+            })
+            .collect();
+        let plan = LogicalPlanBuilder::scan("extents", provider_as_source(raw), None)?
+            .project(exprs)?
+            .build()?;
+        Ok(ViewTable::new(plan, None))
+    }
+
+    fn manifest(&self) -> Result<Arc<Manifest>> {
+        self.entry
+            .manifest
+            .clone()
+            .map_err(DataFusionError::Execution)
+    }
+
+    async fn scan_extents(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let manifest = self.manifest()?;
+        let predicate = match conjunction(filters.iter().cloned()) {
+            Some(expr) => {
+                let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+                Some(state.create_physical_expr(expr, &df_schema)?)
+            }
+            None => None,
+        };
+        let extents = self.live_extents(&manifest, predicate.as_ref());
+        if extents.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let rows: u64 = extents.iter().map(|e| e.rows).sum();
+        let bytes: u64 = extents.iter().map(|e| e.bytes).sum();
+        let groups = file_groups(&extents, state.config().target_partitions());
+        let mut source = ParquetSource::new(self.schema.clone()).with_enable_page_index(true);
+        if let Some(predicate) = predicate {
+            source = source.with_predicate(predicate);
+        }
+        let statistics = Statistics::new_unknown(&self.schema)
+            .with_num_rows(Precision::Exact(rows as usize))
+            .with_total_byte_size(Precision::Inexact(bytes as usize));
+        let config = FileScanConfigBuilder::new(self.tables.store_url.clone(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_statistics(statistics)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+
+    /// The extents the predicate may match, judged from the manifest's statistics.
+    fn live_extents<'a>(
+        &self,
+        manifest: &'a Manifest,
+        predicate: Option<&Arc<dyn PhysicalExpr>>,
+    ) -> Vec<&'a ExtentEntry> {
+        let keep = predicate
+            .and_then(|p| {
+                PruningPredicateBuilder::new()
+                    .with_file_schema(self.schema.clone())
+                    .try_build(p.clone())
+                    .ok()
+            })
+            .and_then(|p| {
+                p.prune(&ManifestStatistics {
+                    manifest,
+                    schema: &self.schema,
+                })
+                .ok()
+            });
+        manifest
+            .extents
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                keep.as_ref()
+                    .is_none_or(|k| k.get(*i).copied().unwrap_or(true))
+            })
+            .map(|(_, e)| e)
+            .collect()
+    }
+}
+
+/// Spreads extents over `partitions` groups, largest first onto the lightest group.
+fn file_groups(extents: &[&ExtentEntry], partitions: usize) -> Vec<FileGroup> {
+    let mut sorted: Vec<&ExtentEntry> = extents.to_vec();
+    sorted.sort_by_key(|e| std::cmp::Reverse(e.bytes));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions
+        .clamp(1, sorted.len().max(1)))
+        .map(|_| (0, Vec::new()))
+        .collect();
+    for extent in sorted {
+        if let Some(lightest) = groups.iter_mut().min_by_key(|(size, _)| *size) {
+            lightest.0 += extent.bytes;
+            lightest
+                .1
+                .push(PartitionedFile::new(extent.path.clone(), extent.bytes));
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, files)| !files.is_empty())
+        .map(|(_, files)| FileGroup::new(files))
+        .collect()
+}
+
+#[async_trait]
+impl TableProvider for KymaTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !self.raw && self.promoted() {
+            return self
+                .union_view()?
+                .scan(state, projection, filters, limit)
+                .await;
+        }
+        self.scan_extents(state, projection, filters, limit).await
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return not_impl_err!("{insert_op} is not supported on kyma tables; use INSERT INTO");
+        }
+        let sink = KymaSink {
+            tables: self.tables.clone(),
+            table: self.entry.state.table.clone(),
+            schema: self.schema.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// INSERT's sink: one [`TableWriter`] per statement, one commit.
+#[derive(Debug)]
+struct KymaSink {
+    tables: Arc<NodeTables>,
+    table: TableRef,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for KymaSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KymaSink: table={}", self.table)
+    }
+}
+
+#[async_trait]
+impl DataSink for KymaSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let mut writer = TableWriter::open(
+            &self.tables.catalog,
+            &self.tables.store,
+            &self.table,
+            WriteOptions::default(),
+        )
+        .await
+        .map_err(to_df)?;
+        while let Some(batch) = data.next().await {
+            writer.write(&batch?).await.map_err(to_df)?;
+        }
+        let summary = writer.commit().await.map_err(to_df)?;
+        self.tables.await_visible(summary.revision).await;
+        Ok(summary.rows)
+    }
+}
+
+/// A table error inside DataFusion (the Flight layer finds it again to pick a status code).
+pub fn to_df(e: TableError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// The manifest's per-extent statistics, as DataFusion's pruning reads them.
+struct ManifestStatistics<'a> {
+    manifest: &'a Manifest,
+    schema: &'a SchemaRef,
+}
+
+impl ManifestStatistics<'_> {
+    fn stat_array(
+        &self,
+        column: &DfColumn,
+        pick: impl Fn(&kyma_table::ColumnStats) -> Option<&StatValue>,
+    ) -> Option<ArrayRef> {
+        let field = self.schema.field_with_name(&column.name).ok()?;
+        let values = self
+            .manifest
+            .extents
+            .iter()
+            .map(|e| e.columns.get(&column.name).and_then(&pick));
+        let array: ArrayRef = match field.data_type() {
+            DataType::Int32 => Arc::new(
+                values
+                    .map(|v| match v {
+                        Some(StatValue::Int(i)) => i32::try_from(*i).ok(),
+                        _ => None,
+                    })
+                    .collect::<Int32Array>(),
+            ),
+            DataType::Int64 => Arc::new(
+                values
+                    .map(|v| match v {
+                        Some(StatValue::Int(i)) => Some(*i),
+                        _ => None,
+                    })
+                    .collect::<Int64Array>(),
+            ),
+            DataType::Timestamp(_, _) => Arc::new(
+                values
+                    .map(|v| match v {
+                        Some(StatValue::Int(i)) => Some(*i),
+                        _ => None,
+                    })
+                    .collect::<TimestampMicrosecondArray>()
+                    .with_timezone(UTC),
+            ),
+            DataType::Float64 => Arc::new(
+                values
+                    .map(|v| match v {
+                        Some(StatValue::Real(f)) => Some(*f),
+                        _ => None,
+                    })
+                    .collect::<Float64Array>(),
+            ),
+            DataType::Boolean => Arc::new(
+                values
+                    .map(|v| match v {
+                        Some(StatValue::Bool(b)) => Some(*b),
+                        _ => None,
+                    })
+                    .collect::<BooleanArray>(),
+            ),
+            DataType::Utf8 => Arc::new(
+                values
+                    .map(|v| match v {
+                        Some(StatValue::Str(s)) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .collect::<StringArray>(),
+            ),
+            _ => return None,
+        };
+        Some(array)
+    }
+}
+
+impl PruningStatistics for ManifestStatistics<'_> {
+    fn min_values(&self, column: &DfColumn) -> Option<ArrayRef> {
+        self.stat_array(column, |s| s.min.as_ref())
+    }
+
+    fn max_values(&self, column: &DfColumn) -> Option<ArrayRef> {
+        self.stat_array(column, |s| s.max.as_ref())
+    }
+
+    fn num_containers(&self) -> usize {
+        self.manifest.extents.len()
+    }
+
+    fn null_counts(&self, column: &DfColumn) -> Option<ArrayRef> {
+        self.schema.field_with_name(&column.name).ok()?;
+        // An extent without the column (older schema) holds only nulls in it.
+        Some(Arc::new(
+            self.manifest
+                .extents
+                .iter()
+                .map(|e| Some(e.columns.get(&column.name).map_or(e.rows, |s| s.null_count)))
+                .collect::<UInt64Array>(),
+        ))
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        Some(Arc::new(
+            self.manifest
+                .extents
+                .iter()
+                .map(|e| Some(e.rows))
+                .collect::<UInt64Array>(),
+        ))
+    }
+
+    fn contained(
+        &self,
+        _column: &DfColumn,
+        _values: &HashSet<datafusion::common::ScalarValue>,
+    ) -> Option<BooleanArray> {
+        None
+    }
+}
+
+/// Resolves a SQL table name against the defaults (`kyma`, `default`).
+pub fn resolve(parts: &[String]) -> Result<TableRef> {
+    match parts {
+        [table] => Ok(TableRef::new(KYMA_CATALOG, DEFAULT_SCHEMA, table)),
+        [schema, table] => Ok(TableRef::new(KYMA_CATALOG, schema, table)),
+        [catalog, schema, table] => Ok(TableRef::new(catalog, schema, table)),
+        _ => plan_err!("a table name has one to three parts (catalog.schema.table)"),
+    }
+}
+
+/// The record batch an update statement answers with.
+pub fn count_batch(count: u64) -> Result<RecordBatch> {
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("count", DataType::UInt64, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![Arc::new(UInt64Array::from(vec![count]))],
+    )?)
+}

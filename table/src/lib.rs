@@ -1,0 +1,18 @@
+//! kyma's table format (SPEC §3, §7): the eight kyma types on Arrow, `dynamic` values in
+//! CBOR, immutable Parquet extents in object storage, the manifest of each snapshot, and the
+//! writer that streams batches into extents, evolves the schema mid-batch and commits through
+//! the catalog.
+
+pub mod dynamic;
+mod error;
+pub mod extent;
+pub mod manifest;
+pub mod store;
+pub mod types;
+pub mod writer;
+
+pub use error::TableError;
+pub use extent::ExtentWriter;
+pub use manifest::{ColumnStats, ExtentEntry, Manifest, StatValue};
+pub use store::{ExtentStore, S3Options, StoreLocation};
+pub use writer::{TableWriter, WriteOptions, WriteSummary};

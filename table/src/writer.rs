@@ -1,0 +1,303 @@
+//! The table writer: one ingest (a bulk load, an INSERT, a sync batch) into one table, with
+//! mid-batch schema evolution and an atomic commit (SPEC §3, §7; seeds/schema-model.txt).
+//!
+//! # Protocol
+//!
+//! 1. Batches stream into extents ([`ExtentWriter`]) under the table's current schema. A
+//!    batch carrying a column the schema lacks first **flushes** the open extent, then
+//!    **widens** the schema through the catalog (a CAS; the loser of a race re-reads and
+//!    widens again, so concurrent writers with different columns both succeed), then resumes
+//!    under the new schema. No row is ever refused for an undeclared column.
+//! 2. [`TableWriter::commit`] writes a new manifest (the current snapshot's extents plus the
+//!    new ones) and swaps the snapshot pointer with one catalog commit. Files are written
+//!    before the pointer moves, so a crash leaves only unreferenced files, never a snapshot
+//!    naming a missing file.
+//! 3. On a conflict (another writer committed first) the writer rebases: it re-reads the
+//!    table, builds the manifest on the new snapshot and commits again. When an earlier
+//!    attempt's answer was lost, the catalog's `commit_id` check or, failing that, finding its
+//!    own extents in the current manifest tells the writer that it already landed.
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch, new_null_array};
+use kyma_catalog::{
+    Catalog, CatalogCommit, CatalogError, Column, CommitOutcome, Revision, TableCommit, TableRef,
+    TableSchema, TableState, Versioned,
+};
+use uuid::Uuid;
+
+use crate::error::TableError;
+use crate::extent::ExtentWriter;
+use crate::manifest::{ExtentEntry, Manifest};
+use crate::store::ExtentStore;
+use crate::types::{arrow_type, conform, infer_kyma_type};
+
+/// Rebases a commit at most this many times before giving up (as retryable).
+const MAX_REBASES: usize = 64;
+
+/// Tuning of a [`TableWriter`].
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Rows per extent before a new one starts.
+    pub extent_rows: u64,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self {
+            extent_rows: 1_000_000,
+        }
+    }
+}
+
+/// What a committed write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Rows written.
+    pub rows: u64,
+    /// Catalog revision at which everything the write did is visible (`None`: it changed
+    /// nothing).
+    pub revision: Option<Revision>,
+}
+
+/// Writes batches into one table. See the module docs.
+#[derive(Debug)]
+pub struct TableWriter {
+    catalog: Catalog,
+    store: ExtentStore,
+    table: TableRef,
+    table_id: Uuid,
+    schema: Versioned<TableSchema>,
+    open: Option<ExtentWriter>,
+    written: Vec<ExtentEntry>,
+    rows: u64,
+    options: WriteOptions,
+}
+
+impl TableWriter {
+    /// A writer on the table as it is now.
+    pub async fn open(
+        catalog: &Catalog,
+        store: &ExtentStore,
+        table: &TableRef,
+        options: WriteOptions,
+    ) -> Result<Self, TableError> {
+        let state = catalog.table(table).await?;
+        Ok(Self {
+            catalog: catalog.clone(),
+            store: store.clone(),
+            table: table.clone(),
+            table_id: state.meta.id,
+            schema: state.schema,
+            open: None,
+            written: Vec::new(),
+            rows: 0,
+            options,
+        })
+    }
+
+    /// The schema batches are written with now.
+    pub fn schema(&self) -> &TableSchema {
+        &self.schema.value
+    }
+
+    /// Writes a batch: widens the schema first when the batch has columns the table lacks.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), TableError> {
+        let new_columns = new_columns(&self.schema.value, batch)?;
+        if !new_columns.is_empty() {
+            self.close_extent().await?;
+            let widened = self.catalog.widen_schema(&self.table, &new_columns).await?;
+            tracing::debug!(table = %self.table, version = widened.value.version, "schema widened mid-batch");
+            self.schema = widened;
+        }
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let conformed = conform_batch(&self.schema.value, batch)?;
+        if self.open.is_none() {
+            self.open = Some(ExtentWriter::create(
+                &self.store,
+                self.table_id,
+                &self.schema.value,
+            )?);
+        }
+        if let Some(extent) = &mut self.open {
+            extent.write(&conformed).await?;
+            self.rows += conformed.num_rows() as u64;
+            if extent.rows() >= self.options.extent_rows {
+                self.close_extent().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close_extent(&mut self) -> Result<(), TableError> {
+        if let Some(extent) = self.open.take() {
+            self.written.push(extent.finish().await?);
+        }
+        Ok(())
+    }
+
+    /// Commits everything written as the table's next snapshot (rebasing on concurrent
+    /// commits). Writes nothing when no row was written.
+    pub async fn commit(mut self) -> Result<WriteSummary, TableError> {
+        self.close_extent().await?;
+        let rows = self.rows;
+        if self.written.is_empty() {
+            return Ok(WriteSummary {
+                rows,
+                revision: Some(self.schema.mod_revision),
+            });
+        }
+        let committer = Committer {
+            catalog: self.catalog,
+            store: self.store,
+            table: self.table,
+            table_id: self.table_id,
+            written: self.written,
+        };
+        let revision = committer.commit().await?;
+        Ok(WriteSummary {
+            rows,
+            revision: Some(revision),
+        })
+    }
+}
+
+/// The commit half of a write: the extents are written, the snapshot pointer moves.
+struct Committer {
+    catalog: Catalog,
+    store: ExtentStore,
+    table: TableRef,
+    table_id: Uuid,
+    written: Vec<ExtentEntry>,
+}
+
+impl Committer {
+    async fn commit(&self) -> Result<Revision, TableError> {
+        let mut state = self.catalog.table(&self.table).await?;
+        for _ in 0..MAX_REBASES {
+            if state.meta.id != self.table_id {
+                return Err(CatalogError::NotFound(format!(
+                    "table {} (it was dropped while this write ran)",
+                    self.table
+                ))
+                .into());
+            }
+            let mut manifest = self.current_manifest(&state).await?;
+            manifest.schema_version = state.schema.value.version;
+            manifest.extents.extend(self.written.iter().cloned());
+            let path = manifest
+                .store(&self.store, state.snapshot.value.version + 1)
+                .await?;
+            let commit = CatalogCommit::tables(vec![TableCommit::on(&state, path, &[])?]);
+            match self.catalog.commit(&commit).await? {
+                CommitOutcome::Committed { revision } => return Ok(revision),
+                CommitOutcome::Conflict(conflict) => {
+                    let Some(current) = conflict.tables.into_iter().next() else {
+                        return Err(CatalogError::NotFound(format!("table {}", self.table)).into());
+                    };
+                    if self.landed_in(&current).await? {
+                        return Ok(current.snapshot.mod_revision);
+                    }
+                    tracing::debug!(table = %self.table, "commit lost a race; rebasing");
+                    state = current;
+                }
+            }
+        }
+        Err(CatalogError::Unavailable(format!(
+            "table {} kept changing under {MAX_REBASES} commit attempts; retry",
+            self.table
+        ))
+        .into())
+    }
+
+    async fn current_manifest(&self, state: &TableState) -> Result<Manifest, TableError> {
+        match &state.snapshot.value.manifest {
+            Some(path) => Manifest::load(&self.store, path).await,
+            None => Ok(Manifest::empty(self.table_id, state.schema.value.version)),
+        }
+    }
+
+    /// Whether an earlier attempt of this commit landed (its answer lost): its extents are in
+    /// the current manifest.
+    async fn landed_in(&self, state: &TableState) -> Result<bool, TableError> {
+        if state.meta.id != self.table_id || state.snapshot.value.manifest.is_none() {
+            return Ok(false);
+        }
+        let manifest = self.current_manifest(state).await?;
+        Ok(self
+            .written
+            .first()
+            .is_some_and(|ours| manifest.extents.iter().any(|e| e.path == ours.path)))
+    }
+}
+
+/// The columns of `batch` that `schema` lacks, typed by inference.
+pub fn new_columns(schema: &TableSchema, batch: &RecordBatch) -> Result<Vec<Column>, TableError> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| schema.column(f.name()).is_none())
+        .map(|f| {
+            Ok(Column::new(
+                f.name(),
+                infer_kyma_type(f.name(), f.data_type())?,
+            ))
+        })
+        .collect()
+}
+
+/// The columns a new table gets from an Arrow schema (all nullable, as bulk ingest sends).
+pub fn columns_of(schema: &arrow::datatypes::Schema) -> Result<Vec<Column>, TableError> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let column = Column::new(f.name(), infer_kyma_type(f.name(), f.data_type())?);
+            Ok(if f.is_nullable() {
+                column
+            } else {
+                column.not_null()
+            })
+        })
+        .collect()
+}
+
+/// Makes `batch` fit `schema` exactly: columns in table order, converted to their kyma types,
+/// missing ones null (promoted columns filled from their dynamic path when the batch has it).
+pub fn conform_batch(schema: &TableSchema, batch: &RecordBatch) -> Result<RecordBatch, TableError> {
+    let input = batch.schema();
+    let mut conformed: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
+    for column in &schema.columns {
+        let array = match input.index_of(&column.name) {
+            Ok(i) => conform(column, batch.column(i))?,
+            Err(_) => conform(column, &fill_missing(schema, column, batch)?)?,
+        };
+        conformed.push(array);
+    }
+    Ok(RecordBatch::try_new(
+        crate::types::arrow_schema(schema),
+        conformed,
+    )?)
+}
+
+/// A column the batch lacks: from its dynamic source path when promoted, else nulls.
+fn fill_missing(
+    schema: &TableSchema,
+    column: &Column,
+    batch: &RecordBatch,
+) -> Result<ArrayRef, TableError> {
+    if let Some(promoted) = &column.promoted_from
+        && let Some(source) = schema.column(&promoted.column)
+        && let Ok(i) = batch.schema().index_of(&promoted.column)
+    {
+        let dynamic = conform(source, batch.column(i))?;
+        let path: Vec<&str> = promoted.path.iter().map(String::as_str).collect();
+        return Ok(crate::dynamic::extract_as(
+            dynamic.as_binary::<i32>(),
+            &path,
+            column.ty,
+        ));
+    }
+    Ok(new_null_array(&arrow_type(column.ty), batch.num_rows()))
+}
