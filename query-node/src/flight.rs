@@ -27,6 +27,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
@@ -267,20 +268,65 @@ fn rows_of(batch: &RecordBatch) -> Vec<Result<Vec<ScalarValue>, Status>> {
         .collect()
 }
 
+/// A DoPut stream, decoded: its schema (which may change between batches: the writer
+/// widens the table when it does) and its record batches.
+struct PutStream {
+    decoder: FlightDataDecoder,
+    schema: Option<SchemaRef>,
+}
+
+impl PutStream {
+    /// Messages that only carry the command (no Arrow header, as a prepared update without
+    /// parameters sends) are skipped.
+    fn new(request: Request<PeekableFlightDataStream>) -> Self {
+        let data = request
+            .into_inner()
+            .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
+            .map_err(FlightError::from);
+        Self {
+            decoder: FlightDataDecoder::new(data),
+            schema: None,
+        }
+    }
+
+    /// The next batch; `None` at the end.
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>, Status> {
+        while let Some(decoded) = self.decoder.next().await {
+            match decoded.map_err(Status::from)?.payload {
+                DecodedPayload::Schema(schema) => self.schema = Some(schema),
+                DecodedPayload::RecordBatch(batch) => return Ok(Some(batch)),
+                DecodedPayload::None => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The remaining batches as a stream.
+    fn into_stream(
+        self,
+    ) -> impl Stream<Item = datafusion::common::Result<RecordBatch>> + Send + Unpin {
+        Box::pin(futures::stream::unfold(self, |mut put| async move {
+            match put.next_batch().await {
+                Ok(Some(batch)) => Some((Ok(batch), put)),
+                Ok(None) => None,
+                Err(status) => Some((Err(DataFusionError::External(Box::new(status))), put)),
+            }
+        }))
+    }
+}
+
 async fn read_batches(
     request: Request<PeekableFlightDataStream>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-    let mut stream = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-        request.into_inner().map_err(FlightError::from),
-    );
+    let mut put = PutStream::new(request);
     let mut batches = Vec::new();
-    while let Some(batch) = stream.next().await {
-        batches.push(batch.map_err(Status::from)?);
+    while let Some(batch) = put.next_batch().await? {
+        batches.push(batch);
     }
     let schema = batches
         .first()
         .map(|b| b.schema())
-        .or_else(|| stream.schema().cloned())
+        .or(put.schema)
         .unwrap_or_else(|| Arc::new(Schema::empty()));
     Ok((schema, batches))
 }
@@ -688,12 +734,10 @@ impl FlightSqlService for KymaFlightSqlService {
             ticket.schema.as_deref().unwrap_or(DEFAULT_SCHEMA),
             &ticket.table,
         );
-        let mut stream = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        );
+        let mut put = PutStream::new(request);
         // The schema arrives before the first batch; an empty stream still creates the table.
-        let first = stream.next().await.transpose().map_err(Status::from)?;
-        let schema = match (&first, stream.schema()) {
+        let first = put.next_batch().await?;
+        let schema = match (&first, &put.schema) {
             (Some(batch), _) => batch.schema(),
             (None, Some(schema)) => schema.clone(),
             (None, None) => {
@@ -702,8 +746,7 @@ impl FlightSqlService for KymaFlightSqlService {
                 ));
             }
         };
-        let batches = futures::stream::iter(first.map(Ok))
-            .chain(stream.map_err(|e| DataFusionError::External(Box::new(e))));
+        let batches = futures::stream::iter(first.map(Ok)).chain(put.into_stream());
         let started = Instant::now();
         let result = self
             .engine
