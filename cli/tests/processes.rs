@@ -1,68 +1,10 @@
 //! The `kyma` binary as a user runs it: real processes, real ports, real catalogs.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use kyma_test_harness::{Etcd, free_port, http_get, unique_name};
 
-const KYMA: &str = env!("CARGO_BIN_EXE_kyma");
-
-/// A `kyma` process, killed when dropped.
-struct Kyma {
-    child: Child,
-    http_port: u16,
-}
-
-impl Kyma {
-    fn spawn(args: &[&str]) -> Self {
-        let http_port = free_port().expect("port");
-        let child = Command::new(KYMA)
-            .args(args)
-            .arg(format!("--http-addr=127.0.0.1:{http_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kyma");
-        Self { child, http_port }
-    }
-
-    /// Polls `path` until it answers 200; fails if the process exits or a deadline passes.
-    fn wait_for_200(&mut self, path: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(response) = http_get(self.http_port, path)
-                && (response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"))
-            {
-                return response;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("kyma exited with {status} before {path} answered 200");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{path} did not answer 200 in time"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Kyma {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Kyma;
+use kyma_test_harness::{Etcd, free_port, unique_name};
 
 #[test]
 fn standalone_serves_health_readiness_and_metrics_and_stops_cleanly_on_sigterm() {
@@ -90,16 +32,13 @@ fn a_second_standalone_on_the_same_data_dir_is_refused_naming_the_problem() {
     let grpc = format!("--grpc-addr=127.0.0.1:{}", free_port().expect("port"));
     let mut first = Kyma::spawn(&["standalone", "--data-dir", &data, &grpc]);
     first.wait_for_200("/readyz");
-    let second = Command::new(KYMA)
-        .args([
-            "standalone",
-            "--data-dir",
-            &data,
-            &grpc,
-            &format!("--http-addr=127.0.0.1:{}", free_port().expect("port")),
-        ])
-        .output()
-        .expect("run second");
+    let second = common::run(&[
+        "standalone",
+        "--data-dir",
+        &data,
+        &grpc,
+        &format!("--http-addr=127.0.0.1:{}", free_port().expect("port")),
+    ]);
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
@@ -149,7 +88,7 @@ fn bad_flags_are_refused_at_start_naming_the_flag() {
         ),
         (vec!["standalone", "--no-such-flag"], "--no-such-flag"),
     ] {
-        let output = Command::new(KYMA).args(&args).output().expect("run kyma");
+        let output = common::run(&args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(flag), "{args:?}: {stderr}");

@@ -148,6 +148,29 @@ impl KymaFlightSqlService {
         }
     }
 
+    /// The FlightInfo of a statement (plain or prepared). A query is only planned here; a
+    /// command (DDL, INSERT) runs now, and its ticket carries the count.
+    async fn statement_info(
+        &self,
+        mut handle: Handle,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let described = self
+            .engine
+            .describe(&handle.sql)
+            .await
+            .map_err(|e| status_of(&e))?;
+        if !described.is_query
+            && let Outcome::Count(n) = self.run(&handle.sql, handle.parameters()?).await?
+        {
+            handle.done = Some(n);
+        }
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode(),
+        };
+        flight_info(&described.schema, ticket.as_any().encode_to_vec(), descriptor)
+    }
+
     async fn catalog_entries(&self) -> Vec<(String, String, String, &'static str, SchemaRef)> {
         let ctx = self.engine.session();
         let mut out = Vec::new();
@@ -450,29 +473,11 @@ impl FlightSqlService for KymaFlightSqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let described = self
-            .engine
-            .describe(&query.query)
-            .await
-            .map_err(|e| status_of(&e))?;
-        let mut handle = Handle {
-            sql: query.query.clone(),
+        let handle = Handle {
+            sql: query.query,
             ..Handle::default()
         };
-        if !described.is_query {
-            match self.run(&query.query, Vec::new()).await? {
-                Outcome::Count(n) => handle.done = Some(n),
-                Outcome::Rows(_) => {}
-            }
-        }
-        let ticket = TicketStatementQuery {
-            statement_handle: handle.encode(),
-        };
-        flight_info(
-            &described.schema,
-            ticket.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.statement_info(handle, request.into_inner()).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -481,16 +486,7 @@ impl FlightSqlService for KymaFlightSqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = Handle::decode(&cmd.prepared_statement_handle)?;
-        let described = self
-            .engine
-            .describe(&handle.sql)
-            .await
-            .map_err(|e| status_of(&e))?;
-        flight_info(
-            &described.schema,
-            cmd.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.statement_info(handle, request.into_inner()).await
     }
 
     async fn get_flight_info_catalogs(

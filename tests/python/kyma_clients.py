@@ -1,0 +1,161 @@
+"""kyma through the Python clients a data engineer uses: ADBC (adbc_driver_flightsql) and
+pyarrow.flight. Run by cli/tests/python_clients.rs against real `kyma` processes.
+
+    kyma_clients.py session URI        ingest, query, prepared statement, metadata, widening,
+                                       bracket access into dynamic, raw pyarrow.flight
+    kyma_clients.py after-restart URI  the session's data is all still there
+    kyma_clients.py write URI TABLE    ingest a few rows into TABLE
+    kyma_clients.py wait-read URI TABLE  poll until TABLE shows those rows (another node)
+"""
+
+import sys
+import time
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
+import pyarrow.flight as flight
+
+
+def connect(uri):
+    return flight_sql.connect(uri, autocommit=True)
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def logs_table():
+    return pa.table(
+        {
+            "id": pa.array([1, 2, 3], pa.int64()),
+            "body": ["login failed", "ok", "not found"],
+            "attributes": [
+                {"service.name": "auth-svc", "http": {"status_code": 503}},
+                {"service.name": "web", "http": {"status_code": 200}},
+                {"service.name": "auth-svc", "http": {"status_code": 404}},
+            ],
+        }
+    )
+
+
+def session(uri):
+    with connect(uri) as conn, conn.cursor() as cur:
+        # Bulk ingest (CommandStatementIngest) creates the table from the Arrow schema.
+        check(cur.adbc_ingest("otel_logs", logs_table(), mode="create") == 3, "ingest count")
+
+        cur.execute("SELECT id, body FROM otel_logs ORDER BY id")
+        got = cur.fetch_arrow_table().to_pydict()
+        check(got == {"id": [1, 2, 3], "body": ["login failed", "ok", "not found"]}, f"query: {got}")
+
+        # A prepared statement with a bound parameter.
+        cur.execute("SELECT body FROM otel_logs WHERE id = ?", parameters=(2,))
+        check(cur.fetchall() == [("ok",)], "prepared statement")
+
+        # Bracket access into the dynamic (CBOR) column, compared like typed values.
+        cur.execute(
+            "SELECT id FROM otel_logs WHERE attributes['service.name'] = 'auth-svc' "
+            "AND attributes['http']['status_code'] >= 500"
+        )
+        check(cur.fetchall() == [(1,)], "bracket access")
+
+        # A batch carrying a column the table lacks widens the schema; older rows read NULL.
+        more = pa.table({"id": pa.array([4], pa.int64()), "body": ["slow"], "latency_ms": [812.5]})
+        check(cur.adbc_ingest("otel_logs", more, mode="append") == 1, "append count")
+        cur.execute("SELECT id, latency_ms FROM otel_logs ORDER BY id")
+        check(
+            cur.fetchall() == [(1, None), (2, None), (3, None), (4, 812.5)],
+            "widened schema",
+        )
+
+        # SQL DDL and DML with kyma types.
+        cur.execute("CREATE TABLE kyma.default.embeddings (id long, v vector(3))")
+        cur.execute("INSERT INTO embeddings VALUES (1, [0.5, 1.0, 1.5])")
+        cur.execute("SELECT v FROM embeddings")
+        check(cur.fetchall() == [([0.5, 1.0, 1.5],)], "vector round trip")
+
+        # Errors arrive as exceptions naming the problem; the connection survives them.
+        try:
+            cur.execute("SELECT * FROM no_such_table")
+            raise AssertionError("an unknown table must fail")
+        except flight_sql.Error as e:
+            check("no_such_table" in str(e), f"error names the table: {e}")
+        cur.execute("SELECT count(*) FROM otel_logs")
+        check(cur.fetchall() == [(4,)], "connection still usable after an error")
+
+    with connect(uri) as conn:
+        # Metadata: get_objects and get_table_schema.
+        objects = conn.adbc_get_objects(depth="all", catalog_filter="kyma").read_all().to_pylist()
+        tables = {
+            t["table_name"]: [c["column_name"] for c in t["table_columns"]]
+            for catalog in objects
+            for schema in catalog["catalog_db_schemas"]
+            if schema["db_schema_name"] == "default"
+            for t in schema["db_schema_tables"]
+        }
+        check(tables.get("otel_logs") == ["id", "body", "attributes", "latency_ms"], f"get_objects: {tables}")
+        schema = conn.adbc_get_table_schema("otel_logs", catalog_filter="kyma", db_schema_filter="default")
+        check(schema.field("attributes").type == pa.binary(), f"dynamic is CBOR binary: {schema}")
+        check(schema.field("latency_ms").type == pa.float64(), f"widened column type: {schema}")
+
+    # pyarrow.flight speaks Flight SQL too: GetFlightInfo with a CommandStatementQuery, DoGet.
+    client = flight.FlightClient(uri)
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_query("SELECT count(*) AS n FROM otel_logs")))
+    table = client.do_get(info.endpoints[0].ticket).read_all()
+    check(table.column("n").to_pylist() == [4], f"pyarrow.flight: {table}")
+
+
+def after_restart(uri):
+    with connect(uri) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, latency_ms FROM otel_logs ORDER BY id")
+        check(cur.fetchall() == [(1, None), (2, None), (3, None), (4, 812.5)], "rows survive a restart")
+        cur.execute("SELECT v FROM embeddings")
+        check(cur.fetchall() == [([0.5, 1.0, 1.5],)], "vectors survive a restart")
+
+
+def write(uri, table):
+    with connect(uri) as conn, conn.cursor() as cur:
+        data = pa.table({"id": pa.array([10, 20, 30], pa.int64()), "who": ["a", "b", "c"]})
+        check(cur.adbc_ingest(table, data, mode="create") == 3, "ingest on the writing node")
+
+
+def wait_read(uri, table):
+    deadline = time.monotonic() + 30
+    with connect(uri) as conn, conn.cursor() as cur:
+        while True:
+            try:
+                cur.execute(f"SELECT id, who FROM {table} ORDER BY id")
+                rows = cur.fetchall()
+                if rows == [(10, "a"), (20, "b"), (30, "c")]:
+                    return
+            except flight_sql.Error:
+                rows = None  # not visible on this node yet
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the other node's commit never became visible: {rows}")
+            time.sleep(0.05)
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def length_delimited(field, data):
+    return varint(field << 3 | 2) + varint(len(data)) + data
+
+
+def statement_query(sql):
+    """protobuf Any{type_url, value=CommandStatementQuery{query}} by hand."""
+    command = length_delimited(1, sql.encode())
+    return length_delimited(1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery") + length_delimited(2, command)
+
+
+if __name__ == "__main__":
+    commands = {"session": session, "after-restart": after_restart, "write": write, "wait-read": wait_read}
+    commands[sys.argv[1]](*sys.argv[2:])
+    print(f"{sys.argv[1]}: ok")
