@@ -39,3 +39,17 @@ install_test_deps() {
     cargo install --locked s3s-fs@0.14.1 --features binary
   fi
 }
+
+# The Python clients the tests drive kyma with (ADBC Flight SQL and pyarrow), pinned, in a
+# virtualenv outside the clone. Exports KYMA_TEST_PYTHON for cli/tests/python_clients.rs.
+install_python_clients() {
+  install_debian_packages python3 python3-venv
+  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/kyma/venv"
+  local pins=(adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1)
+  if ! "$venv/bin/python" -c 'import adbc_driver_flightsql, pyarrow' >/dev/null 2>&1; then
+    echo "kyma: installing the Python test clients into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
+  fi
+  export KYMA_TEST_PYTHON="$venv/bin/python"
+}

@@ -2,7 +2,6 @@
 
 mod common;
 
-
 use common::Kyma;
 use kyma_test_harness::{Etcd, free_port, unique_name};
 

@@ -77,7 +77,11 @@ fn two_query_nodes_on_etcd_and_s3_see_each_others_commits() {
     let etcd = Etcd::shared();
     let s3 = S3::shared();
     let bucket = s3.create_bucket("nodes").expect("bucket");
-    let catalog = format!("--catalog=etcd://{}/{}", etcd.host_port(), unique_name("nodes"));
+    let catalog = format!(
+        "--catalog=etcd://{}/{}",
+        etcd.host_port(),
+        unique_name("nodes")
+    );
     let store = format!("--store=s3://{bucket}/extents");
     let endpoint = format!("--s3-endpoint={}", s3.endpoint());
     let env = [

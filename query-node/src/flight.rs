@@ -168,7 +168,11 @@ impl KymaFlightSqlService {
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode(),
         };
-        flight_info(&described.schema, ticket.as_any().encode_to_vec(), descriptor)
+        flight_info(
+            &described.schema,
+            ticket.as_any().encode_to_vec(),
+            descriptor,
+        )
     }
 
     async fn catalog_entries(&self) -> Vec<(String, String, String, &'static str, SchemaRef)> {
@@ -495,7 +499,7 @@ impl FlightSqlService for KymaFlightSqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         flight_info(
-            &query.clone().into_builder().schema(),
+            &query.into_builder().schema(),
             query.as_any().encode_to_vec(),
             request.into_inner(),
         )
@@ -531,7 +535,7 @@ impl FlightSqlService for KymaFlightSqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         flight_info(
-            &query.clone().into_builder().schema(),
+            &query.into_builder().schema(),
             query.as_any().encode_to_vec(),
             request.into_inner(),
         )

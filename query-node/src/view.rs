@@ -77,11 +77,6 @@ impl CatalogView {
             .await
             .is_ok_and(|r| r.is_ok())
     }
-
-    /// The revision applied so far.
-    pub fn applied_revision(&self) -> Revision {
-        *self.inner.applied.borrow()
-    }
 }
 
 impl Inner {

@@ -306,50 +306,6 @@ pub fn extract_bool(dynamic: &BinaryArray, path: &[&str]) -> BooleanArray {
     extract(dynamic, path, as_bool).into_iter().collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::{Int64Array, StringArray};
-    use arrow::datatypes::{Field, Fields};
-
-    #[test]
-    fn structs_become_maps_and_paths_find_nested_values() {
-        let inner = StructArray::from(vec![(
-            Arc::new(Field::new("status_code", DataType::Int64, true)),
-            Arc::new(Int64Array::from(vec![503, 200])) as ArrayRef,
-        )]);
-        let outer = StructArray::new(
-            Fields::from(vec![
-                Field::new("service.name", DataType::Utf8, true),
-                Field::new("http", inner.data_type().clone(), true),
-            ]),
-            vec![
-                Arc::new(StringArray::from(vec!["auth-svc", "web"])) as ArrayRef,
-                Arc::new(inner),
-            ],
-            None,
-        );
-        let encoded = encode_array("attributes", &outer).expect("encodes");
-        let binary = encoded.as_binary::<i32>();
-        assert_eq!(
-            extract(binary, &["service.name"], |v| as_str(v).map(str::to_owned)),
-            vec![Some("auth-svc".to_owned()), Some("web".to_owned())]
-        );
-        assert_eq!(
-            extract(binary, &["http", "status_code"], as_i64),
-            vec![Some(503), Some(200)]
-        );
-        assert_eq!(extract(binary, &["missing"], as_i64), vec![None, None]);
-    }
-
-    #[test]
-    fn binary_that_is_not_cbor_is_refused_naming_the_row() {
-        let bad = BinaryArray::from(vec![Some(&[0xa1_u8][..]), Some(&[0xff, 0xff][..])]);
-        let err = encode_array("attrs", &bad).expect_err("not CBOR");
-        assert!(err.to_string().contains("row 0"), "{err}");
-    }
-}
-
 /// Reads `path` out of every row of a dynamic column as kyma type `ty`: values of another
 /// type, and rows without the path, are null. `dynamic` returns the CBOR of what is found.
 pub fn extract_as(dynamic: &BinaryArray, path: &[&str], ty: kyma_catalog::KymaType) -> ArrayRef {
@@ -395,5 +351,49 @@ pub fn extract_as(dynamic: &BinaryArray, path: &[&str], ty: kyma_catalog::KymaTy
         KymaType::Vector(_) => {
             arrow::array::new_null_array(&crate::types::arrow_type(ty), dynamic.len())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Fields};
+
+    #[test]
+    fn structs_become_maps_and_paths_find_nested_values() {
+        let inner = StructArray::from(vec![(
+            Arc::new(Field::new("status_code", DataType::Int64, true)),
+            Arc::new(Int64Array::from(vec![503, 200])) as ArrayRef,
+        )]);
+        let outer = StructArray::new(
+            Fields::from(vec![
+                Field::new("service.name", DataType::Utf8, true),
+                Field::new("http", inner.data_type().clone(), true),
+            ]),
+            vec![
+                Arc::new(StringArray::from(vec!["auth-svc", "web"])) as ArrayRef,
+                Arc::new(inner),
+            ],
+            None,
+        );
+        let encoded = encode_array("attributes", &outer).expect("encodes");
+        let binary = encoded.as_binary::<i32>();
+        assert_eq!(
+            extract(binary, &["service.name"], |v| as_str(v).map(str::to_owned)),
+            vec![Some("auth-svc".to_owned()), Some("web".to_owned())]
+        );
+        assert_eq!(
+            extract(binary, &["http", "status_code"], as_i64),
+            vec![Some(503), Some(200)]
+        );
+        assert_eq!(extract(binary, &["missing"], as_i64), vec![None, None]);
+    }
+
+    #[test]
+    fn binary_that_is_not_cbor_is_refused_naming_the_row() {
+        let bad = BinaryArray::from(vec![Some(&[0xa1_u8][..]), Some(&[0xff, 0xff][..])]);
+        let err = encode_array("attrs", &bad).expect_err("not CBOR");
+        assert!(err.to_string().contains("row 0"), "{err}");
     }
 }

@@ -66,7 +66,10 @@ impl Kyma {
                 return response;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("kyma exited with {status} before {path} answered 200:\n{}", self.log());
+                panic!(
+                    "kyma exited with {status} before {path} answered 200:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
