@@ -83,7 +83,7 @@ fn stop_signal(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send 
 
 fn grpc_options(serve: &ServeArgs) -> GrpcOptions {
     GrpcOptions {
-        auth_token: serve.auth_token.clone(),
+        auth_token: serve.auth_token.as_ref().map(|t| t.expose().to_owned()),
         tls: serve.tls_cert.clone().zip(serve.tls_key.clone()),
     }
 }

@@ -75,9 +75,10 @@ pub struct ServeArgs {
         long,
         env = "KYMA_AUTH_TOKEN",
         hide_env_values = true,
-        value_name = "TOKEN"
+        value_name = "TOKEN",
+        value_parser = parse_secret
     )]
-    pub auth_token: Option<String>,
+    pub auth_token: Option<Secret>,
     /// PEM certificate for TLS on the gRPC port (with --tls-key). Plaintext when unset.
     #[arg(long, env = "KYMA_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -151,6 +152,30 @@ fn parse_catalog(value: &str) -> Result<CatalogLocation, String> {
         Ok(location) => Ok(location),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A secret setting: its debug form is `***`, so printing the settings never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+fn parse_secret(value: &str) -> Result<Secret, String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(Secret(value.to_owned()))
 }
 
 fn parse_store(value: &str) -> Result<StoreLocation, String> {
@@ -246,6 +271,26 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<OsString> {
         list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_auth_token_never_shows_in_debug_output() {
+        let cli = parse(args(&[
+            "kyma",
+            "standalone",
+            "--auth-token",
+            "hunter2-token",
+        ]))
+        .expect("parses");
+        let Command::Standalone(a) = &cli.command else {
+            panic!("standalone");
+        };
+        assert_eq!(
+            a.serve.auth_token.as_ref().map(Secret::expose),
+            Some("hunter2-token")
+        );
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
