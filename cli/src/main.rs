@@ -88,6 +88,24 @@ fn grpc_options(serve: &ServeArgs) -> GrpcOptions {
     }
 }
 
+/// Serves a query node's gRPC (Flight SQL) and HTTP ports until the process is asked to stop;
+/// either failing stops both.
+async fn serve_node(
+    node: &QueryNode,
+    serve: &ServeArgs,
+    http_addr: std::net::SocketAddr,
+    probe: ops_http::Probe<'_>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let grpc = async {
+        node.serve_grpc(serve.grpc_addr, grpc_options(serve), stop_signal(stop))
+            .await
+            .map_err(RunError::from)
+    };
+    let http = ops_http::serve(http_addr, probe, stop_signal(stop));
+    tokio::try_join!(grpc, http).map(|_| ())
+}
+
 async fn run(command: Command) -> Result<(), RunError> {
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -119,21 +137,14 @@ async fn run(command: Command) -> Result<(), RunError> {
                 grpc = %args.serve.grpc_addr,
                 "kyma standalone running"
             );
-            let grpc = async {
-                node.serve_grpc(
-                    args.serve.grpc_addr,
-                    grpc_options(&args.serve),
-                    stop_signal(&stop),
-                )
-                .await
-                .map_err(RunError::from)
-            };
-            let http = ops_http::serve(
+            let result = serve_node(
+                &node,
+                &args.serve,
                 args.common.http_addr,
                 ops_http::Probe::Standalone(node.clone(), &worker),
-                stop_signal(&stop),
-            );
-            let result = tokio::try_join!(grpc, http).map(|_| ());
+                &stop,
+            )
+            .await;
             worker.shutdown().await?;
             result
         }
@@ -152,21 +163,14 @@ async fn run(command: Command) -> Result<(), RunError> {
                 store = ?args.cluster.store,
                 "kyma query node running"
             );
-            let grpc = async {
-                node.serve_grpc(
-                    args.serve.grpc_addr,
-                    grpc_options(&args.serve),
-                    stop_signal(&stop),
-                )
-                .await
-                .map_err(RunError::from)
-            };
-            let http = ops_http::serve(
+            serve_node(
+                &node,
+                &args.serve,
                 args.common.http_addr,
                 ops_http::Probe::QueryNode(node.clone()),
-                stop_signal(&stop),
-            );
-            tokio::try_join!(grpc, http).map(|_| ())
+                &stop,
+            )
+            .await
         }
         Command::CdcWorker(args) => {
             let catalog = Catalog::open(&args.cluster.catalog).await?;

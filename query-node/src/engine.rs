@@ -29,10 +29,10 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use kyma_catalog::{Catalog, CatalogError, Column, KymaType, PromotedPath, TableOrigin, TableRef};
 use kyma_table::writer::columns_of;
-use kyma_table::{ExtentStore, TableError, TableWriter, WriteOptions};
+use kyma_table::{ExtentStore, TableError};
 
 use crate::dynamic_sql::{DynamicFunctions, DynamicPlanner};
 use crate::provider::{
@@ -320,22 +320,9 @@ impl QueryEngine {
     async fn write(
         &self,
         table: &TableRef,
-        mut batches: impl Stream<Item = Result<RecordBatch>> + Send + Unpin,
+        batches: impl Stream<Item = Result<RecordBatch>> + Send + Unpin,
     ) -> Result<u64> {
-        let mut writer = TableWriter::open(
-            &self.tables.catalog,
-            &self.tables.store,
-            table,
-            WriteOptions::default(),
-        )
-        .await
-        .map_err(to_df)?;
-        while let Some(batch) = batches.next().await {
-            writer.write(&batch?).await.map_err(to_df)?;
-        }
-        let summary = writer.commit().await.map_err(to_df)?;
-        self.tables.await_visible(summary.revision).await;
-        Ok(summary.rows)
+        self.tables.write(table, batches).await
     }
 }
 

@@ -240,6 +240,19 @@ fn flight_info(
     Ok(Response::new(info))
 }
 
+/// The FlightInfo of a metadata command: its result schema, and a ticket that is the command.
+fn command_info(
+    command: &impl ProstMessageExt,
+    schema: &Schema,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    flight_info(
+        schema,
+        command.as_any().encode_to_vec(),
+        request.into_inner(),
+    )
+}
+
 fn schema_ipc(schema: &Schema) -> Result<bytes::Bytes, Status> {
     let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
         .try_into()
@@ -498,11 +511,7 @@ impl FlightSqlService for KymaFlightSqlService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(
-            &query.into_builder().schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query, &query.into_builder().schema(), request)
     }
 
     async fn get_flight_info_schemas(
@@ -510,11 +519,7 @@ impl FlightSqlService for KymaFlightSqlService {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(
-            &query.clone().into_builder().schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query, &query.clone().into_builder().schema(), request)
     }
 
     async fn get_flight_info_tables(
@@ -522,11 +527,7 @@ impl FlightSqlService for KymaFlightSqlService {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(
-            &query.clone().into_builder().schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query, &query.clone().into_builder().schema(), request)
     }
 
     async fn get_flight_info_table_types(
@@ -534,11 +535,7 @@ impl FlightSqlService for KymaFlightSqlService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(
-            &query.into_builder().schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query, &query.into_builder().schema(), request)
     }
 
     async fn get_flight_info_sql_info(
@@ -546,10 +543,10 @@ impl FlightSqlService for KymaFlightSqlService {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(
+        command_info(
+            &query,
             &query.clone().into_builder(&SQL_INFO).schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
+            request,
         )
     }
 
@@ -558,11 +555,7 @@ impl FlightSqlService for KymaFlightSqlService {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(
-            &primary_keys_schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query, &primary_keys_schema(), request)
     }
 
     async fn do_get_statement(

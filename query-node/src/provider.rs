@@ -94,6 +94,27 @@ impl NodeTables {
     }
 }
 
+impl NodeTables {
+    /// Writes `batches` into `table` with one [`TableWriter`] and one commit, then waits until
+    /// this node's view shows it. Returns the rows written.
+    pub async fn write(
+        &self,
+        table: &TableRef,
+        mut batches: impl futures::Stream<Item = Result<RecordBatch>> + Send + Unpin,
+    ) -> Result<u64> {
+        let mut writer =
+            TableWriter::open(&self.catalog, &self.store, table, WriteOptions::default())
+                .await
+                .map_err(to_df)?;
+        while let Some(batch) = batches.next().await {
+            writer.write(&batch?).await.map_err(to_df)?;
+        }
+        let summary = writer.commit().await.map_err(to_df)?;
+        self.await_visible(summary.revision).await;
+        Ok(summary.rows)
+    }
+}
+
 /// The `kyma` catalog provider.
 #[derive(Debug)]
 pub struct KymaCatalogProvider {
@@ -410,23 +431,10 @@ impl DataSink for KymaSink {
 
     async fn write_all(
         &self,
-        mut data: SendableRecordBatchStream,
+        data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
-        let mut writer = TableWriter::open(
-            &self.tables.catalog,
-            &self.tables.store,
-            &self.table,
-            WriteOptions::default(),
-        )
-        .await
-        .map_err(to_df)?;
-        while let Some(batch) = data.next().await {
-            writer.write(&batch?).await.map_err(to_df)?;
-        }
-        let summary = writer.commit().await.map_err(to_df)?;
-        self.tables.await_visible(summary.revision).await;
-        Ok(summary.rows)
+        self.tables.write(&self.table, data).await
     }
 }
 

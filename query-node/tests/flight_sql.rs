@@ -11,7 +11,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Fields, Int64Type};
 use arrow_flight::sql::CommandGetTables;
 use common::{code_of, ingest, query, query_text, schema, standalone};
-use futures::TryStreamExt;
 use kyma_query_node::GrpcOptions;
 
 fn people(ids: &[i64], names: &[&str]) -> RecordBatch {
@@ -74,14 +73,7 @@ async fn ingest_query_and_prepared_statement_with_a_parameter() {
         )
         .expect("bind");
     let info = prepared.execute().await.expect("execute prepared");
-    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
-    let batches: Vec<RecordBatch> = client
-        .do_get(ticket)
-        .await
-        .expect("do_get")
-        .try_collect()
-        .await
-        .expect("rows");
+    let batches = common::fetch(&mut client, info).await.expect("rows");
     let names: Vec<&str> = batches
         .iter()
         .flat_map(|b| b.column(0).as_string::<i32>().iter().flatten())
@@ -468,13 +460,7 @@ async fn metadata_commands_list_catalogs_schemas_and_tables_with_schemas() {
         .expect("ingest");
 
     let info = client.get_catalogs().await.expect("catalogs");
-    let batches: Vec<RecordBatch> = client
-        .do_get(info.endpoint[0].ticket.clone().expect("ticket"))
-        .await
-        .expect("do_get")
-        .try_collect()
-        .await
-        .expect("rows");
+    let batches = common::fetch(&mut client, info).await.expect("rows");
     let catalogs: Vec<&str> = batches
         .iter()
         .flat_map(|b| b.column(0).as_string::<i32>().iter().flatten())
@@ -491,13 +477,7 @@ async fn metadata_commands_list_catalogs_schemas_and_tables_with_schemas() {
         })
         .await
         .expect("tables");
-    let batches: Vec<RecordBatch> = client
-        .do_get(info.endpoint[0].ticket.clone().expect("ticket"))
-        .await
-        .expect("do_get")
-        .try_collect()
-        .await
-        .expect("rows");
+    let batches = common::fetch(&mut client, info).await.expect("rows");
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     let batch = &batches[0];
     assert_eq!(

@@ -8,8 +8,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanArray, FixedSizeListArray,
-    GenericListArray, MapArray, OffsetSizeTrait, StructArray,
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanArray, MapArray, StructArray,
 };
 use arrow::datatypes::{
     DataType, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
@@ -201,9 +200,11 @@ fn value_at(column: &str, array: &dyn Array, row: usize) -> Result<Value, TableE
         DataType::BinaryView => Value::Bytes(array.as_binary_view().value(row).to_vec()),
         DataType::Struct(_) => struct_value(column, array.as_struct(), row)?,
         DataType::Map(_, _) => map_value(column, array.as_map(), row)?,
-        DataType::List(_) => list_value(column, array.as_list::<i32>(), row)?,
-        DataType::LargeList(_) => list_value(column, array.as_list::<i64>(), row)?,
-        DataType::FixedSizeList(_, _) => fixed_list_value(column, array.as_fixed_size_list(), row)?,
+        DataType::List(_) => items_value(column, &array.as_list::<i32>().value(row))?,
+        DataType::LargeList(_) => items_value(column, &array.as_list::<i64>().value(row))?,
+        DataType::FixedSizeList(_, _) => {
+            items_value(column, &array.as_fixed_size_list().value(row))?
+        }
         DataType::Dictionary(_, _) => {
             let dict = array.as_any_dictionary();
             let key = dict.normalized_keys()[row];
@@ -261,24 +262,8 @@ fn map_value(column: &str, array: &MapArray, row: usize) -> Result<Value, TableE
     Ok(Value::Map(entries))
 }
 
-fn list_value<O: OffsetSizeTrait>(
-    column: &str,
-    array: &GenericListArray<O>,
-    row: usize,
-) -> Result<Value, TableError> {
-    let items = array.value(row);
-    (0..items.len())
-        .map(|i| value_at(column, items.as_ref(), i))
-        .collect::<Result<_, _>>()
-        .map(Value::Array)
-}
-
-fn fixed_list_value(
-    column: &str,
-    array: &FixedSizeListArray,
-    row: usize,
-) -> Result<Value, TableError> {
-    let items = array.value(row);
+/// The items of one list row as a CBOR array.
+fn items_value(column: &str, items: &ArrayRef) -> Result<Value, TableError> {
     (0..items.len())
         .map(|i| value_at(column, items.as_ref(), i))
         .collect::<Result<_, _>>()

@@ -96,12 +96,11 @@ pub async fn client(addr: SocketAddr) -> FlightSqlServiceClient<Channel> {
     }
 }
 
-/// Runs a query and collects its batches.
-pub async fn query(
+/// Fetches every endpoint of `info`.
+pub async fn fetch(
     client: &mut FlightSqlServiceClient<Channel>,
-    sql: &str,
+    info: arrow_flight::FlightInfo,
 ) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {
-    let info = client.execute(sql.to_owned(), None).await?;
     let mut batches = Vec::new();
     for endpoint in info.endpoint {
         let ticket = endpoint.ticket.expect("endpoint has a ticket");
@@ -109,6 +108,15 @@ pub async fn query(
         batches.extend(stream.try_collect::<Vec<_>>().await?);
     }
     Ok(batches)
+}
+
+/// Runs a query and collects its batches.
+pub async fn query(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {
+    let info = client.execute(sql.to_owned(), None).await?;
+    fetch(client, info).await
 }
 
 /// The query's result as text, one line per row (for readable assertions).
@@ -121,6 +129,27 @@ pub async fn query_text(client: &mut FlightSqlServiceClient<Channel>, sql: &str)
         .to_string()
 }
 
+/// An ingest command into `kyma.default.{table}`: create (fail if it exists) or append.
+fn ingest_command(table: &str, create: bool) -> CommandStatementIngest {
+    let (if_not_exist, if_exists) = if create {
+        (TableNotExistOption::Create, TableExistsOption::Fail)
+    } else {
+        (TableNotExistOption::Fail, TableExistsOption::Append)
+    };
+    CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: if_not_exist as i32,
+            if_exists: if_exists as i32,
+        }),
+        table: table.to_owned(),
+        schema: None,
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options: Default::default(),
+    }
+}
+
 /// Bulk ingest (CommandStatementIngest) of `batches` into `kyma.default.{table}`.
 pub async fn ingest(
     client: &mut FlightSqlServiceClient<Channel>,
@@ -128,27 +157,7 @@ pub async fn ingest(
     create: bool,
     batches: Vec<RecordBatch>,
 ) -> Result<i64, arrow_flight::error::FlightError> {
-    let options = TableDefinitionOptions {
-        if_not_exist: if create {
-            TableNotExistOption::Create
-        } else {
-            TableNotExistOption::Fail
-        } as i32,
-        if_exists: if create {
-            TableExistsOption::Fail
-        } else {
-            TableExistsOption::Append
-        } as i32,
-    };
-    let command = CommandStatementIngest {
-        table_definition_options: Some(options),
-        table: table.to_owned(),
-        schema: None,
-        catalog: None,
-        temporary: false,
-        transaction_id: None,
-        options: Default::default(),
-    };
+    let command = ingest_command(table, create);
     client
         .execute_ingest(command, futures::stream::iter(batches.into_iter().map(Ok)))
         .await
@@ -165,18 +174,7 @@ pub async fn ingest_changing_schema(
     use arrow_flight::encode::FlightDataEncoderBuilder;
     use arrow_flight::sql::{DoPutUpdateResult, ProstMessageExt};
     use prost::Message;
-    let command = CommandStatementIngest {
-        table_definition_options: Some(TableDefinitionOptions {
-            if_not_exist: TableNotExistOption::Create as i32,
-            if_exists: TableExistsOption::Fail as i32,
-        }),
-        table: table.to_owned(),
-        schema: None,
-        catalog: None,
-        temporary: false,
-        transaction_id: None,
-        options: Default::default(),
-    };
+    let command = ingest_command(table, true);
     let mut messages = Vec::new();
     for (i, batch) in batches.into_iter().enumerate() {
         let descriptor =
