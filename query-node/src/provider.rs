@@ -20,17 +20,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt64Array,
-};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
 use datafusion::common::{
-    Column as DfColumn, DFSchema, DataFusionError, Result, Statistics, not_impl_err, plan_err,
+    Column as DfColumn, DFSchema, DataFusionError, Result, ScalarValue, Statistics, not_impl_err,
+    plan_err,
 };
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -450,70 +448,38 @@ struct ManifestStatistics<'a> {
 }
 
 impl ManifestStatistics<'_> {
+    /// One statistic of `column` per extent, as an array of the column's type (null where
+    /// unknown). Columns without an order (dynamic, vector) have none.
     fn stat_array(
         &self,
         column: &DfColumn,
         pick: impl Fn(&kyma_table::ColumnStats) -> Option<&StatValue>,
     ) -> Option<ArrayRef> {
         let field = self.schema.field_with_name(&column.name).ok()?;
+        let ty = field.data_type();
+        let scalar = |value: Option<&StatValue>| -> Option<ScalarValue> {
+            Some(match (ty, value) {
+                (DataType::Int32, Some(StatValue::Int(i))) => {
+                    ScalarValue::Int32(i32::try_from(*i).ok())
+                }
+                (DataType::Int64, Some(StatValue::Int(i))) => ScalarValue::Int64(Some(*i)),
+                (DataType::Timestamp(_, _), Some(StatValue::Int(i))) => {
+                    ScalarValue::TimestampMicrosecond(Some(*i), Some(UTC.into()))
+                }
+                (DataType::Float64, Some(StatValue::Real(f))) => ScalarValue::Float64(Some(*f)),
+                (DataType::Boolean, Some(StatValue::Bool(b))) => ScalarValue::Boolean(Some(*b)),
+                (DataType::Utf8, Some(StatValue::Str(s))) => ScalarValue::Utf8(Some(s.clone())),
+                (DataType::Binary | DataType::FixedSizeList(_, _), _) => return None,
+                _ => ScalarValue::try_from(ty).ok()?,
+            })
+        };
         let values = self
             .manifest
             .extents
             .iter()
-            .map(|e| e.columns.get(&column.name).and_then(&pick));
-        let array: ArrayRef = match field.data_type() {
-            DataType::Int32 => Arc::new(
-                values
-                    .map(|v| match v {
-                        Some(StatValue::Int(i)) => i32::try_from(*i).ok(),
-                        _ => None,
-                    })
-                    .collect::<Int32Array>(),
-            ),
-            DataType::Int64 => Arc::new(
-                values
-                    .map(|v| match v {
-                        Some(StatValue::Int(i)) => Some(*i),
-                        _ => None,
-                    })
-                    .collect::<Int64Array>(),
-            ),
-            DataType::Timestamp(_, _) => Arc::new(
-                values
-                    .map(|v| match v {
-                        Some(StatValue::Int(i)) => Some(*i),
-                        _ => None,
-                    })
-                    .collect::<TimestampMicrosecondArray>()
-                    .with_timezone(UTC),
-            ),
-            DataType::Float64 => Arc::new(
-                values
-                    .map(|v| match v {
-                        Some(StatValue::Real(f)) => Some(*f),
-                        _ => None,
-                    })
-                    .collect::<Float64Array>(),
-            ),
-            DataType::Boolean => Arc::new(
-                values
-                    .map(|v| match v {
-                        Some(StatValue::Bool(b)) => Some(*b),
-                        _ => None,
-                    })
-                    .collect::<BooleanArray>(),
-            ),
-            DataType::Utf8 => Arc::new(
-                values
-                    .map(|v| match v {
-                        Some(StatValue::Str(s)) => Some(s.as_str()),
-                        _ => None,
-                    })
-                    .collect::<StringArray>(),
-            ),
-            _ => return None,
-        };
-        Some(array)
+            .map(|e| scalar(e.columns.get(&column.name).and_then(&pick)))
+            .collect::<Option<Vec<_>>>()?;
+        ScalarValue::iter_to_array(values).ok()
     }
 }
 
