@@ -33,7 +33,7 @@ install_build_deps() {
 # What the tests need: real servers, and the S3-compatible server from crates.io.
 install_test_deps() {
   install_build_deps
-  install_debian_packages etcd-server postgresql-15 mariadb-server mariadb-client
+  install_debian_packages etcd-server postgresql-15 mariadb-server mariadb-client openssl
   if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
     echo "kyma: installing s3s-fs 0.14.1 (the test S3 server)" >&2
     cargo install --locked s3s-fs@0.14.1 --features binary

@@ -529,3 +529,84 @@ async fn a_token_is_required_when_configured_and_basic_handshake_obtains_it() {
         .expect("query with bearer token");
     assert_eq!(batches[0].num_rows(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plaintext() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |name: &str| dir.path().join(name);
+    // A test CA, and a server certificate for `localhost` signed by it.
+    for extra in [
+        vec![
+            "-subj",
+            "/CN=kyma-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        vec![
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ],
+    ] {
+        let made = std::process::Command::new("openssl")
+            .current_dir(dir.path())
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1"])
+            .args(extra)
+            .output()
+            .expect("run openssl");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    let (cert, key) = (path("cert.pem"), path("key.pem"));
+    let node = standalone(GrpcOptions {
+        auth_token: None,
+        tls: Some((cert, key)),
+    })
+    .await;
+
+    let ca = tonic::transport::Certificate::from_pem(std::fs::read(path("ca.pem")).expect("CA"));
+    let endpoint =
+        tonic::transport::Channel::from_shared(format!("https://127.0.0.1:{}", node.addr.port()))
+            .expect("endpoint")
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(ca)
+                    .domain_name("localhost"),
+            )
+            .expect("tls config");
+    let mut client =
+        arrow_flight::sql::client::FlightSqlServiceClient::new(common::connect(endpoint).await);
+    let batches = query(&mut client, "SELECT 1 AS one")
+        .await
+        .expect("query over TLS");
+    assert_eq!(batches[0].num_rows(), 1);
+
+    let mut plaintext = common::client(node.addr).await;
+    query(&mut plaintext, "SELECT 1")
+        .await
+        .expect_err("plaintext on a TLS port");
+}

@@ -77,19 +77,20 @@ pub async fn standalone(options: GrpcOptions) -> ServedNode {
     served
 }
 
-/// A Flight SQL client on `addr`, retrying the connect until the server listens.
+/// A Flight SQL client on `addr` (plaintext).
 pub async fn client(addr: SocketAddr) -> FlightSqlServiceClient<Channel> {
-    let endpoint = format!("http://{addr}");
+    let endpoint = Channel::from_shared(format!("http://{addr}")).expect("endpoint");
+    FlightSqlServiceClient::new(connect(endpoint).await)
+}
+
+/// Connects, retrying until the server listens.
+pub async fn connect(endpoint: tonic::transport::Endpoint) -> Channel {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        match Channel::from_shared(endpoint.clone())
-            .expect("endpoint")
-            .connect()
-            .await
-        {
-            Ok(channel) => return FlightSqlServiceClient::new(channel),
+        match endpoint.connect().await {
+            Ok(channel) => return channel,
             Err(e) if std::time::Instant::now() > deadline => {
-                panic!("cannot connect to {addr}: {e}")
+                panic!("cannot connect to {}: {e:?}", endpoint.uri())
             }
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
