@@ -11,6 +11,7 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use uuid::Uuid;
 
@@ -18,6 +19,10 @@ use crate::error::TableError;
 use crate::manifest::{ColumnStats, ExtentEntry};
 use crate::store::ExtentStore;
 use crate::types::arrow_schema;
+
+/// Parquet key-value metadata naming the schema version an extent was written with (the
+/// manifest records it too).
+pub const SCHEMA_VERSION_KEY: &str = "kyma.schema_version";
 
 /// Rows per Parquet row group: the unit of buffering and of row-group pruning.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -55,6 +60,10 @@ impl ExtentWriter {
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_key_value_metadata(Some(vec![KeyValue::new(
+                SCHEMA_VERSION_KEY.to_owned(),
+                schema.version.to_string(),
+            )]))
             .build();
         let sink = BufWriter::new(store.object_store().clone(), path.clone());
         let writer = AsyncArrowWriter::try_new(sink, arrow.clone(), Some(props))?;

@@ -7,6 +7,7 @@ use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use kyma_catalog::{Catalog, CatalogLocation, Column, KymaType, TableOrigin, TableRef};
 use kyma_table::{ExtentStore, Manifest, S3Options, StoreLocation, TableWriter, WriteOptions};
+use object_store::ObjectStoreExt;
 
 struct Fixture {
     catalog: Catalog,
@@ -150,6 +151,31 @@ async fn extents_record_row_counts_and_column_statistics() {
     let region = &manifest.extents[1].columns["region"];
     assert_eq!(region.min, Some(kyma_table::StatValue::Str("v20".into())));
     assert!(manifest.extents.iter().all(|e| e.bytes > 0));
+
+    // The file itself records its schema version too.
+    let bytes = f
+        .store
+        .object_store()
+        .get(&object_store::path::Path::from(
+            manifest.extents[0].path.as_str(),
+        ))
+        .await
+        .expect("get extent")
+        .bytes()
+        .await
+        .expect("read extent");
+    let reader = parquet::file::reader::SerializedFileReader::new(bytes).expect("parquet");
+    let kv = parquet::file::reader::FileReader::metadata(&reader)
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        kv.iter()
+            .any(|e| e.key == kyma_table::extent::SCHEMA_VERSION_KEY
+                && e.value.as_deref() == Some("2")),
+        "{kv:?}"
+    );
 }
 
 #[tokio::test]
