@@ -115,9 +115,8 @@ impl KymaFlightSqlService {
         let started = Instant::now();
         let result = self.engine.execute(sql, params).await;
         self.metrics.statement(started.elapsed(), result.is_ok());
-        if let Ok(Outcome::Count(n)) = &result
-            && sql_is_write(sql)
-        {
+        // DDL counts 0; INSERT and CREATE TABLE … AS count the rows they wrote.
+        if let Ok(Outcome::Count(n)) = &result {
             self.metrics.rows_ingested(*n);
         }
         result.map_err(|e| status_of(&e))
@@ -207,15 +206,6 @@ impl KymaFlightSqlService {
         out.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
         out
     }
-}
-
-fn sql_is_write(sql: &str) -> bool {
-    let head = sql
-        .trim_start()
-        .get(..6)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    head == "insert" || head == "create"
 }
 
 fn batch_stream(batch: RecordBatch) -> DoGetStream {
