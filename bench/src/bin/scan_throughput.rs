@@ -258,11 +258,12 @@ fn bench_batch(schema: &SchemaRef, first: i64, last: i64) -> Result<RecordBatch,
 /// returns the row count the server reports.
 async fn ingest(flight: &mut FlightSqlServiceClient<Channel>, rows: i64) -> BenchResult<i64> {
     let schema = bench_schema();
-    let batches = futures::stream::iter((0..rows.div_ceil(INGEST_BATCH_ROWS)).map(move |i| {
-        let first = i * INGEST_BATCH_ROWS + 1;
-        let last = ((i + 1) * INGEST_BATCH_ROWS).min(rows);
-        bench_batch(&schema, first, last)
-    }));
+    let step = usize::try_from(INGEST_BATCH_ROWS)?;
+    // Generated lazily, one batch at a time, as the client sends them.
+    let batches =
+        futures::stream::iter((1..=rows).step_by(step).map(move |first| {
+            bench_batch(&schema, first, (first + INGEST_BATCH_ROWS - 1).min(rows))
+        }));
     let command = CommandStatementIngest {
         table_definition_options: Some(TableDefinitionOptions {
             if_not_exist: TableNotExistOption::Create.into(),
