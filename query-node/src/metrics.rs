@@ -15,7 +15,8 @@ pub struct QueryMetrics {
 }
 
 impl QueryMetrics {
-    /// A statement finished planning or running (`ok` false: it failed).
+    /// A statement was planned (a query, whose rows then stream) or run (a command or an
+    /// ingest); `ok` false: it failed.
     pub fn statement(&self, elapsed: Duration, ok: bool) {
         self.statements.fetch_add(1, Ordering::Relaxed);
         self.statement_micros
@@ -68,7 +69,7 @@ impl QueryMetrics {
         }
         let _ = writeln!(
             out,
-            "# HELP kyma_statement_seconds_total Time spent planning and running statements.\n# TYPE kyma_statement_seconds_total counter\nkyma_statement_seconds_total {}",
+            "# HELP kyma_statement_seconds_total Time spent planning queries (their rows stream afterwards) and running commands and ingests.\n# TYPE kyma_statement_seconds_total counter\nkyma_statement_seconds_total {}",
             get(&self.statement_micros) as f64 / 1e6
         );
     }

@@ -78,11 +78,6 @@ impl ExtentWriter {
         })
     }
 
-    /// The Arrow schema batches must have.
-    pub fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
     /// Rows written so far.
     pub fn rows(&self) -> u64 {
         self.rows
