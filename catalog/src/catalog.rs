@@ -1128,7 +1128,7 @@ impl Catalog {
 
 /// Refuses a connector URL that carries a password: secrets come from `secret_ref` only and
 /// must never be stored in the catalog.
-fn reject_password_in_url(url: &str) -> Result<(), CatalogError> {
+pub fn reject_password_in_url(url: &str) -> Result<(), CatalogError> {
     let Some((_, rest)) = url.split_once("://") else {
         return Err(CatalogError::invalid(
             "connection.url",

@@ -113,7 +113,8 @@ impl Etcd {
 
 // ----- PostgreSQL ----------------------------------------------------------------------------
 
-/// A PostgreSQL 15 server with `wal_level=logical`, trusting loopback connections.
+/// A PostgreSQL 15 server with `wal_level=logical`, trusting loopback connections except for
+/// members of role `password_login` (created at start), who need their password.
 #[derive(Debug)]
 pub struct Postgres {
     port: u16,
@@ -151,6 +152,15 @@ impl Postgres {
                 .arg(&data),
             run_as,
         )?;
+        // Members of role `password_login` must log in with a password (tests of bad
+        // credentials); everyone else is trusted on loopback.
+        let hba = data.join("pg_hba.conf");
+        let trusted = fs::read_to_string(&hba).map_err(io("reading pg_hba.conf"))?;
+        fs::write(
+            &hba,
+            format!("host all +password_login 127.0.0.1/32 scram-sha-256\n{trusted}"),
+        )
+        .map_err(io("writing pg_hba.conf"))?;
         let port = free_port()?;
         let args = vec![
             "-D".into(),
@@ -188,6 +198,7 @@ impl Postgres {
             process,
         };
         server.wait_ready()?;
+        server.psql("postgres", "CREATE ROLE password_login NOLOGIN")?;
         Ok(server)
     }
 

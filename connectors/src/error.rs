@@ -1,0 +1,74 @@
+//! The one error type of the connectors crate, with retryability explicit.
+
+use kyma_catalog::CatalogError;
+
+/// What can go wrong registering, validating or reaching a connector's source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// Bad input or a source setting to fix; names the field (definite).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The request field or source setting at fault, e.g. `connection.pool_size`.
+        field: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The source cannot be reached now (transient: retry).
+    #[error("{field}: {reason}")]
+    Unreachable {
+        /// The field naming the source (`connection.url`).
+        field: String,
+        /// What failed.
+        reason: String,
+    },
+    /// No connector of that name.
+    #[error("connector `{0}` does not exist")]
+    NotFound(String),
+    /// The catalog failed (its own retryability applies).
+    #[error(transparent)]
+    Catalog(CatalogError),
+}
+
+impl ConnectorError {
+    /// Whether retrying the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ConnectorError::Unreachable { .. } => true,
+            ConnectorError::Catalog(e) => e.is_retryable(),
+            ConnectorError::Invalid { .. } | ConnectorError::NotFound(_) => false,
+        }
+    }
+
+    /// The field at fault, for bad input.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConnectorError::Invalid { field, .. } | ConnectorError::Unreachable { field, .. } => {
+                Some(field)
+            }
+            _ => None,
+        }
+    }
+
+    /// Bad input naming `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConnectorError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<CatalogError> for ConnectorError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::InvalidArgument { field, reason } => {
+                ConnectorError::Invalid { field, reason }
+            }
+            CatalogError::AlreadyExists(what) => ConnectorError::invalid(
+                "name",
+                format!("{what} exists already; choose another name or delete it first"),
+            ),
+            other => ConnectorError::Catalog(other),
+        }
+    }
+}
