@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use kyma_catalog::{Catalog, CatalogLocation};
 use kyma_cdc_worker::CdcWorker;
+use kyma_connectors::{ConnectorAdmin, SecretResolver};
+use kyma_query_node::admin_http::admin_routes;
 use kyma_query_node::{GrpcOptions, QueryNode};
 use kyma_table::{ExtentStore, S3Options, StoreLocation};
 use settings::{Command, CommonArgs, ServeArgs};
@@ -92,6 +94,7 @@ fn grpc_options(serve: &ServeArgs) -> GrpcOptions {
 /// either failing stops both.
 async fn serve_node(
     node: &QueryNode,
+    admin: ConnectorAdmin,
     serve: &ServeArgs,
     http_addr: std::net::SocketAddr,
     probe: ops_http::Probe<'_>,
@@ -102,7 +105,7 @@ async fn serve_node(
             .await
             .map_err(RunError::from)
     };
-    let http = ops_http::serve(http_addr, probe, stop_signal(stop));
+    let http = ops_http::serve(http_addr, probe, admin_routes(admin), stop_signal(stop));
     tokio::try_join!(grpc, http).map(|_| ())
 }
 
@@ -130,6 +133,10 @@ async fn run(command: Command) -> Result<(), RunError> {
             )?;
             let worker =
                 CdcWorker::start(catalog.clone(), "standalone", Duration::from_secs(10)).await?;
+            let admin = ConnectorAdmin::new(
+                catalog.clone(),
+                SecretResolver::new(&args.common.secrets_dir),
+            );
             let node = QueryNode::start(catalog, store).await?;
             tracing::info!(
                 data_dir = %data_dir.display(),
@@ -139,6 +146,7 @@ async fn run(command: Command) -> Result<(), RunError> {
             );
             let result = serve_node(
                 &node,
+                admin,
                 &args.serve,
                 args.common.http_addr,
                 ops_http::Probe::Standalone(node.clone(), &worker),
@@ -156,6 +164,10 @@ async fn run(command: Command) -> Result<(), RunError> {
                     endpoint: args.cluster.s3_endpoint.clone(),
                 },
             )?;
+            let admin = ConnectorAdmin::new(
+                catalog.clone(),
+                SecretResolver::new(&args.common.secrets_dir),
+            );
             let node = QueryNode::start(catalog, store).await?;
             tracing::info!(
                 http = %args.common.http_addr,
@@ -165,6 +177,7 @@ async fn run(command: Command) -> Result<(), RunError> {
             );
             serve_node(
                 &node,
+                admin,
                 &args.serve,
                 args.common.http_addr,
                 ops_http::Probe::QueryNode(node.clone()),
@@ -190,6 +203,7 @@ async fn run(command: Command) -> Result<(), RunError> {
             let result = ops_http::serve(
                 args.common.http_addr,
                 ops_http::Probe::Worker(&worker),
+                axum::Router::new(),
                 stop_signal(&stop),
             )
             .await;

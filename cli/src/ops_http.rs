@@ -1,6 +1,7 @@
 //! The operations HTTP endpoints every process serves: `/healthz` (the process is up),
 //! `/readyz` (it can do its work: the catalog answers, a worker's lease is alive) and
-//! `/metrics` (Prometheus text). Serves until the process is asked to stop.
+//! `/metrics` (Prometheus text), and on query nodes the REST admin API. Serves until the
+//! process is asked to stop.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -37,9 +38,11 @@ impl Probe<'_> {
 }
 
 /// Serves the endpoints on `addr` until `shutdown` completes.
+/// `routes` (the REST admin API on query nodes) are served beside the probes.
 pub async fn serve(
     addr: SocketAddr,
     probe: Probe<'_>,
+    routes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -78,7 +81,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(move || metrics(node.clone())));
+        .route("/metrics", get(move || metrics(node.clone())))
+        .merge(routes);
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .into_future();

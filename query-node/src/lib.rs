@@ -2,6 +2,7 @@
 //! Flight SQL over DataFusion on the `kyma` catalog, reading and writing the table format
 //! through the catalog.
 
+pub mod admin_http;
 pub mod dynamic_sql;
 pub mod engine;
 pub mod flight;
