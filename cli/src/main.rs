@@ -83,10 +83,11 @@ fn stop_signal(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send 
     }
 }
 
-fn grpc_options(serve: &ServeArgs) -> GrpcOptions {
+fn grpc_options(serve: &ServeArgs, admin: ConnectorAdmin) -> GrpcOptions {
     GrpcOptions {
         auth_token: serve.auth_token.as_ref().map(|t| t.expose().to_owned()),
         tls: serve.tls_cert.clone().zip(serve.tls_key.clone()),
+        admin: Some(admin),
     }
 }
 
@@ -101,11 +102,20 @@ async fn serve_node(
     stop: &watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let grpc = async {
-        node.serve_grpc(serve.grpc_addr, grpc_options(serve), stop_signal(stop))
-            .await
-            .map_err(RunError::from)
+        node.serve_grpc(
+            serve.grpc_addr,
+            grpc_options(serve, admin.clone()),
+            stop_signal(stop),
+        )
+        .await
+        .map_err(RunError::from)
     };
-    let http = ops_http::serve(http_addr, probe, admin_routes(admin), stop_signal(stop));
+    let http = ops_http::serve(
+        http_addr,
+        probe,
+        admin_routes(admin.clone()),
+        stop_signal(stop),
+    );
     tokio::try_join!(grpc, http).map(|_| ())
 }
 

@@ -2,6 +2,7 @@
 //! Flight SQL over DataFusion on the `kyma` catalog, reading and writing the table format
 //! through the catalog.
 
+pub mod admin_grpc;
 pub mod admin_http;
 pub mod dynamic_sql;
 pub mod engine;
@@ -38,6 +39,8 @@ pub struct GrpcOptions {
     pub auth_token: Option<String>,
     /// PEM certificate and key; `None` serves plaintext.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The connector admin service, served beside Flight SQL when set.
+    pub admin: Option<kyma_connectors::ConnectorAdmin>,
 }
 
 /// Why serving stopped.
@@ -125,8 +128,13 @@ impl QueryNode {
         let server = FlightServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let service = InterceptedService::new(server, move |request: Request<()>| {
-            authenticate(request, token.as_deref())
+        let auth = move |request: Request<()>| authenticate(request, token.as_deref());
+        let service = InterceptedService::new(server, auth.clone());
+        let admin = options.admin.map(|admin| {
+            InterceptedService::new(
+                admin_grpc::ConnectorAdminServer::new(admin_grpc::AdminService::new(admin)),
+                auth,
+            )
         });
         let mut builder = Server::builder();
         if let Some((cert, key)) = options.tls {
@@ -138,6 +146,7 @@ impl QueryNode {
         }
         builder
             .add_service(service)
+            .add_optional_service(admin)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 shutdown,

@@ -503,7 +503,7 @@ async fn metadata_commands_list_catalogs_schemas_and_tables_with_schemas() {
 async fn a_token_is_required_when_configured_and_basic_handshake_obtains_it() {
     let node = standalone(GrpcOptions {
         auth_token: Some("s3cret-token".into()),
-        tls: None,
+        ..GrpcOptions::default()
     })
     .await;
     let mut anonymous = common::client(node.addr).await;
@@ -583,8 +583,8 @@ async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plaintext() {
     }
     let (cert, key) = (path("cert.pem"), path("key.pem"));
     let node = standalone(GrpcOptions {
-        auth_token: None,
         tls: Some((cert, key)),
+        ..GrpcOptions::default()
     })
     .await;
 

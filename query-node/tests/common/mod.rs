@@ -14,6 +14,7 @@ use arrow_flight::sql::{
 };
 use futures::TryStreamExt;
 use kyma_catalog::{Catalog, CatalogLocation};
+use kyma_connectors::{ConnectorAdmin, SecretResolver};
 use kyma_query_node::{GrpcOptions, QueryNode};
 use kyma_table::{ExtentStore, S3Options, StoreLocation};
 use tonic::transport::Channel;
@@ -58,8 +59,9 @@ pub async fn serve(node: QueryNode, options: GrpcOptions) -> ServedNode {
     }
 }
 
-/// A node on an embedded catalog and a local directory, as `kyma standalone` runs it.
-pub async fn standalone(options: GrpcOptions) -> ServedNode {
+/// A node on an embedded catalog and a local directory, as `kyma standalone` runs it, with
+/// the connector admin service (secrets from `secrets_dir(node)`).
+pub async fn standalone(mut options: GrpcOptions) -> ServedNode {
     let dir = tempfile::tempdir().expect("temp dir");
     let catalog = Catalog::open(&CatalogLocation::Embedded {
         path: dir.path().join("catalog.redb"),
@@ -71,10 +73,25 @@ pub async fn standalone(options: GrpcOptions) -> ServedNode {
         &S3Options::default(),
     )
     .expect("local store");
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(&secrets).expect("secrets dir");
+    options.admin = Some(ConnectorAdmin::new(
+        catalog.clone(),
+        SecretResolver::new(secrets),
+    ));
     let node = QueryNode::start(catalog, store).await.expect("query node");
     let mut served = serve(node, options).await;
     served._dir = Some(dir);
     served
+}
+
+/// Where a [`standalone`] node reads secrets.
+pub fn secrets_dir(node: &ServedNode) -> std::path::PathBuf {
+    node._dir
+        .as_ref()
+        .expect("a standalone node")
+        .path()
+        .join("secrets")
 }
 
 /// A Flight SQL client on `addr` (plaintext).
