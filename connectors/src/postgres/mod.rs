@@ -1,8 +1,8 @@
 //! The Postgres source.
 //!
-//! Today: reaching the source, with the connector's TLS policy and its secret, and the
-//! preflight probe that registration runs. Federation (issue 4) and sync (issue 5) build on
-//! [`connect`].
+//! Today: reaching the source, with the connector's TLS policy and its secret, the preflight
+//! probe that registration runs, and the type mapping with the catalog query behind it
+//! ([`types`]). Federation and sync build on [`connect`] and [`types`].
 //!
 //! # TLS (`connection.tls`)
 //!
@@ -19,6 +19,8 @@
 //! `connection.url` (transient), bad credentials name `connection.secret_ref`, a server that
 //! does not offer TLS when it is required names `connection.tls`. No message carries the
 //! password.
+
+pub mod types;
 
 use std::sync::Arc;
 use std::time::Duration;

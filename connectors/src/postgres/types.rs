@@ -1,0 +1,215 @@
+//! Postgres column types → kyma types (seeds/schema-mappings.txt, "Postgres → kyma"), and the
+//! catalog query that reads a source's columns for it. Federation and sync both use this
+//! one mapping.
+//!
+//! Domains unwrap to their base type. A type the table does not cover lands in `dynamic` with
+//! a warning for the connector status.
+
+use kyma_catalog::{KymaType, ScopeSpec};
+
+use crate::error::ConnectorError;
+
+/// Largest `numeric` precision that still maps to `real` (beyond it a double loses digits).
+const MAX_REAL_PRECISION: i32 = 15;
+
+/// A source column's type, as `pg_catalog` describes it (domains already unwrapped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgType {
+    /// `pg_type.typname` of the (base) type, e.g. `int4`, `_text`, `vector`.
+    pub name: String,
+    /// `pg_type.typtype`: `b` base, `e` enum, `r` range, `m` multirange, `c` composite, `p`
+    /// pseudo.
+    pub kind: char,
+    /// `pg_type.typcategory`: `A` marks arrays.
+    pub category: char,
+    /// `pg_attribute.atttypmod` (-1 when unconstrained).
+    pub typmod: i32,
+}
+
+/// What a source column becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    /// The kyma type.
+    pub ty: KymaType,
+    /// Set when the type is not in the mapping table and fell back to `dynamic`.
+    pub warning: Option<String>,
+}
+
+impl Mapped {
+    fn to(ty: KymaType) -> Self {
+        Self { ty, warning: None }
+    }
+}
+
+/// The kyma type of a Postgres column of type `pg` under the connector's `scope`.
+pub fn kyma_type(column: &str, pg: &PgType, scope: &ScopeSpec) -> Mapped {
+    if pg.category == 'A' {
+        return Mapped::to(KymaType::Dynamic);
+    }
+    match pg.kind {
+        'e' => return Mapped::to(KymaType::String),
+        'r' | 'm' => return Mapped::to(KymaType::Dynamic),
+        _ => {}
+    }
+    let ty = match pg.name.as_str() {
+        "int2" | "int4" => KymaType::Int,
+        "int8" | "oid" => KymaType::Long,
+        "float4" | "float8" => KymaType::Real,
+        "numeric" => {
+            let forced_string = scope.numeric_mode.as_deref() == Some("string");
+            // typmod = ((precision << 16) | scale) + 4; -1 means unconstrained (any precision).
+            let precision = (pg.typmod >= 4).then(|| ((pg.typmod - 4) >> 16) & 0xffff);
+            match precision {
+                Some(p) if p <= MAX_REAL_PRECISION && !forced_string => KymaType::Real,
+                _ => KymaType::String,
+            }
+        }
+        "bool" => KymaType::Bool,
+        "text" | "varchar" | "bpchar" | "char" | "name" | "uuid" | "bytea" | "inet" | "cidr"
+        | "macaddr" | "macaddr8" | "citext" | "xml" => KymaType::String,
+        "timestamp" | "timestamptz" | "date" | "time" | "timetz" => KymaType::Timestamp,
+        "json" | "jsonb" | "hstore" => KymaType::Dynamic,
+        "geometry" | "geography" if scope.geometry_mode.as_deref() == Some("wkt") => {
+            KymaType::String
+        }
+        "vector" if pg.typmod > 0 => KymaType::Vector(pg.typmod as u32),
+        other => {
+            return Mapped {
+                ty: KymaType::Dynamic,
+                warning: Some(format!(
+                    "column `{column}` has type {other}, which kyma does not map; it is read as dynamic"
+                )),
+            };
+        }
+    };
+    Mapped::to(ty)
+}
+
+/// One column of a source table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceColumn {
+    /// Schema of its table.
+    pub schema: String,
+    /// Its table.
+    pub table: String,
+    /// The column name.
+    pub name: String,
+    /// Its type.
+    pub pg_type: PgType,
+    /// `NOT NULL` at the source.
+    pub not_null: bool,
+}
+
+/// Every column of every table, view and foreign table in `schemas` (all non-system schemas
+/// when empty), in table and column order.
+pub async fn source_columns(
+    client: &tokio_postgres::Client,
+    schemas: &[String],
+) -> Result<Vec<SourceColumn>, ConnectorError> {
+    const QUERY: &str = "
+        SELECT n.nspname, c.relname, a.attname,
+               COALESCE(bt.typname, t.typname)::text,
+               COALESCE(bt.typtype, t.typtype)::text,
+               COALESCE(bt.typcategory, t.typcategory)::text,
+               CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
+               a.attnotnull
+          FROM pg_catalog.pg_attribute a
+          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+          LEFT JOIN pg_catalog.pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype
+         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+           AND a.attnum > 0 AND NOT a.attisdropped
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg_toast%'
+           AND (cardinality($1::text[]) = 0 OR n.nspname = ANY($1::text[]))
+         ORDER BY n.nspname, c.relname, a.attnum";
+    let rows = client
+        .query(QUERY, &[&schemas])
+        .await
+        .map_err(|e| ConnectorError::Unreachable {
+            field: "connection.url".into(),
+            reason: format!("reading the source's columns failed: {e}"),
+        })?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let letter = |i: usize| row.get::<_, String>(i).chars().next().unwrap_or(' ');
+            SourceColumn {
+                schema: row.get(0),
+                table: row.get(1),
+                name: row.get(2),
+                pg_type: PgType {
+                    name: row.get(3),
+                    kind: letter(4),
+                    category: letter(5),
+                    typmod: row.get(6),
+                },
+                not_null: row.get(7),
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(name: &str, typmod: i32) -> PgType {
+        PgType {
+            name: name.into(),
+            kind: 'b',
+            category: 'N',
+            typmod,
+        }
+    }
+
+    #[test]
+    fn numeric_maps_by_precision_and_numeric_mode() {
+        let scope = ScopeSpec::default();
+        let numeric = |p: i32, s: i32| base("numeric", ((p << 16) | s) + 4);
+        assert_eq!(kyma_type("n", &numeric(15, 2), &scope).ty, KymaType::Real);
+        assert_eq!(kyma_type("n", &numeric(16, 2), &scope).ty, KymaType::String);
+        assert_eq!(
+            kyma_type("n", &base("numeric", -1), &scope).ty,
+            KymaType::String
+        );
+        let forced = ScopeSpec {
+            numeric_mode: Some("string".into()),
+            ..ScopeSpec::default()
+        };
+        assert_eq!(
+            kyma_type("n", &numeric(10, 0), &forced).ty,
+            KymaType::String
+        );
+    }
+
+    #[test]
+    fn pgvector_geometry_and_unknown_types() {
+        let scope = ScopeSpec::default();
+        assert_eq!(
+            kyma_type("v", &base("vector", 3), &scope).ty,
+            KymaType::Vector(3)
+        );
+        let geometry = kyma_type("g", &base("geometry", -1), &scope);
+        assert_eq!(geometry.ty, KymaType::Dynamic, "WKT only when opted in");
+        assert!(geometry.warning.is_some());
+        let wkt = ScopeSpec {
+            geometry_mode: Some("wkt".into()),
+            ..ScopeSpec::default()
+        };
+        assert_eq!(
+            kyma_type("g", &base("geometry", -1), &wkt).ty,
+            KymaType::String
+        );
+        let money = kyma_type("m", &base("money", -1), &scope);
+        assert_eq!(money.ty, KymaType::Dynamic);
+        assert!(
+            money
+                .warning
+                .as_deref()
+                .is_some_and(|w| w.contains("money")),
+            "{money:?}"
+        );
+    }
+}
