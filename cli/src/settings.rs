@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use kyma_catalog::CatalogLocation;
+use kyma_connectors::Secret;
 use kyma_table::StoreLocation;
 
 /// kyma: SQL over Arrow Flight SQL across kyma tables and operational databases.
@@ -154,28 +155,11 @@ fn parse_catalog(value: &str) -> Result<CatalogLocation, String> {
     }
 }
 
-/// A secret setting: its debug form is `***`, so printing the settings never shows it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
 fn parse_secret(value: &str) -> Result<Secret, String> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
-    Ok(Secret(value.to_owned()))
+    Ok(Secret::new(value))
 }
 
 fn parse_store(value: &str) -> Result<StoreLocation, String> {

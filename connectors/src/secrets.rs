@@ -15,6 +15,11 @@ use crate::error::ConnectorError;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value (a token from the environment, a password read from a file).
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
     /// The value, for the one call that needs it.
     pub fn expose(&self) -> &str {
         &self.0
