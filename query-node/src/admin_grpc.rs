@@ -3,6 +3,7 @@
 //! [`ConnectorAdmin`] checks, so both APIs accept and refuse exactly the same things.
 //! INVALID_ARGUMENT messages start with the field to fix.
 
+use kyma_catalog::DesiredState;
 use kyma_connectors::{ConnectorAdmin, ConnectorError, ConnectorView};
 use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status};
@@ -26,6 +27,16 @@ impl AdminService {
     /// The service over `admin`.
     pub fn new(admin: ConnectorAdmin) -> Self {
         Self { admin }
+    }
+
+    /// Pause and resume: set the desired state, answer the connector as it is now.
+    async fn set_state(
+        &self,
+        name: &str,
+        state: DesiredState,
+    ) -> Result<Response<proto::Connector>, Status> {
+        let view = self.admin.set_state(name, state).await.map_err(status_of)?;
+        Ok(Response::new(connector_of(view)))
     }
 }
 
@@ -193,26 +204,16 @@ impl ConnectorAdminRpc for AdminService {
         &self,
         request: Request<proto::PauseConnectorRequest>,
     ) -> Result<Response<proto::Connector>, Status> {
-        let name = request.into_inner().name;
-        let view = self
-            .admin
-            .set_state(&name, kyma_catalog::DesiredState::Paused)
+        self.set_state(&request.into_inner().name, DesiredState::Paused)
             .await
-            .map_err(status_of)?;
-        Ok(Response::new(connector_of(view)))
     }
 
     async fn resume_connector(
         &self,
         request: Request<proto::ResumeConnectorRequest>,
     ) -> Result<Response<proto::Connector>, Status> {
-        let name = request.into_inner().name;
-        let view = self
-            .admin
-            .set_state(&name, kyma_catalog::DesiredState::Running)
+        self.set_state(&request.into_inner().name, DesiredState::Running)
             .await
-            .map_err(status_of)?;
-        Ok(Response::new(connector_of(view)))
     }
 
     async fn resync_table(
