@@ -10,7 +10,7 @@ use kyma_catalog::{Catalog, CatalogLocation};
 use kyma_cdc_worker::CdcWorker;
 use kyma_connectors::{ConnectorAdmin, SecretResolver};
 use kyma_query_node::admin_http::admin_routes;
-use kyma_query_node::{GrpcOptions, QueryNode};
+use kyma_query_node::{FederationOptions, GrpcOptions, QueryNode};
 use kyma_table::{ExtentStore, S3Options, StoreLocation};
 use settings::{Command, CommonArgs, ServeArgs};
 use tokio::sync::watch;
@@ -143,11 +143,13 @@ async fn run(command: Command) -> Result<(), RunError> {
             )?;
             let worker =
                 CdcWorker::start(catalog.clone(), "standalone", Duration::from_secs(10)).await?;
-            let admin = ConnectorAdmin::new(
-                catalog.clone(),
-                SecretResolver::new(&args.common.secrets_dir),
-            );
-            let node = QueryNode::start(catalog, store).await?;
+            let secrets = SecretResolver::new(&args.common.secrets_dir);
+            let admin = ConnectorAdmin::new(catalog.clone(), secrets.clone());
+            let federation = FederationOptions {
+                secrets,
+                pushdown: args.serve.federation_pushdown,
+            };
+            let node = QueryNode::start(catalog, store, federation).await?;
             tracing::info!(
                 data_dir = %data_dir.display(),
                 http = %args.common.http_addr,
@@ -174,11 +176,13 @@ async fn run(command: Command) -> Result<(), RunError> {
                     endpoint: args.cluster.s3_endpoint.clone(),
                 },
             )?;
-            let admin = ConnectorAdmin::new(
-                catalog.clone(),
-                SecretResolver::new(&args.common.secrets_dir),
-            );
-            let node = QueryNode::start(catalog, store).await?;
+            let secrets = SecretResolver::new(&args.common.secrets_dir);
+            let admin = ConnectorAdmin::new(catalog.clone(), secrets.clone());
+            let federation = FederationOptions {
+                secrets,
+                pushdown: args.serve.federation_pushdown,
+            };
+            let node = QueryNode::start(catalog, store, federation).await?;
             tracing::info!(
                 http = %args.common.http_addr,
                 grpc = %args.serve.grpc_addr,

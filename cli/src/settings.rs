@@ -86,6 +86,16 @@ pub struct ServeArgs {
     /// PEM private key for TLS on the gRPC port (with --tls-cert).
     #[arg(long, env = "KYMA_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Push filters, projections, limits, aggregates and joins to federated sources. Off
+    /// reads whole rows and runs everything in kyma (for diagnosis).
+    #[arg(
+        long,
+        env = "KYMA_FEDERATION_PUSHDOWN",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub federation_pushdown: bool,
 }
 
 /// `kyma standalone`.

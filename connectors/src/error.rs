@@ -21,6 +21,10 @@ pub enum ConnectorError {
         /// What failed.
         reason: String,
     },
+    /// The source refused or broke off a query, or answered with data kyma cannot read
+    /// (definite: the same query fails again).
+    #[error("the source: {0}")]
+    Source(String),
     /// No connector of that name.
     #[error("connector `{0}` does not exist")]
     NotFound(String),
@@ -35,7 +39,9 @@ impl ConnectorError {
         match self {
             ConnectorError::Unreachable { .. } => true,
             ConnectorError::Catalog(e) => e.is_retryable(),
-            ConnectorError::Invalid { .. } | ConnectorError::NotFound(_) => false,
+            ConnectorError::Invalid { .. }
+            | ConnectorError::Source(_)
+            | ConnectorError::NotFound(_) => false,
         }
     }
 

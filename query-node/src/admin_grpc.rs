@@ -46,6 +46,7 @@ fn status_of(e: ConnectorError) -> Status {
         ConnectorError::Invalid { .. } | ConnectorError::Unreachable { .. } => {
             Status::invalid_argument(message)
         }
+        ConnectorError::Source(_) => Status::failed_precondition(message),
         ConnectorError::NotFound(_) => Status::not_found(message),
         ConnectorError::Catalog(c) if c.is_retryable() => Status::unavailable(message),
         ConnectorError::Catalog(_) => Status::internal(message),

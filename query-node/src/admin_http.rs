@@ -67,6 +67,9 @@ fn failure(e: &ConnectorError) -> Response {
                 &message,
             )
         }
+        ConnectorError::Source(_) => {
+            error_body(StatusCode::BAD_GATEWAY, "source_error", None, &message)
+        }
         ConnectorError::NotFound(_) => {
             error_body(StatusCode::NOT_FOUND, "not_found", None, &message)
         }

@@ -21,6 +21,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::planner::ExprPlanner;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
@@ -29,23 +31,38 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kyma_catalog::{Catalog, CatalogError, Column, KymaType, PromotedPath, TableOrigin, TableRef};
 use kyma_table::writer::columns_of;
 use kyma_table::{ExtentStore, TableError};
 
 use crate::dynamic_sql::{DynamicFunctions, DynamicPlanner};
+use crate::federation::pushdown::{FederationPushdown, SourceSummary, summaries};
+use crate::federation::scan::KymaQueryPlanner;
+use crate::federation::{FederatedSources, FederationOptions, KymaCatalogList};
 use crate::provider::{
     DEFAULT_SCHEMA, KYMA_CATALOG, KymaCatalogProvider, NodeTables, count_batch, resolve, to_df,
 };
+use crate::queries::QueryLog;
 use crate::view::CatalogView;
 
 /// What running a statement produced.
 pub enum Outcome {
     /// A query's rows, streamed.
-    Rows(SendableRecordBatchStream),
+    Rows(QueryRows),
     /// A command's count of affected rows (0 for DDL).
     Count(u64),
+}
+
+/// A running query.
+pub struct QueryRows {
+    /// Its rows.
+    pub stream: SendableRecordBatchStream,
+    /// Its physical plan (metrics such as bytes read from sources are read from it when the
+    /// stream ends).
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// What each federated source runs.
+    pub pushdown: Vec<SourceSummary>,
 }
 
 /// How bulk ingest treats the target table (ADBC's ingest modes).
@@ -68,6 +85,9 @@ pub struct QueryEngine {
     tables: Arc<NodeTables>,
 }
 
+/// The row of `EXPLAIN` output that carries the `pushdown_summary`.
+const EXPLAIN_SUMMARY_ROW: &str = "pushdown_summary";
+
 impl std::fmt::Debug for QueryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryEngine").finish_non_exhaustive()
@@ -75,9 +95,14 @@ impl std::fmt::Debug for QueryEngine {
 }
 
 impl QueryEngine {
-    /// Loads the catalog view and builds the session.
-    pub async fn start(catalog: Catalog, store: ExtentStore) -> Result<Self, TableError> {
+    /// Loads the catalog view and builds the session; connectors federate per `federation`.
+    pub async fn start(
+        catalog: Catalog,
+        store: ExtentStore,
+        federation: FederationOptions,
+    ) -> Result<Self, TableError> {
         let view = CatalogView::start(catalog.clone(), store.clone()).await?;
+        let sources = Arc::new(FederatedSources::new(view.clone(), federation));
         let store_url = ObjectStoreUrl::parse("kyma://extents")
             .map_err(|e| TableError::invalid("store", e.to_string()))?;
         let functions = DynamicFunctions::default();
@@ -87,6 +112,7 @@ impl QueryEngine {
             view,
             store_url: store_url.clone(),
             functions: functions.clone(),
+            queries: Arc::new(QueryLog::default()),
         });
         let runtime = RuntimeEnvBuilder::new()
             .build_arc()
@@ -104,6 +130,9 @@ impl QueryEngine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_expr_planners(planners)
+            .with_catalog_list(Arc::new(KymaCatalogList::new(sources)))
+            .with_query_planner(Arc::new(KymaQueryPlanner))
+            .with_optimizer_rule(Arc::new(FederationPushdown))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(
@@ -126,6 +155,11 @@ impl QueryEngine {
         &self.tables.view
     }
 
+    /// The log behind `kyma.system.queries`.
+    pub fn queries(&self) -> &Arc<QueryLog> {
+        &self.tables.queries
+    }
+
     /// Plans `sql` and returns its result schema, whether it is a query (rows) rather than a
     /// command, and the types of its parameters, without running it.
     pub async fn describe(&self, sql: &str) -> Result<Described> {
@@ -135,6 +169,7 @@ impl QueryEngine {
                 schema: count_batch(0)?.schema(),
                 is_query: false,
                 parameters: Vec::new(),
+                pushdown: Vec::new(),
             });
         }
         let plan = self.plan(statement).await?;
@@ -147,10 +182,18 @@ impl QueryEngine {
         } else {
             count_batch(0)?.schema()
         };
+        // Planning with placeholders unbound would show less than runs: summarise only
+        // what is complete.
+        let pushdown = if parameters.is_empty() {
+            summaries(&self.ctx.state().optimize(&plan)?)
+        } else {
+            Vec::new()
+        };
         Ok(Described {
             schema,
             is_query,
             parameters,
+            pushdown,
         })
     }
 
@@ -167,9 +210,17 @@ impl QueryEngine {
             ))?;
         }
         let is_command = matches!(plan, LogicalPlan::Dml(_));
-        let frame = self.ctx.execute_logical_plan(plan).await?;
+        let is_explain = matches!(plan, LogicalPlan::Explain(_));
+        let state = self.ctx.state();
+        let optimized = state.optimize(&plan)?;
+        let pushdown = summaries(&optimized);
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&optimized, &state)
+            .await?;
+        let stream = execute_stream(physical.clone(), self.ctx.task_ctx())?;
         if is_command {
-            let batches = frame.collect().await?;
+            let batches = datafusion::physical_plan::common::collect(stream).await?;
             let count = batches
                 .iter()
                 .filter_map(|b| {
@@ -181,7 +232,16 @@ impl QueryEngine {
                 .sum();
             return Ok(Outcome::Count(count));
         }
-        Ok(Outcome::Rows(frame.execute_stream().await?))
+        let stream = if is_explain && !pushdown.is_empty() {
+            explain_with_summary(stream, &pushdown)?
+        } else {
+            stream
+        };
+        Ok(Outcome::Rows(QueryRows {
+            stream,
+            plan: physical,
+            pushdown,
+        }))
     }
 
     async fn plan(&self, statement: DfStatement) -> Result<LogicalPlan> {
@@ -335,6 +395,34 @@ pub struct Described {
     pub is_query: bool,
     /// Placeholders in order, with their types when the planner could infer them.
     pub parameters: Vec<(String, Option<arrow::datatypes::DataType>)>,
+    /// What each federated source would run (empty while placeholders are unbound).
+    pub pushdown: Vec<SourceSummary>,
+}
+
+/// `EXPLAIN` output with one more row: the `pushdown_summary` as pretty JSON.
+fn explain_with_summary(
+    stream: SendableRecordBatchStream,
+    pushdown: &[SourceSummary],
+) -> Result<SendableRecordBatchStream> {
+    let schema = stream.schema();
+    let json = serde_json::to_string_pretty(pushdown)
+        .map_err(|e| DataFusionError::Internal(e.to_string()))?;
+    let columns: Vec<arrow::array::ArrayRef> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let value = if i == 0 {
+                EXPLAIN_SUMMARY_ROW
+            } else {
+                json.as_str()
+            };
+            Arc::new(arrow::array::StringArray::from(vec![value])) as arrow::array::ArrayRef
+        })
+        .collect();
+    let summary = RecordBatch::try_new(schema.clone(), columns)?;
+    let rows = stream.chain(futures::stream::once(async move { Ok(summary) }));
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
 }
 
 /// The statements kyma runs itself.

@@ -46,6 +46,7 @@ use arrow_flight::{
 };
 use datafusion::common::{DataFusionError, ScalarValue, SchemaError};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::ExecutionPlan;
 use futures::{Stream, StreamExt, TryStreamExt};
 use kyma_catalog::CatalogError;
 use kyma_table::TableError;
@@ -53,9 +54,11 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::engine::{IngestMode, Outcome, QueryEngine};
+use crate::engine::{IngestMode, Outcome, QueryEngine, QueryRows};
+use crate::federation::scan::source_bytes;
 use crate::metrics::QueryMetrics;
 use crate::provider::{DEFAULT_SCHEMA, KYMA_CATALOG, count_batch};
+use crate::queries::{QueryLog, QueryRecord};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
@@ -70,6 +73,9 @@ struct Handle {
     /// For a command already run at GetFlightInfo: its count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     done: Option<u64>,
+    /// The id GetFlightInfo announced (app_metadata) and `kyma.system.queries` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    query_id: Option<String>,
 }
 
 impl Handle {
@@ -111,22 +117,47 @@ impl KymaFlightSqlService {
         }
     }
 
-    async fn run(&self, sql: &str, params: Vec<ScalarValue>) -> Result<Outcome, Status> {
+    /// Runs a statement; the tracker records it in `kyma.system.queries` when dropped (for
+    /// rows: when the stream it travels with ends).
+    async fn run(
+        &self,
+        sql: &str,
+        params: Vec<ScalarValue>,
+        query_id: Option<String>,
+    ) -> Result<(Outcome, QueryTracker), Status> {
         let started = Instant::now();
+        let mut tracker = QueryTracker::new(self.engine.queries().clone(), query_id, sql);
         let result = self.engine.execute(sql, params).await;
         self.metrics.statement(started.elapsed(), result.is_ok());
-        // DDL counts 0; INSERT and CREATE TABLE … AS count the rows they wrote.
-        if let Ok(Outcome::Count(n)) = &result {
-            self.metrics.rows_ingested(*n);
+        match result {
+            // DDL counts 0; INSERT and CREATE TABLE … AS count the rows they wrote.
+            Ok(Outcome::Count(n)) => {
+                self.metrics.rows_ingested(n);
+                tracker.record.rows = n;
+                tracker.finished = true;
+                Ok((Outcome::Count(n), tracker))
+            }
+            Ok(Outcome::Rows(rows)) => {
+                tracker.record.pushdown = rows.pushdown.clone();
+                tracker.plan = Some(rows.plan.clone());
+                Ok((Outcome::Rows(rows), tracker))
+            }
+            Err(e) => {
+                tracker.fail(e.to_string());
+                Err(status_of(&e))
+            }
         }
-        result.map_err(|e| status_of(&e))
     }
 
-    fn stream_rows(&self, schema: SchemaRef, stream: SendableRecordBatchStream) -> DoGetStream {
+    fn stream_rows(&self, rows: QueryRows, tracker: QueryTracker) -> DoGetStream {
         let metrics = self.metrics.clone();
-        let batches = stream
-            .inspect_ok(move |b| metrics.rows_returned(b.num_rows() as u64))
-            .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))));
+        let schema = rows.stream.schema();
+        let batches = TrackedStream {
+            inner: rows.stream,
+            tracker,
+        }
+        .inspect_ok(move |b| metrics.rows_returned(b.num_rows() as u64))
+        .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))));
         Box::pin(
             FlightDataEncoderBuilder::new()
                 .with_schema(schema)
@@ -139,10 +170,31 @@ impl KymaFlightSqlService {
         if let Some(count) = handle.done {
             return Ok(batch_stream(count_batch(count).map_err(|e| status_of(&e))?));
         }
-        match self.run(&handle.sql, handle.parameters()?).await? {
-            Outcome::Rows(stream) => Ok(self.stream_rows(stream.schema(), stream)),
-            Outcome::Count(count) => {
+        let params = handle.parameters()?;
+        match self
+            .run(&handle.sql, params, handle.query_id.clone())
+            .await?
+        {
+            (Outcome::Rows(rows), tracker) => Ok(self.stream_rows(rows, tracker)),
+            (Outcome::Count(count), _) => {
                 Ok(batch_stream(count_batch(count).map_err(|e| status_of(&e))?))
+            }
+        }
+    }
+
+    /// Runs an update; a statement that returns rows is drained. The count, or -1 for rows.
+    async fn run_update(&self, sql: &str, params: Vec<ScalarValue>) -> Result<i64, Status> {
+        match self.run(sql, params, None).await? {
+            (Outcome::Count(n), _) => Ok(i64::try_from(n).unwrap_or(i64::MAX)),
+            (Outcome::Rows(rows), tracker) => {
+                let mut stream = TrackedStream {
+                    inner: rows.stream,
+                    tracker,
+                };
+                while let Some(batch) = stream.next().await {
+                    batch.map_err(|e| status_of(&e))?;
+                }
+                Ok(-1)
             }
         }
     }
@@ -159,19 +211,32 @@ impl KymaFlightSqlService {
             .describe(&handle.sql)
             .await
             .map_err(|e| status_of(&e))?;
-        if !described.is_query
-            && let Outcome::Count(n) = self.run(&handle.sql, handle.parameters()?).await?
-        {
-            handle.done = Some(n);
+        let query_id = uuid::Uuid::now_v7().to_string();
+        handle.query_id = Some(query_id.clone());
+        if !described.is_query {
+            let params = handle.parameters()?;
+            if let (Outcome::Count(n), _) = self
+                .run(&handle.sql, params, Some(query_id.clone()))
+                .await?
+            {
+                handle.done = Some(n);
+            }
         }
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode(),
         };
-        flight_info(
+        let metadata = serde_json::json!({
+            "query_id": query_id,
+            "pushdown_summary": described.pushdown,
+        });
+        let info = flight_info(
             &described.schema,
             ticket.as_any().encode_to_vec(),
             descriptor,
-        )
+        )?
+        .into_inner()
+        .with_app_metadata(serde_json::to_vec(&metadata).unwrap_or_default());
+        Ok(Response::new(info))
     }
 
     async fn catalog_entries(&self) -> Vec<(String, String, String, &'static str, SchemaRef)> {
@@ -660,15 +725,7 @@ impl FlightSqlService for KymaFlightSqlService {
         ticket: CommandStatementUpdate,
         _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        match self.run(&ticket.query, Vec::new()).await? {
-            Outcome::Count(n) => Ok(i64::try_from(n).unwrap_or(i64::MAX)),
-            Outcome::Rows(mut stream) => {
-                while let Some(batch) = stream.next().await {
-                    batch.map_err(|e| status_of(&e))?;
-                }
-                Ok(-1)
-            }
-        }
+        self.run_update(&ticket.query, Vec::new()).await
     }
 
     async fn do_put_statement_ingest(
@@ -772,9 +829,7 @@ impl FlightSqlService for KymaFlightSqlService {
         }
         let mut total = 0_i64;
         for params in rows {
-            if let Outcome::Count(n) = self.run(&handle.sql, params).await? {
-                total = total.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
-            }
+            total = total.saturating_add(self.run_update(&handle.sql, params).await?.max(0));
         }
         Ok(total)
     }
@@ -817,4 +872,82 @@ impl FlightSqlService for KymaFlightSqlService {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// A statement on its way into `kyma.system.queries`: recorded when dropped.
+struct QueryTracker {
+    log: Arc<QueryLog>,
+    record: QueryRecord,
+    started: Instant,
+    plan: Option<Arc<dyn ExecutionPlan>>,
+    finished: bool,
+}
+
+impl QueryTracker {
+    fn new(log: Arc<QueryLog>, query_id: Option<String>, sql: &str) -> Self {
+        let started_at_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        Self {
+            log,
+            record: QueryRecord {
+                query_id: query_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                sql: sql.to_owned(),
+                started_at_us,
+                duration_ms: 0.0,
+                rows: 0,
+                source_bytes: 0,
+                pushdown: Vec::new(),
+                error: None,
+            },
+            started: Instant::now(),
+            plan: None,
+            finished: false,
+        }
+    }
+
+    fn fail(&mut self, error: String) {
+        self.record.error = Some(error);
+        self.finished = true;
+    }
+}
+
+impl Drop for QueryTracker {
+    fn drop(&mut self) {
+        let mut record = self.record.clone();
+        record.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(plan) = &self.plan {
+            record.source_bytes = source_bytes(plan);
+        }
+        if !self.finished {
+            record.error = Some("the client stopped reading before the last row".into());
+        }
+        self.log.record(record);
+    }
+}
+
+/// A query's rows, counted into its tracker.
+struct TrackedStream {
+    inner: SendableRecordBatchStream,
+    tracker: QueryTracker,
+}
+
+impl Stream for TrackedStream {
+    type Item = datafusion::common::Result<RecordBatch>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.poll_next_unpin(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(batch))) => {
+                self.tracker.record.rows += batch.num_rows() as u64;
+            }
+            std::task::Poll::Ready(Some(Err(e))) => self.tracker.fail(e.to_string()),
+            std::task::Poll::Ready(None) => self.tracker.finished = true,
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
 }

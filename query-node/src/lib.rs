@@ -6,9 +6,11 @@ pub mod admin_grpc;
 pub mod admin_http;
 pub mod dynamic_sql;
 pub mod engine;
+pub mod federation;
 pub mod flight;
 pub mod metrics;
 pub mod provider;
+pub mod queries;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -24,7 +26,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
-pub use engine::{IngestMode, Outcome, QueryEngine};
+pub use engine::{IngestMode, Outcome, QueryEngine, QueryRows};
+pub use federation::FederationOptions;
 pub use metrics::QueryMetrics;
 
 /// How long a readiness probe waits for the catalog.
@@ -79,8 +82,12 @@ pub struct QueryNode {
 
 impl QueryNode {
     /// A query node on `catalog` and `store`: loads the catalog view and builds the engine.
-    pub async fn start(catalog: Catalog, store: ExtentStore) -> Result<Self, TableError> {
-        let engine = QueryEngine::start(catalog.clone(), store).await?;
+    pub async fn start(
+        catalog: Catalog,
+        store: ExtentStore,
+        federation: FederationOptions,
+    ) -> Result<Self, TableError> {
+        let engine = QueryEngine::start(catalog.clone(), store, federation).await?;
         Ok(Self {
             catalog,
             engine,

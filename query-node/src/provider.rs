@@ -54,6 +54,7 @@ use kyma_table::{
 };
 
 use crate::dynamic_sql::DynamicFunctions;
+use crate::queries::{SYSTEM_SCHEMA, SystemSchema};
 use crate::view::{CatalogView, TableEntry};
 
 /// The catalog native tables live in.
@@ -76,6 +77,8 @@ pub struct NodeTables {
     pub store_url: ObjectStoreUrl,
     /// The dynamic functions (promoted columns read through them).
     pub functions: DynamicFunctions,
+    /// Recent statements (`kyma.system.queries`).
+    pub queries: Arc<crate::queries::QueryLog>,
 }
 
 impl NodeTables {
@@ -135,7 +138,7 @@ impl CatalogProvider for KymaCatalogProvider {
             .iter()
             .filter(|e| e.state.table.catalog == KYMA_CATALOG)
             .map(|e| e.state.table.schema.clone())
-            .chain([DEFAULT_SCHEMA.to_owned()])
+            .chain([DEFAULT_SCHEMA.to_owned(), SYSTEM_SCHEMA.to_owned()])
             .collect();
         names.sort();
         names.dedup();
@@ -143,6 +146,9 @@ impl CatalogProvider for KymaCatalogProvider {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == SYSTEM_SCHEMA {
+            return Some(Arc::new(SystemSchema::new(self.tables.queries.clone())));
+        }
         Some(Arc::new(KymaSchemaProvider {
             tables: self.tables.clone(),
             schema: name.to_owned(),

@@ -1,5 +1,5 @@
-//! The node's view of the catalog: every table's state and loaded manifest, kept current by
-//! the catalog watch so that planning a query never waits on the catalog or object storage.
+//! The node's view of the catalog: every table's state and loaded manifest, and every
+//! connector's registration, kept current by the catalog watch so that planning a query never waits on the catalog or object storage.
 //!
 //! # Consistency
 //!
@@ -14,7 +14,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use kyma_catalog::{Catalog, CatalogError, CatalogEvent, Revision, TableRef, TableState};
+use kyma_catalog::{
+    Catalog, CatalogError, CatalogEvent, ConnectorSpec, Revision, TableRef, TableState,
+};
 use kyma_table::{ExtentStore, Manifest, TableError};
 use tokio::sync::watch;
 
@@ -41,6 +43,7 @@ struct Inner {
     catalog: Catalog,
     store: ExtentStore,
     tables: RwLock<BTreeMap<TableRef, Arc<TableEntry>>>,
+    connectors: RwLock<BTreeMap<String, ConnectorSpec>>,
     applied: watch::Sender<Revision>,
 }
 
@@ -52,6 +55,7 @@ impl CatalogView {
             catalog,
             store,
             tables: RwLock::new(BTreeMap::new()),
+            connectors: RwLock::new(BTreeMap::new()),
             applied,
         });
         let revision = inner.reload().await?;
@@ -68,6 +72,16 @@ impl CatalogView {
     /// Every table, sorted by name.
     pub fn tables(&self) -> Vec<Arc<TableEntry>> {
         self.inner.read().values().cloned().collect()
+    }
+
+    /// A registered connector's spec.
+    pub fn connector(&self, name: &str) -> Option<ConnectorSpec> {
+        self.inner.connectors().get(name).cloned()
+    }
+
+    /// Every registered connector's spec, sorted by name.
+    pub fn connectors(&self) -> Vec<ConnectorSpec> {
+        self.inner.connectors().values().cloned().collect()
     }
 
     /// Waits until the view has applied `revision` (or `timeout` passes: returns false).
@@ -88,9 +102,22 @@ impl Inner {
         self.tables.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn connectors(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ConnectorSpec>> {
+        self.connectors.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn connectors_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ConnectorSpec>> {
+        self.connectors.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Replaces the whole view with the catalog as of now; returns that revision.
     async fn reload(&self) -> Result<Revision, TableError> {
         let (revision, states) = self.catalog.list_tables(None).await?;
+        let connectors = self.catalog.list_connectors().await?;
+        *self.connectors_mut() = connectors
+            .into_iter()
+            .map(|c| (c.spec.name.clone(), c.spec))
+            .collect();
         let entries: Vec<Arc<TableEntry>> = futures::stream::iter(states)
             .map(|state| self.entry(state))
             .buffer_unordered(LOAD_CONCURRENCY)
@@ -154,7 +181,17 @@ impl Inner {
                 CatalogEvent::TableDropped(table) => {
                     self.write().remove(&table);
                 }
-                _ => {}
+                CatalogEvent::ConnectorChanged(name) => match self.catalog.connector(&name).await {
+                    Ok(state) => {
+                        self.connectors_mut().insert(name, state.spec);
+                    }
+                    Err(CatalogError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                },
+                CatalogEvent::ConnectorDeleted(name) => {
+                    self.connectors_mut().remove(&name);
+                }
+                CatalogEvent::WorkerChanged(_) => {}
             }
         }
         self.applied.send_if_modified(|r| {

@@ -3,21 +3,14 @@
 
 mod common;
 
-use common::{secrets_dir, standalone};
+use common::{admin_client, secrets_dir, standalone};
 use kyma_query_node::GrpcOptions;
-use kyma_query_node::admin_grpc::proto::connector_admin_client::ConnectorAdminClient;
 use kyma_query_node::admin_grpc::proto::{
     Connection, ConnectorSpec, CreateConnectorRequest, DeleteConnectorRequest, GetConnectorRequest,
     ListConnectorsRequest, PauseConnectorRequest, ResumeConnectorRequest, ResyncTableRequest,
 };
 use kyma_test_harness::{Postgres, unique_name};
 use tonic::Code;
-use tonic::transport::Channel;
-
-async fn admin_client(node: &common::ServedNode) -> ConnectorAdminClient<Channel> {
-    let endpoint = Channel::from_shared(format!("http://{}", node.addr)).expect("endpoint");
-    ConnectorAdminClient::new(common::connect(endpoint).await)
-}
 
 fn spec(name: &str, url: String) -> ConnectorSpec {
     ConnectorSpec {

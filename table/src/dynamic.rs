@@ -105,6 +105,28 @@ pub fn as_timestamp_micros(value: &Value) -> Option<i64> {
     }
 }
 
+/// The CBOR value of a JSON value (the inverse of [`to_json`] for JSON's own types).
+pub fn from_json(value: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match value {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Integer(i.into()),
+            (None, Some(u)) => Value::Integer(u.into()),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::Text(s.clone()),
+        J::Array(items) => Value::Array(items.iter().map(from_json).collect()),
+        J::Object(entries) => Value::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (Value::Text(k.clone()), from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
 /// Renders a value as JSON text (bytes as hex strings, tags dropped), for display.
 pub fn to_json(value: &Value) -> serde_json::Value {
     use serde_json::Value as J;

@@ -37,7 +37,7 @@ use arrow_flight::sql::{
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use kyma_catalog::{Catalog, CatalogLocation};
-use kyma_query_node::{GrpcOptions, QueryNode};
+use kyma_query_node::{FederationOptions, GrpcOptions, QueryNode};
 use kyma_table::{ExtentStore, S3Options, StoreLocation};
 use kyma_test_harness::Postgres;
 use tonic::transport::{Channel, Endpoint};
@@ -152,7 +152,7 @@ async fn run(
         &StoreLocation::File(dir.path().join("store")),
         &S3Options::default(),
     )?;
-    let node = QueryNode::start(catalog, store).await?;
+    let node = QueryNode::start(catalog, store, FederationOptions::default()).await?;
     let addr = SocketAddr::from(([127, 0, 0, 1], kyma_test_harness::free_port()?));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(async move {

@@ -20,7 +20,12 @@
 //! does not offer TLS when it is required names `connection.tls`. No message carries the
 //! password.
 
+pub mod copy;
+pub mod pool;
 pub mod types;
+
+pub use copy::CopyBinaryDecoder;
+pub use pool::{PgPool, PooledClient};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +110,12 @@ pub async fn probe(
     Ok(SourceInfo {
         server_version: row.get(0),
     })
+}
+
+/// `name` as a Postgres identifier: always quoted, inner quotes doubled, so any name (even
+/// `x"; DROP TABLE y; --`) is just a name.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn endpoint(config: &tokio_postgres::Config) -> String {

@@ -98,6 +98,42 @@ pub struct SourceColumn {
     pub pg_type: PgType,
     /// `NOT NULL` at the source.
     pub not_null: bool,
+    /// The collation its text form compares under: the column's own for text types, the
+    /// database default for the rest (what `::text` of it gets).
+    pub collation: String,
+    /// Whether that collation is deterministic (equal only when byte-wise equal).
+    pub deterministic: bool,
+}
+
+/// Whether text under `collation` sorts in byte order, as kyma's strings do.
+pub fn sorts_bytewise(collation: &str) -> bool {
+    matches!(
+        collation,
+        "C" | "POSIX" | "ucs_basic" | "C.UTF-8" | "C.utf8" | "pg_c_utf8"
+    )
+}
+
+/// The SQL that reads column `column` as its kyma type `ty`: federation and the snapshot
+/// select through it, so the source compares, sorts and returns exactly what kyma holds
+/// (e.g. `uuid` as its text, `numeric(10,2)` as a double, `timestamp` as UTC).
+pub fn select_expr(column: &SourceColumn, ty: KymaType) -> String {
+    let name = super::quote_ident(&column.name);
+    match ty {
+        KymaType::Int => format!("{name}::int4"),
+        KymaType::Long => format!("{name}::int8"),
+        KymaType::Real => format!("{name}::float8"),
+        KymaType::Bool => format!("{name}::bool"),
+        KymaType::String if matches!(column.pg_type.name.as_str(), "geometry" | "geography") => {
+            format!("ST_AsText({name})")
+        }
+        KymaType::String => format!("{name}::text"),
+        KymaType::Timestamp if matches!(column.pg_type.name.as_str(), "time" | "timetz") => {
+            format!("('1970-01-01'::date + {name})::timestamptz")
+        }
+        KymaType::Timestamp => format!("{name}::timestamptz"),
+        KymaType::Dynamic => format!("to_jsonb({name})"),
+        KymaType::Vector(_) => format!("{name}::real[]"),
+    }
 }
 
 /// Every column of every table, view and foreign table in `schemas` (all non-system schemas
@@ -112,12 +148,16 @@ pub async fn source_columns(
                COALESCE(bt.typtype, t.typtype)::text,
                COALESCE(bt.typcategory, t.typcategory)::text,
                CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
-               a.attnotnull
+               a.attnotnull,
+               COALESCE(NULLIF(co.collname, 'default'), d.datcollate)::text,
+               COALESCE(co.collisdeterministic, true)
           FROM pg_catalog.pg_attribute a
           JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
           LEFT JOIN pg_catalog.pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype
+          LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+          JOIN pg_catalog.pg_database d ON d.datname = current_database()
          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
            AND a.attnum > 0 AND NOT a.attisdropped
            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -146,6 +186,8 @@ pub async fn source_columns(
                     typmod: row.get(6),
                 },
                 not_null: row.get(7),
+                collation: row.get(8),
+                deterministic: row.get(9),
             }
         })
         .collect())

@@ -15,7 +15,7 @@ use arrow_flight::sql::{
 use futures::TryStreamExt;
 use kyma_catalog::{Catalog, CatalogLocation};
 use kyma_connectors::{ConnectorAdmin, SecretResolver};
-use kyma_query_node::{GrpcOptions, QueryNode};
+use kyma_query_node::{FederationOptions, GrpcOptions, QueryNode};
 use kyma_table::{ExtentStore, S3Options, StoreLocation};
 use tonic::transport::Channel;
 
@@ -75,11 +75,15 @@ pub async fn standalone(mut options: GrpcOptions) -> ServedNode {
     .expect("local store");
     let secrets = dir.path().join("secrets");
     std::fs::create_dir_all(&secrets).expect("secrets dir");
-    options.admin = Some(ConnectorAdmin::new(
-        catalog.clone(),
-        SecretResolver::new(secrets),
-    ));
-    let node = QueryNode::start(catalog, store).await.expect("query node");
+    let secrets = SecretResolver::new(secrets);
+    options.admin = Some(ConnectorAdmin::new(catalog.clone(), secrets.clone()));
+    let federation = FederationOptions {
+        secrets,
+        pushdown: true,
+    };
+    let node = QueryNode::start(catalog, store, federation)
+        .await
+        .expect("query node");
     let mut served = serve(node, options).await;
     served._dir = Some(dir);
     served
@@ -98,6 +102,16 @@ pub fn secrets_dir(node: &ServedNode) -> std::path::PathBuf {
 pub async fn client(addr: SocketAddr) -> FlightSqlServiceClient<Channel> {
     let endpoint = Channel::from_shared(format!("http://{addr}")).expect("endpoint");
     FlightSqlServiceClient::new(connect(endpoint).await)
+}
+
+/// A connector admin client on `node`.
+pub async fn admin_client(
+    node: &ServedNode,
+) -> kyma_query_node::admin_grpc::proto::connector_admin_client::ConnectorAdminClient<Channel> {
+    let endpoint = Channel::from_shared(format!("http://{}", node.addr)).expect("endpoint");
+    kyma_query_node::admin_grpc::proto::connector_admin_client::ConnectorAdminClient::new(
+        connect(endpoint).await,
+    )
 }
 
 /// Connects, retrying until the server listens.

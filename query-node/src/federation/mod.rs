@@ -1,0 +1,159 @@
+//! Federation (SPEC §5): every registered Postgres connector in mode `federation` or `both`
+//! is a DataFusion catalog named after it, and queries over it run at the source as far as
+//! that is safe.
+//!
+//! - [`KymaCatalogList`] resolves catalog names: `kyma` (native tables) and, through the
+//!   watched catalog view, each connector — a connector registered or deleted on any node
+//!   shows up here without a restart.
+//! - [`postgres`]: a connector's schemas and tables, read from the source and cached.
+//! - [`pushdown`]: what goes to the source, the SQL, and the `pushdown_summary`.
+//! - [`scan`]: the federated scan node and its execution.
+
+pub mod postgres;
+pub mod pushdown;
+pub mod scan;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use datafusion::catalog::{CatalogProvider, CatalogProviderList};
+use kyma_catalog::{ConnectorMode, ConnectorSpec, SourceType};
+use kyma_connectors::SecretResolver;
+
+use crate::view::CatalogView;
+use postgres::{PgCatalogProvider, PgSource};
+
+/// How a node federates.
+#[derive(Debug, Clone)]
+pub struct FederationOptions {
+    /// Where `secret_ref`s resolve.
+    pub secrets: SecretResolver,
+    /// Push work to sources (on by default; off reads whole rows, for diagnosis and for
+    /// measuring what pushdown saves).
+    pub pushdown: bool,
+}
+
+impl Default for FederationOptions {
+    fn default() -> Self {
+        Self {
+            secrets: SecretResolver::new("/var/run/secrets/kyma"),
+            pushdown: true,
+        }
+    }
+}
+
+/// The federated sources of a node, built from the connectors in the catalog view and
+/// rebuilt when a connector's registration changes.
+#[derive(Debug)]
+pub struct FederatedSources {
+    view: CatalogView,
+    options: FederationOptions,
+    built: Mutex<HashMap<String, Arc<PgSource>>>,
+}
+
+fn federated(spec: &ConnectorSpec) -> bool {
+    spec.source_type == SourceType::Postgres && spec.mode != ConnectorMode::Sync
+}
+
+impl FederatedSources {
+    /// Sources for the connectors `view` follows.
+    pub fn new(view: CatalogView, options: FederationOptions) -> Self {
+        Self {
+            view,
+            options,
+            built: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Names of the federated connectors.
+    pub fn names(&self) -> Vec<String> {
+        self.view
+            .connectors()
+            .into_iter()
+            .filter(federated)
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// The source of connector `name`, if it is a federated one.
+    pub fn source(&self, name: &str) -> Option<Arc<PgSource>> {
+        let spec = self.view.connector(name).filter(federated)?;
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(source) = built.get(name)
+            && source.spec() == &spec
+        {
+            return Some(source.clone());
+        }
+        let source = PgSource::new(spec, self.options.secrets.clone(), self.options.pushdown);
+        // Load the table list now, so that listing (GetTables, information_schema) sees it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let warming = source.clone();
+            runtime.spawn(async move {
+                if let Err(e) = warming.refresh().await {
+                    tracing::warn!(connector = %warming.name(), error = %e, "cannot list the source's tables");
+                }
+            });
+        }
+        built.insert(name.to_owned(), source.clone());
+        Some(source)
+    }
+}
+
+/// The catalogs of a node: those registered with DataFusion (`kyma`) and the federated
+/// connectors.
+#[derive(Debug)]
+pub struct KymaCatalogList {
+    registered: RwLock<HashMap<String, Arc<dyn CatalogProvider>>>,
+    sources: Arc<FederatedSources>,
+}
+
+impl KymaCatalogList {
+    /// The list over `sources`.
+    pub fn new(sources: Arc<FederatedSources>) -> Self {
+        Self {
+            registered: RwLock::new(HashMap::new()),
+            sources,
+        }
+    }
+}
+
+impl CatalogProviderList for KymaCatalogList {
+    fn register_catalog(
+        &self,
+        name: String,
+        catalog: Arc<dyn CatalogProvider>,
+    ) -> Option<Arc<dyn CatalogProvider>> {
+        self.registered
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, catalog)
+    }
+
+    fn catalog_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .registered
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .chain(self.sources.names())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        let registered = self
+            .registered
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        registered.or_else(|| {
+            self.sources
+                .source(name)
+                .map(|source| Arc::new(PgCatalogProvider::new(source)) as Arc<dyn CatalogProvider>)
+        })
+    }
+}

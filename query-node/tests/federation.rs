@@ -1,0 +1,722 @@
+//! Postgres federation against a real PostgreSQL: a corpus of queries, each answered by kyma
+//! exactly as Postgres answers the same query, and each with its `pushdown_summary` checked
+//! (what must run at the source does, what must not does not, with the reason).
+
+mod common;
+
+use std::sync::Arc;
+
+use arrow::array::{Int32Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use common::{admin_client, client, fetch, ingest, schema, standalone};
+use kyma_query_node::GrpcOptions;
+use kyma_query_node::admin_grpc::proto::{Connection, ConnectorSpec, CreateConnectorRequest};
+use kyma_test_harness::{Postgres, unique_name};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+/// The source database: users, orders, a table with a hostile name, and a mirror of the
+/// native `otel_logs` so Postgres can answer the cross-source queries itself.
+fn source_database(pg: &Postgres) -> String {
+    let db = unique_name("fed");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE \"{db}\" TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+        ),
+    )
+    .expect("database");
+    pg.psql(
+        &db,
+        r#"
+        CREATE TABLE users (
+            id int PRIMARY KEY, name text NOT NULL, email text, age int, score float8,
+            balance numeric(10,2), active bool NOT NULL, created_at timestamptz,
+            note text COLLATE "und-x-icu", profile jsonb);
+        INSERT INTO users
+        SELECT i,
+               (ARRAY['alice','bob','carol','dave','erin','frank','grace','heidi'])[1 + i % 8]
+                 || CASE WHEN i % 17 = 0 THEN '%' WHEN i % 19 = 0 THEN '_x' WHEN i % 23 = 0 THEN '\' ELSE '' END
+                 || i,
+               CASE WHEN i % 5 = 0 THEN NULL ELSE 'u' || i || '@example.com' END,
+               CASE WHEN i % 11 = 0 THEN NULL ELSE 18 + (i * 7) % 60 END,
+               CASE WHEN i % 13 = 0 THEN NULL ELSE (i * 37 % 1000) / 10.0 END,
+               (i * 131 % 100000) / 100.0,
+               i % 3 <> 0,
+               timestamptz '2024-01-01 00:00:00+00' + (i * 7 || ' hours')::interval,
+               (ARRAY['apple','Banana','cherry','date','Elder'])[1 + i % 5],
+               jsonb_build_object('plan', (ARRAY['free','pro'])[1 + i % 2], 'seats', i % 4)
+          FROM generate_series(1, 300) i;
+        CREATE TABLE orders (id int PRIMARY KEY, user_id int, amount float8, status text, placed_at timestamp);
+        INSERT INTO orders
+        SELECT i, 1 + (i * 13) % 320, (i * 53 % 5000) / 10.0,
+               (ARRAY['new','paid','shipped','void'])[1 + i % 4],
+               timestamp '2024-02-01' + (i || ' hours')::interval
+          FROM generate_series(1, 900) i;
+        CREATE TABLE y (keep int);
+        INSERT INTO y VALUES (1);
+        CREATE TABLE "x""; DROP TABLE y; --" ("a""b" text, "select" int);
+        INSERT INTO "x""; DROP TABLE y; --" VALUES ('it''s', 1), ('fine', 2);
+        CREATE TABLE otel_logs (user_id int, severity text, service text);
+        INSERT INTO otel_logs
+        SELECT 1 + (i * 7) % 310, (ARRAY['INFO','WARN','ERROR'])[1 + i % 3], 'svc-' || (i % 4)
+          FROM generate_series(1, 600) i;
+        "#,
+    )
+    .expect("source tables");
+    db
+}
+
+/// The native table: the same rows as the source's `otel_logs` mirror.
+fn otel_logs() -> RecordBatch {
+    let ids: Vec<i32> = (1..=600).map(|i| 1 + (i * 7) % 310).collect();
+    let severity: Vec<&str> = (1..=600)
+        .map(|i| ["INFO", "WARN", "ERROR"][(i % 3) as usize])
+        .collect();
+    let service: Vec<String> = (1..=600).map(|i| format!("svc-{}", i % 4)).collect();
+    RecordBatch::try_new(
+        schema(vec![
+            Field::new("user_id", DataType::Int32, true),
+            Field::new("severity", DataType::Utf8, true),
+            Field::new("service", DataType::Utf8, true),
+        ]),
+        vec![
+            Arc::new(Int32Array::from(ids)),
+            Arc::new(StringArray::from(severity)),
+            Arc::new(StringArray::from(service)),
+        ],
+    )
+    .expect("batch")
+}
+
+/// What a query's summary must show.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// A pushed part whose detail contains the text.
+    Pushed(&'static str, &'static str),
+    /// A part kept in kyma whose reason contains the text.
+    NotPushed(&'static str, &'static str),
+    /// Some source SQL contains the text.
+    SqlHas(&'static str),
+    /// No source SQL contains the text.
+    SqlLacks(&'static str),
+    /// This many source queries.
+    Scans(usize),
+}
+
+use Expect::{NotPushed, Pushed, Scans, SqlHas, SqlLacks};
+
+/// One corpus query: kyma's SQL, Postgres' SQL when it must differ in names only, whether
+/// the row order is part of the answer, and the summary's expectations.
+struct Case {
+    kyma: &'static str,
+    postgres: Option<&'static str>,
+    ordered: bool,
+    expect: &'static [Expect],
+}
+
+const fn case(kyma: &'static str, ordered: bool, expect: &'static [Expect]) -> Case {
+    Case {
+        kyma,
+        postgres: None,
+        ordered,
+        expect,
+    }
+}
+
+const fn case_pg(
+    kyma: &'static str,
+    postgres: &'static str,
+    ordered: bool,
+    expect: &'static [Expect],
+) -> Case {
+    Case {
+        kyma,
+        postgres: Some(postgres),
+        ordered,
+        expect,
+    }
+}
+
+const CORPUS: &[Case] = &[
+    // Filters of every pushed kind.
+    case(
+        "SELECT id, name FROM pg.public.users WHERE age = 30",
+        false,
+        &[
+            Pushed("filter", "age = 30"),
+            Pushed("projection", "name"),
+            Scans(1),
+        ],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE age <> 30",
+        false,
+        &[Pushed("filter", "age != 30")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE age < 25",
+        false,
+        &[Pushed("filter", "age < 25")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE age <= 25",
+        false,
+        &[Pushed("filter", "age <= 25")],
+    ),
+    case(
+        "SELECT id, score FROM pg.public.users WHERE score > 50.5",
+        false,
+        &[Pushed("filter", "score > 50.5")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE score >= 50.5",
+        false,
+        &[Pushed("filter", "score >= 50.5")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE age IN (20, 30, 40)",
+        false,
+        &[Pushed("filter", "age = 20 OR")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE age IN (20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31)",
+        false,
+        &[Pushed("filter", "IN 20, 21")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE age NOT IN (20, 30)",
+        false,
+        &[Pushed("filter", "age != 20")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE email IS NULL",
+        false,
+        &[Pushed("filter", "email IS NULL")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE email IS NOT NULL AND age > 40",
+        false,
+        &[
+            Pushed("filter", "email IS NOT NULL"),
+            Pushed("filter", "age > 40"),
+        ],
+    ),
+    case(
+        "SELECT id, name FROM pg.public.users WHERE name LIKE 'a%'",
+        false,
+        &[Pushed("filter", "LIKE")],
+    ),
+    case(
+        "SELECT id, name FROM pg.public.users WHERE name LIKE '%\\%%'",
+        false,
+        &[Pushed("filter", "LIKE")],
+    ),
+    case(
+        "SELECT id, name FROM pg.public.users WHERE name LIKE '%!_x%' ESCAPE '!'",
+        false,
+        &[Pushed("filter", "LIKE"), SqlHas("ESCAPE")],
+    ),
+    case(
+        "SELECT id, name FROM pg.public.users WHERE name LIKE '%\\\\%'",
+        false,
+        &[Pushed("filter", "LIKE")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE name NOT LIKE 'b%'",
+        false,
+        &[Pushed("filter", "NOT LIKE")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE (age > 50 OR active) AND NOT (name = 'bob9')",
+        false,
+        &[Pushed("filter", "OR"), SqlLacks("lower")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE active = true",
+        false,
+        &[Pushed("filter", "active")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE created_at >= '2024-03-01T00:00:00Z'",
+        false,
+        &[Pushed("filter", "created_at")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE age BETWEEN 20 AND 30",
+        false,
+        &[Pushed("filter", "age")],
+    ),
+    case(
+        "SELECT id, balance FROM pg.public.users WHERE balance > 500",
+        false,
+        &[Pushed("filter", "balance > 500")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE coalesce(email, 'none') = 'none'",
+        false,
+        &[Pushed("filter", "CASE WHEN"), SqlHas("CASE WHEN")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE note = 'apple'",
+        false,
+        &[Pushed("filter", "note = ")],
+    ),
+    // Each aggregate, GROUP BY, HAVING.
+    case(
+        "SELECT count(*) FROM pg.public.users",
+        false,
+        &[Pushed("aggregate", "count"), SqlHas("count(")],
+    ),
+    case(
+        "SELECT count(email) FROM pg.public.users",
+        false,
+        &[Pushed("aggregate", "count")],
+    ),
+    case(
+        "SELECT sum(age), avg(score) FROM pg.public.users",
+        false,
+        &[Pushed("aggregate", "sum"), Pushed("aggregate", "avg")],
+    ),
+    case(
+        "SELECT min(age), max(score), min(name) FROM pg.public.users",
+        false,
+        &[Pushed("aggregate", "min"), Pushed("aggregate", "max")],
+    ),
+    case(
+        "SELECT count(DISTINCT age) FROM pg.public.users",
+        false,
+        &[Pushed("aggregate", ""), Scans(1)],
+    ),
+    case(
+        "SELECT active, count(*), avg(age) FROM pg.public.users GROUP BY active",
+        false,
+        &[Pushed("aggregate", "GROUP BY"), SqlHas("GROUP BY")],
+    ),
+    case(
+        "SELECT age, count(*) FROM pg.public.users WHERE age > 30 GROUP BY age HAVING count(*) > 4",
+        false,
+        &[
+            Pushed("aggregate", "GROUP BY"),
+            Pushed("filter", "age > 30"),
+        ],
+    ),
+    case(
+        "SELECT date_trunc('month', created_at) AS m, count(*) FROM pg.public.users GROUP BY 1",
+        false,
+        &[Pushed("aggregate", "date_trunc"), SqlHas("date_trunc")],
+    ),
+    case(
+        "SELECT email, count(*) FROM pg.public.users GROUP BY email ORDER BY email NULLS FIRST LIMIT 3",
+        true,
+        &[
+            Pushed("aggregate", "GROUP BY"),
+            Pushed("order", "email"),
+            Pushed("limit", "3"),
+        ],
+    ),
+    // ORDER BY and LIMIT.
+    case(
+        "SELECT id, age FROM pg.public.users ORDER BY age DESC NULLS LAST, id LIMIT 10",
+        true,
+        &[
+            Pushed("order", "age DESC"),
+            Pushed("limit", "10"),
+            SqlHas("LIMIT 10"),
+        ],
+    ),
+    case(
+        "SELECT id FROM pg.public.users ORDER BY id LIMIT 5 OFFSET 10",
+        true,
+        &[Pushed("order", "id"), SqlHas("OFFSET")],
+    ),
+    case(
+        "SELECT id, name FROM pg.public.users ORDER BY name, id LIMIT 7",
+        true,
+        &[Pushed("order", "name"), Pushed("limit", "7")],
+    ),
+    // kyma compares text in byte order; `note` sorts by ICU at the source, so Postgres
+    // answers kyma's question only with COLLATE "C" — and kyma does not push it.
+    case_pg(
+        "SELECT id, note FROM pg.public.users ORDER BY note, id LIMIT 5",
+        "SELECT id, note FROM users ORDER BY note COLLATE \"C\", id LIMIT 5",
+        true,
+        &[NotPushed("order", "collation"), SqlLacks("ORDER BY")],
+    ),
+    case_pg(
+        "SELECT id FROM pg.public.users WHERE note > 'cherry'",
+        "SELECT id FROM users WHERE note COLLATE \"C\" > 'cherry'",
+        false,
+        &[NotPushed("filter", "collation"), SqlLacks("WHERE")],
+    ),
+    // Joins of one source, in one statement.
+    case(
+        "SELECT u.name, o.amount FROM pg.public.users u JOIN pg.public.orders o ON u.id = o.user_id WHERE o.amount > 400",
+        false,
+        &[Pushed("join", "Inner"), SqlHas("JOIN"), Scans(1)],
+    ),
+    case(
+        "SELECT u.id, count(o.id) FROM pg.public.users u LEFT JOIN pg.public.orders o ON u.id = o.user_id GROUP BY u.id",
+        false,
+        &[
+            Pushed("join", "Left"),
+            Pushed("aggregate", "count"),
+            Scans(1),
+        ],
+    ),
+    case(
+        "SELECT o.status, sum(o.amount) FROM pg.public.orders o JOIN pg.public.users u ON u.id = o.user_id WHERE u.active GROUP BY o.status ORDER BY o.status",
+        true,
+        &[Pushed("join", ""), Pushed("aggregate", "sum"), Scans(1)],
+    ),
+    case(
+        "SELECT a.id, b.id FROM pg.public.users a JOIN pg.public.users b ON a.age = b.age AND a.id < b.id WHERE a.age = 30",
+        false,
+        &[Pushed("join", ""), Scans(1)],
+    ),
+    // Cross-source joins with the native table: each side at home.
+    case_pg(
+        "SELECT l.service, u.name FROM kyma.default.otel_logs l JOIN pg.public.users u ON l.user_id = u.id WHERE u.age > 30",
+        "SELECT l.service, u.name FROM otel_logs l JOIN users u ON l.user_id = u.id WHERE u.age > 30",
+        false,
+        &[
+            NotPushed("join", "not at this source"),
+            Pushed("filter", "age > 30"),
+            Scans(1),
+        ],
+    ),
+    case_pg(
+        "SELECT u.name, count(*) AS errors FROM kyma.default.otel_logs l JOIN pg.public.users u ON l.user_id = u.id \
+         WHERE l.severity = 'ERROR' AND u.active GROUP BY u.name ORDER BY errors DESC, u.name LIMIT 5",
+        "SELECT u.name, count(*) AS errors FROM otel_logs l JOIN users u ON l.user_id = u.id \
+         WHERE l.severity = 'ERROR' AND u.active GROUP BY u.name ORDER BY errors DESC, u.name LIMIT 5",
+        true,
+        &[
+            NotPushed("join", "not at this source"),
+            Pushed("filter", "active"),
+            SqlLacks("otel_logs"),
+        ],
+    ),
+    // Functions that must not be pushed.
+    case(
+        "SELECT id FROM pg.public.users WHERE lower(name) = 'alice8'",
+        false,
+        &[NotPushed("filter", "lower"), SqlLacks("lower")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE upper(name) LIKE 'A%'",
+        false,
+        &[NotPushed("filter", "upper")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE name ILIKE 'A%'",
+        false,
+        &[NotPushed("filter", "ILIKE"), SqlLacks("ILIKE")],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE age + 1 > 30",
+        false,
+        &[NotPushed("filter", "operator"), SqlLacks("WHERE")],
+    ),
+    case(
+        "SELECT id, character_length(name) FROM pg.public.users WHERE age > 60",
+        false,
+        &[
+            NotPushed("projection", "character_length"),
+            Pushed("filter", "age > 60"),
+        ],
+    ),
+    case(
+        "SELECT id FROM pg.public.users WHERE character_length(name) > 6 AND age < 30",
+        false,
+        &[
+            NotPushed("filter", "character_length"),
+            Pushed("filter", "age < 30"),
+        ],
+    ),
+    case_pg(
+        "SELECT id FROM pg.public.users WHERE profile['plan'] = 'pro' AND age < 40",
+        "SELECT id FROM users WHERE profile->>'plan' = 'pro' AND age < 40",
+        false,
+        &[
+            NotPushed("filter", "kyma function"),
+            Pushed("filter", "age < 40"),
+        ],
+    ),
+    // NULL semantics.
+    case(
+        "SELECT count(*) FROM pg.public.users WHERE email = NULL",
+        false,
+        &[Scans(0)],
+    ),
+    case(
+        "SELECT id, coalesce(age, -1) FROM pg.public.users WHERE age IS NULL OR age < 20",
+        false,
+        &[
+            Pushed("projection", "coalesce"),
+            SqlHas("CASE WHEN"),
+            Pushed("filter", "IS NULL"),
+        ],
+    ),
+    // Hostile identifiers are names, nothing more.
+    case_pg(
+        r#"SELECT "a""b", "select" FROM pg.public."x""; DROP TABLE y; --" WHERE "a""b" = 'it''s'"#,
+        r#"SELECT "a""b", "select" FROM "x""; DROP TABLE y; --" WHERE "a""b" = 'it''s'"#,
+        false,
+        &[Pushed("filter", "it's"), Scans(1)],
+    ),
+];
+
+/// One cell as comparable text: numbers compare by value, timestamps by instant, booleans
+/// by truth.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum Cell {
+    Null,
+    Number(f64),
+    Text(String),
+}
+
+fn cell(text: Option<&str>) -> Cell {
+    let Some(text) = text else {
+        return Cell::Null;
+    };
+    match text {
+        "t" | "true" => return Cell::Text("true".into()),
+        "f" | "false" => return Cell::Text("false".into()),
+        _ => {}
+    }
+    if let Ok(n) = text.parse::<f64>() {
+        return Cell::Number(n);
+    }
+    if text.len() >= 19
+        && text.as_bytes()[4] == b'-'
+        && let Ok(nanos) = arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(
+            &text.replace("+00", "Z").replace("ZZ", "Z"),
+        )
+    {
+        return Cell::Number(nanos as f64);
+    }
+    Cell::Text(text.to_owned())
+}
+
+fn same(a: &Cell, b: &Cell) -> bool {
+    match (a, b) {
+        (Cell::Number(x), Cell::Number(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        _ => a == b,
+    }
+}
+
+fn kyma_rows(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        if c.is_null(row) {
+                            Cell::Null
+                        } else {
+                            let text = arrow::util::display::array_value_to_string(c, row)
+                                .expect("displayable");
+                            cell(Some(&text))
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+async fn postgres_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Cell>> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("Postgres refused {sql}: {e}"));
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|i| cell(row.get(i))).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn sorted(mut rows: Vec<Vec<Cell>>) -> Vec<Vec<Cell>> {
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    rows
+}
+
+/// The `pushdown_summary` of a FlightInfo.
+fn summary_of(info: &arrow_flight::FlightInfo) -> Vec<Value> {
+    let metadata: Value = serde_json::from_slice(&info.app_metadata).expect("app_metadata is JSON");
+    assert!(metadata["query_id"].is_string(), "{metadata}");
+    metadata["pushdown_summary"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn check_summary(sql: &str, summary: &[Value], expect: &[Expect], failures: &mut Vec<String>) {
+    let parts = |key: &str| -> Vec<(String, String)> {
+        summary
+            .iter()
+            .flat_map(|s| s[key].as_array().cloned().unwrap_or_default())
+            .map(|p| {
+                let text = if key == "pushed" {
+                    &p["detail"]
+                } else {
+                    &p["reason"]
+                };
+                (
+                    p["part"].as_str().unwrap_or_default().to_owned(),
+                    text.as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let sqls: Vec<&str> = summary.iter().filter_map(|s| s["sql"].as_str()).collect();
+    let shown = serde_json::to_string_pretty(summary).unwrap_or_default();
+    for expectation in expect {
+        let ok = match *expectation {
+            Pushed(part, text) => parts("pushed")
+                .iter()
+                .any(|(p, d)| p == part && d.contains(text)),
+            NotPushed(part, text) => parts("not_pushed")
+                .iter()
+                .any(|(p, r)| p == part && r.contains(text)),
+            SqlHas(text) => sqls.iter().any(|s| s.contains(text)),
+            SqlLacks(text) => sqls.iter().all(|s| !s.contains(text)),
+            Scans(n) => summary.len() == n,
+        };
+        if !ok {
+            failures.push(format!("{sql}: expected {expectation:?} in\n{shown}"));
+        }
+    }
+}
+
+async fn register(node: &common::ServedNode, name: &str, url: String) {
+    let mut admin = admin_client(node).await;
+    admin
+        .create_connector(CreateConnectorRequest {
+            spec: Some(ConnectorSpec {
+                name: name.into(),
+                r#type: "postgres".into(),
+                mode: "federation".into(),
+                connection: Some(Connection {
+                    url,
+                    secret_ref: None,
+                    tls: Some("disable".into()),
+                    pool_size: Some(4),
+                }),
+                scope: None,
+                retention: None,
+            }),
+        })
+        .await
+        .expect("connector registered");
+}
+
+async fn source_client(pg: &Postgres, db: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.url(db), tokio_postgres::NoTls)
+        .await
+        .expect("direct connection");
+    tokio::spawn(connection);
+    client
+        .batch_execute("SET TimeZone = 'UTC'")
+        .await
+        .expect("UTC");
+    client
+}
+
+async fn run_kyma(
+    flight: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<(Vec<RecordBatch>, Vec<Value>), String> {
+    let info = flight
+        .execute(sql.to_owned(), None)
+        .await
+        .map_err(|e| format!("kyma refused {sql}: {e}"))?;
+    let summary = summary_of(&info);
+    let batches = fetch(flight, info).await.map_err(|e| {
+        format!(
+            "kyma failed {sql}: {e}\n{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        )
+    })?;
+    Ok((batches, summary))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_matches_postgres_with_the_promised_pushdown() {
+    let pg = Postgres::shared();
+    let db = source_database(pg);
+    let node = standalone(GrpcOptions::default()).await;
+    register(&node, "pg", pg.url(&db)).await;
+    let mut flight = client(node.addr).await;
+    ingest(&mut flight, "otel_logs", true, vec![otel_logs()])
+        .await
+        .expect("native otel_logs");
+    let direct = source_client(pg, &db).await;
+
+    assert!(
+        CORPUS.len() >= 40,
+        "the corpus has {} queries",
+        CORPUS.len()
+    );
+    let mut failures = Vec::new();
+    for case in CORPUS {
+        let (batches, summary) = match run_kyma(&mut flight, case.kyma).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        let expected =
+            postgres_rows(&direct, case.postgres.unwrap_or(&strip_catalogs(case.kyma))).await;
+        let got = kyma_rows(&batches);
+        let (got, expected) = if case.ordered {
+            (got, expected)
+        } else {
+            (sorted(got), sorted(expected))
+        };
+        let equal = got.len() == expected.len()
+            && got
+                .iter()
+                .zip(&expected)
+                .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)));
+        if !equal {
+            failures.push(format!(
+                "{}: kyma returned {} rows, Postgres {}\nkyma: {:?}\npostgres: {:?}\nsummary: {}",
+                case.kyma,
+                got.len(),
+                expected.len(),
+                got.iter().take(5).collect::<Vec<_>>(),
+                expected.iter().take(5).collect::<Vec<_>>(),
+                serde_json::to_string_pretty(&summary).unwrap_or_default()
+            ));
+        }
+        check_summary(case.kyma, &summary, case.expect, &mut failures);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        CORPUS.len(),
+        failures.join("\n\n")
+    );
+
+    let kept = postgres_rows(&direct, "SELECT keep FROM y").await;
+    assert_eq!(kept.len(), 1, "the hostile table name dropped nothing");
+}
+
+/// `pg.public.users` → `users`: Postgres runs the same text without kyma's catalog prefix.
+fn strip_catalogs(sql: &str) -> String {
+    sql.replace("pg.public.", "")
+}
