@@ -724,6 +724,17 @@ impl Catalog {
 
     /// Registers a connector (running). Its URL must not carry a password.
     pub async fn create_connector(&self, spec: &ConnectorSpec) -> Result<(), CatalogError> {
+        self.create_connector_with_status(spec, &ConnectorStatus::default())
+            .await
+    }
+
+    /// Registers a connector (running) with a first status (e.g. the warnings registration
+    /// found). Its URL must not carry a password.
+    pub async fn create_connector_with_status(
+        &self,
+        spec: &ConnectorSpec,
+        status: &ConnectorStatus,
+    ) -> Result<(), CatalogError> {
         validate_identifier("name", &spec.name)?;
         reject_password_in_url(&spec.connection.url)?;
         let name = &spec.name;
@@ -740,7 +751,7 @@ impl Catalog {
                 ),
                 Op::put(
                     self.keys.connector(name, ConnectorKey::Status),
-                    encode(&ConnectorStatus::default())?,
+                    encode(status)?,
                 ),
             ],
             read_on_failure: Vec::new(),

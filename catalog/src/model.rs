@@ -476,6 +476,21 @@ pub struct ScopeSpec {
     pub decimal128_mode: Option<String>,
 }
 
+impl ScopeSpec {
+    /// Whether table `schema.table` is in scope.
+    pub fn covers(&self, schema: &str, table: &str) -> bool {
+        let qualified = format!("{schema}.{table}");
+        (self.include_schemas.is_empty() || self.include_schemas.iter().any(|s| s == schema))
+            && (self.include_tables.is_empty() || self.include_tables.contains(&qualified))
+            && !self.exclude_tables.contains(&qualified)
+    }
+
+    /// Whether schema `schema` is in scope.
+    pub fn covers_schema(&self, schema: &str) -> bool {
+        self.include_schemas.is_empty() || self.include_schemas.iter().any(|s| s == schema)
+    }
+}
+
 /// Retention of synced data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -70,10 +70,11 @@ impl ConnectorAdmin {
     /// source with the secret, then stores it (running).
     pub async fn create(&self, body: &Value) -> Result<ConnectorView, ConnectorError> {
         let spec = parse_spec(body)?;
-        match spec.source_type {
+        let warnings = match spec.source_type {
             SourceType::Postgres => {
-                let info = postgres::probe(&spec.connection, &self.secrets).await?;
+                let info = postgres::probe(&spec.connection, &spec.scope, &self.secrets).await?;
                 tracing::info!(connector = %spec.name, server_version = %info.server_version, "source reached");
+                info.warnings
             }
             other => {
                 return Err(ConnectorError::invalid(
@@ -86,8 +87,14 @@ impl ConnectorAdmin {
                     ),
                 ));
             }
-        }
-        self.catalog.create_connector(&spec).await?;
+        };
+        let status = ConnectorStatus {
+            warnings,
+            ..ConnectorStatus::default()
+        };
+        self.catalog
+            .create_connector_with_status(&spec, &status)
+            .await?;
         self.get(&spec.name).await
     }
 

@@ -9,9 +9,13 @@ use std::sync::Arc;
 use arrow::array::{Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field};
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use common::{admin_client, client, fetch, ingest, schema, standalone};
+use common::{
+    admin_client, client, fetch, ingest, query, schema, standalone, standalone_with_pushdown,
+};
 use kyma_query_node::GrpcOptions;
-use kyma_query_node::admin_grpc::proto::{Connection, ConnectorSpec, CreateConnectorRequest};
+use kyma_query_node::admin_grpc::proto::{
+    Connection, ConnectorSpec, CreateConnectorRequest, DeleteConnectorRequest, GetConnectorRequest,
+};
 use kyma_test_harness::{Postgres, unique_name};
 use serde_json::Value;
 use tonic::transport::Channel;
@@ -719,4 +723,171 @@ async fn corpus_matches_postgres_with_the_promised_pushdown() {
 /// `pg.public.users` → `users`: Postgres runs the same text without kyma's catalog prefix.
 fn strip_catalogs(sql: &str) -> String {
     sql.replace("pg.public.", "")
+}
+
+/// Polls `probe` until it holds: the catalog watch reaches a node asynchronously.
+async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !probe().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within 20s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows()).map(move |row| {
+                arrow::util::display::array_value_to_string(b.column(column), row)
+                    .expect("displayable")
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_come_and_go_without_restart_and_every_query_is_logged() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("live").expect("database");
+    pg.psql(&db, "CREATE TABLE t1 (id int, price money); INSERT INTO t1 SELECT i, i FROM generate_series(1, 50) i;")
+        .expect("t1");
+    let node = standalone(GrpcOptions::default()).await;
+    register(&node, "live", pg.url(&db)).await;
+    let mut admin = admin_client(&node).await;
+    let status = admin
+        .get_connector(GetConnectorRequest {
+            name: "live".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let warnings = status.status_json;
+    assert!(
+        warnings.contains("public.t1") && warnings.contains("money"),
+        "an unmapped type is a warning in the status: {warnings}"
+    );
+
+    let mut flight = client(node.addr).await;
+    let rows = query(
+        &mut flight,
+        "SELECT count(*) FROM live.public.t1 WHERE id > 10",
+    )
+    .await
+    .expect("federated count");
+    assert_eq!(strings(&rows, 0), ["40"]);
+
+    // A table created at the source after registration answers at once.
+    pg.psql(
+        &db,
+        "CREATE TABLE t2 (k text); INSERT INTO t2 VALUES ('late');",
+    )
+    .expect("t2");
+    let rows = query(&mut flight, "SELECT k FROM live.public.t2")
+        .await
+        .expect("a new source table without restart");
+    assert_eq!(strings(&rows, 0), ["late"]);
+
+    // EXPLAIN shows the source query and the summary.
+    let explain = query(
+        &mut flight,
+        "EXPLAIN SELECT id FROM live.public.t1 WHERE id > 10 LIMIT 3",
+    )
+    .await
+    .expect("explain");
+    let kinds = strings(&explain, 0);
+    let plans = strings(&explain, 1);
+    let summary_row = kinds
+        .iter()
+        .position(|k| k == "pushdown_summary")
+        .expect("a pushdown_summary row");
+    assert!(
+        plans[summary_row].contains("\"part\": \"filter\""),
+        "{}",
+        plans[summary_row]
+    );
+    assert!(
+        plans.iter().any(|p| p.contains("FederatedScan")),
+        "{plans:?}"
+    );
+
+    // The query log has the statement under the id the FlightInfo announced.
+    let info = flight
+        .execute("SELECT id FROM live.public.t1 WHERE id <= 5".into(), None)
+        .await
+        .expect("info");
+    let announced: Value = serde_json::from_slice(&info.app_metadata).expect("app_metadata");
+    let query_id = announced["query_id"].as_str().expect("query_id").to_owned();
+    assert_eq!(
+        fetch(&mut flight, info)
+            .await
+            .expect("rows")
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        5
+    );
+    let logged = query(
+        &mut flight,
+        &format!("SELECT rows, source_bytes, pushdown_summary, error FROM kyma.system.queries WHERE query_id = '{query_id}'"),
+    )
+    .await
+    .expect("system.queries");
+    assert_eq!(strings(&logged, 0), ["5"]);
+    let bytes: u64 = strings(&logged, 1)[0].parse().expect("bytes");
+    assert!(bytes > 0, "bytes from the source are counted");
+    assert!(
+        strings(&logged, 2)[0].contains("\"source\":\"live\""),
+        "{:?}",
+        strings(&logged, 2)
+    );
+    assert_eq!(strings(&logged, 3), [""], "no error");
+
+    // Deleted: the catalog disappears from every node's view.
+    admin
+        .delete_connector(DeleteConnectorRequest {
+            name: "live".into(),
+        })
+        .await
+        .expect("delete");
+    eventually("the deleted connector's catalog going away", async || {
+        query(&mut flight, "SELECT count(*) FROM live.public.t1")
+            .await
+            .is_err()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pushdown_off_every_scan_reads_whole_rows_and_says_so() {
+    let pg = Postgres::shared();
+    let db = pg.create_database("nopush").expect("database");
+    pg.psql(&db, "CREATE TABLE t (id int, v text); INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 100) i;")
+        .expect("t");
+    let node = standalone_with_pushdown(GrpcOptions::default(), false).await;
+    register(&node, "raw", pg.url(&db)).await;
+    let mut flight = client(node.addr).await;
+    let (batches, summary) = run_kyma(
+        &mut flight,
+        "SELECT id FROM raw.public.t WHERE id > 90 ORDER BY id LIMIT 3",
+    )
+    .await
+    .expect("query");
+    assert_eq!(strings(&batches, 0), ["91", "92", "93"]);
+    let mut failures = Vec::new();
+    check_summary(
+        "pushdown off",
+        &summary,
+        &[
+            NotPushed("projection", "pushdown is off"),
+            SqlLacks("WHERE"),
+            SqlLacks("LIMIT"),
+            Scans(1),
+        ],
+        &mut failures,
+    );
+    assert!(failures.is_empty(), "{failures:?}");
 }

@@ -30,7 +30,7 @@ pub use pool::{PgPool, PooledClient};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kyma_catalog::{ConnectionSpec, TlsMode};
+use kyma_catalog::{ConnectionSpec, ScopeSpec, TlsMode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -49,6 +49,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SourceInfo {
     /// `server_version` as the server reports it.
     pub server_version: String,
+    /// Columns in scope whose types kyma does not map (they read as `dynamic`).
+    pub warnings: Vec<String>,
 }
 
 /// Connects to the source of `spec`; the connection runs on a background task until the
@@ -97,6 +99,7 @@ pub async fn connect(
 /// connector.
 pub async fn probe(
     spec: &ConnectionSpec,
+    scope: &ScopeSpec,
     secrets: &SecretResolver,
 ) -> Result<SourceInfo, ConnectorError> {
     let client = connect(spec, secrets).await?;
@@ -107,8 +110,19 @@ pub async fn probe(
             field: "connection.url".into(),
             reason: format!("the server answered the probe with an error: {e}"),
         })?;
+    let warnings = types::source_columns(&client, &scope.include_schemas)
+        .await?
+        .iter()
+        .filter(|c| scope.covers(&c.schema, &c.table))
+        .filter_map(|c| {
+            types::kyma_type(&c.name, &c.pg_type, scope)
+                .warning
+                .map(|w| format!("{}.{}: {w}", c.schema, c.table))
+        })
+        .collect();
     Ok(SourceInfo {
         server_version: row.get(0),
+        warnings,
     })
 }
 

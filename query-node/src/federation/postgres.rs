@@ -100,14 +100,6 @@ impl PgSource {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn in_scope(&self, schema: &str, table: &str) -> bool {
-        let scope = &self.spec.scope;
-        let qualified = format!("{schema}.{table}");
-        (scope.include_schemas.is_empty() || scope.include_schemas.iter().any(|s| s == schema))
-            && (scope.include_tables.is_empty() || scope.include_tables.contains(&qualified))
-            && !scope.exclude_tables.contains(&qualified)
-    }
-
     /// Schemas with tables in scope, as last loaded.
     pub fn schema_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.cache().tables.keys().map(|(s, _)| s.clone()).collect();
@@ -144,7 +136,7 @@ impl PgSource {
         drop(client);
         let mut grouped: BTreeMap<(String, String), Vec<SourceColumn>> = BTreeMap::new();
         for column in columns {
-            if self.in_scope(&column.schema, &column.table) {
+            if self.spec.scope.covers(&column.schema, &column.table) {
                 grouped
                     .entry((column.schema.clone(), column.table.clone()))
                     .or_default()
@@ -202,7 +194,7 @@ impl PgSource {
 
     /// The table, re-reading the source when the cache is stale or does not know it.
     pub async fn table(&self, schema: &str, table: &str) -> Result<Option<Arc<PgTableMeta>>> {
-        if !self.in_scope(schema, table) {
+        if !self.spec.scope.covers(schema, table) {
             return Ok(None);
         }
         let key = (schema.to_owned(), table.to_owned());

@@ -61,7 +61,12 @@ pub async fn serve(node: QueryNode, options: GrpcOptions) -> ServedNode {
 
 /// A node on an embedded catalog and a local directory, as `kyma standalone` runs it, with
 /// the connector admin service (secrets from `secrets_dir(node)`).
-pub async fn standalone(mut options: GrpcOptions) -> ServedNode {
+pub async fn standalone(options: GrpcOptions) -> ServedNode {
+    standalone_with_pushdown(options, true).await
+}
+
+/// [`standalone`], pushing work to federated sources or not.
+pub async fn standalone_with_pushdown(mut options: GrpcOptions, pushdown: bool) -> ServedNode {
     let dir = tempfile::tempdir().expect("temp dir");
     let catalog = Catalog::open(&CatalogLocation::Embedded {
         path: dir.path().join("catalog.redb"),
@@ -77,10 +82,7 @@ pub async fn standalone(mut options: GrpcOptions) -> ServedNode {
     std::fs::create_dir_all(&secrets).expect("secrets dir");
     let secrets = SecretResolver::new(secrets);
     options.admin = Some(ConnectorAdmin::new(catalog.clone(), secrets.clone()));
-    let federation = FederationOptions {
-        secrets,
-        pushdown: true,
-    };
+    let federation = FederationOptions { secrets, pushdown };
     let node = QueryNode::start(catalog, store, federation)
         .await
         .expect("query node");
