@@ -155,7 +155,9 @@ impl QueryNode {
             .add_service(service)
             .add_optional_service(admin)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // No Nagle: small replies (FlightInfo, a few rows) would wait for the
+                // client's delayed ACK, ~40 ms per round trip.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
             .await?;

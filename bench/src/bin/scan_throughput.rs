@@ -19,8 +19,6 @@
     reason = "a benchmark's report is what it prints on standard output"
 )]
 
-use std::error::Error;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,26 +27,21 @@ use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringBuilder}
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
-use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
     CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption,
 };
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
+use kyma_bench::{BenchResult, ServedNode, machine};
 use kyma_catalog::{Catalog, CatalogLocation};
-use kyma_query_node::{FederationOptions, GrpcOptions, QueryNode};
+use kyma_query_node::FederationOptions;
 use kyma_table::{ExtentStore, S3Options, StoreLocation};
 use kyma_test_harness::Postgres;
-use tonic::transport::{Channel, Endpoint};
-
-/// The benchmark's result type: a bench binary reports any failure and exits non-zero.
-type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+use tonic::transport::Channel;
 
 /// Rows per record batch sent by the bulk ingest.
 const INGEST_BATCH_ROWS: i64 = 128 * 1024;
-/// Largest gRPC message the client accepts or sends (the server's own limit is 256 MiB).
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// The table name on both sides.
 const TABLE: &str = "bench";
 
@@ -152,18 +145,8 @@ async fn run(
         &StoreLocation::File(dir.path().join("store")),
         &S3Options::default(),
     )?;
-    let node = QueryNode::start(catalog, store, FederationOptions::default()).await?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], kyma_test_harness::free_port()?));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(async move {
-        let shutdown = async {
-            // Either a stop message or the sender dropped: both mean stop.
-            let _ = stopped.await;
-        };
-        node.serve_grpc(addr, GrpcOptions::default(), shutdown)
-            .await
-    });
-    let mut flight = connect(addr).await?;
+    let node = ServedNode::start(catalog, store, FederationOptions::default()).await?;
+    let mut flight = node.client().await?;
 
     eprintln!("loading {rows} rows into kyma through Flight SQL bulk ingest ...");
     let started = Instant::now();
@@ -202,29 +185,7 @@ async fn run(
 
     drop(pg);
     pg_connection.await??;
-    // The receiver may already be gone if the server stopped on its own; the join says why.
-    let _ = stop.send(());
-    serving.await??;
-    Ok(())
-}
-
-/// A Flight SQL client on `addr`, retrying the connect while the server starts listening.
-async fn connect(addr: SocketAddr) -> BenchResult<FlightSqlServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let channel = loop {
-        match endpoint.connect().await {
-            Ok(channel) => break channel,
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!("the query node on {addr} did not accept: {e}").into());
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let inner = FlightServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    Ok(FlightSqlServiceClient::new_from_inner(inner))
+    node.stop().await
 }
 
 /// The benchmark table's Arrow schema: the same columns as the PostgreSQL table.
@@ -411,43 +372,4 @@ fn report(
         "ratio (rows/s, best):   kyma SELECT * = {:.2}x PostgreSQL COPY TO STDOUT",
         kyma_best.rows_per_second() / pg_best.rows_per_second()
     );
-}
-
-/// `nproc`, memory, kernel (`uname -r`), OS and CPU model, from /proc and /etc.
-fn machine() -> String {
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            let kib: f64 = m
-                .lines()
-                .find(|l| l.starts_with("MemTotal:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some(format!("{:.1} GiB", kib / 1024.0 / 1024.0))
-        })
-        .unwrap_or_else(|| "unknown memory".into());
-    let os = std::fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|r| {
-            r.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-                .map(|v| v.trim_matches('"').to_owned())
-        })
-        .unwrap_or_else(|| "unknown OS".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("nproc {nproc}, {memory}, kernel {kernel} (uname -r), {os}, {cpu}")
 }
