@@ -17,7 +17,9 @@
 //!
 //! Failures reach the client as gRPC statuses: bad SQL, type mismatches and bad arguments
 //! are INVALID_ARGUMENT, unknown tables NOT_FOUND, an existing table ALREADY_EXISTS, a
-//! transient catalog or storage failure UNAVAILABLE. A panic never ends a connection.
+//! transient catalog or storage failure UNAVAILABLE, a federated source that cannot be
+//! reached UNAVAILABLE and one that refuses the query FAILED_PRECONDITION. A panic never ends
+//! a connection.
 
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
@@ -55,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{IngestMode, Outcome, QueryEngine, QueryRows};
+use crate::federation::postgres::SourceError;
 use crate::federation::scan::source_bytes;
 use crate::metrics::QueryMetrics;
 use crate::provider::{DEFAULT_SCHEMA, KYMA_CATALOG, count_batch};
@@ -445,6 +448,16 @@ pub fn status_of(error: &DataFusionError) -> Status {
             | TableError::InvalidArgument { .. } => Status::invalid_argument(message),
             e if e.is_retryable() => Status::unavailable(message),
             _ => Status::internal(message),
+        };
+    }
+    if let DataFusionError::External(inner) = root
+        && let Some(source_error) = inner.downcast_ref::<SourceError>()
+    {
+        let message = source_error.to_string();
+        return if source_error.source.is_retryable() {
+            Status::unavailable(message)
+        } else {
+            Status::failed_precondition(message)
         };
     }
     let message = root.to_string();

@@ -891,3 +891,46 @@ async fn with_pushdown_off_every_scan_reads_whole_rows_and_says_so() {
     );
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_source_is_unavailable_naming_the_connector_and_recovers() {
+    // A server of its own: this test stops it.
+    let pg = Postgres::start().expect("a private PostgreSQL");
+    let db = pg.create_database("down").expect("database");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);",
+    )
+    .expect("t");
+    let node = standalone(GrpcOptions::default()).await;
+    register(&node, "flaky", pg.url(&db)).await;
+    let mut flight = client(node.addr).await;
+    let sql = "SELECT count(*) FROM flaky.public.t";
+    assert_eq!(
+        strings(&query(&mut flight, sql).await.expect("up"), 0),
+        ["2"]
+    );
+
+    pg.process().stop().expect("stop PostgreSQL");
+    let error = query(&mut flight, sql)
+        .await
+        .expect_err("the source is down");
+    assert_eq!(
+        common::code_of(&error),
+        Some(tonic::Code::Unavailable),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("connector `flaky`") && message.contains("connection"),
+        "the error names the connector and what failed: {message}"
+    );
+
+    pg.process().start_again().expect("start PostgreSQL");
+    pg.wait_ready().expect("PostgreSQL ready");
+    // Broken pooled connections are dropped, new ones made.
+    assert_eq!(
+        strings(&query(&mut flight, sql).await.expect("up again"), 0),
+        ["2"]
+    );
+}

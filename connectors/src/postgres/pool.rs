@@ -70,17 +70,30 @@ impl PgPool {
         Ok(PooledClient {
             client: Some(client),
             pool: self.clone(),
+            reusable: true,
             _permit: permit,
         })
     }
 }
 
-/// A connection on loan from a [`PgPool`]; it goes back when dropped (unless it broke).
+/// A connection on loan from a [`PgPool`]; it goes back when dropped, unless it broke or is
+/// mid-stream (see [`PooledClient::streaming`]).
 #[derive(Debug)]
 pub struct PooledClient {
     client: Option<tokio_postgres::Client>,
     pool: Arc<PgPool>,
+    reusable: bool,
     _permit: OwnedSemaphorePermit,
+}
+
+impl PooledClient {
+    /// Marks a result stream as running (`true`) or fully read (`false`). Dropped while a
+    /// stream runs, the connection is closed rather than pooled: closing it ends the query
+    /// at the source, where pooling it would leave the next user behind the rest of the
+    /// stream.
+    pub fn streaming(&mut self, running: bool) {
+        self.reusable = !running;
+    }
 }
 
 impl Deref for PooledClient {
@@ -95,6 +108,7 @@ impl Deref for PooledClient {
 impl Drop for PooledClient {
     fn drop(&mut self) {
         if let Some(client) = self.client.take()
+            && self.reusable
             && !client.is_closed()
         {
             self.pool

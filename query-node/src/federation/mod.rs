@@ -77,8 +77,10 @@ impl FederatedSources {
 
     /// The source of connector `name`, if it is a federated one.
     pub fn source(&self, name: &str) -> Option<Arc<PgSource>> {
-        let spec = self.view.connector(name).filter(federated)?;
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        // Deleted connectors' pools go (their idle connections close).
+        built.retain(|name, _| self.view.connector(name).is_some());
+        let spec = self.view.connector(name).filter(federated)?;
         if let Some(source) = built.get(name)
             && source.spec() == &spec
         {

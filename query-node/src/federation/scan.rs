@@ -208,7 +208,7 @@ impl ExecutionPlan for FederatedScanExec {
         };
         let query = {
             async move {
-                let client = source.pool().get().await?;
+                let mut client = source.pool().get().await?;
                 let statement = client.prepare(&sql).await.map_err(refused)?;
                 let wire: Vec<_> = statement
                     .columns()
@@ -220,6 +220,7 @@ impl ExecutionPlan for FederatedScanExec {
                     .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
                     .await
                     .map_err(refused)?;
+                client.streaming(true);
                 let state = (Box::pin(copy), decoder, client, false);
                 let batches = futures::stream::try_unfold(
                     state,
