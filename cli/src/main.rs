@@ -143,13 +143,7 @@ async fn run(command: Command) -> Result<(), RunError> {
             )?;
             let worker =
                 CdcWorker::start(catalog.clone(), "standalone", Duration::from_secs(10)).await?;
-            let secrets = SecretResolver::new(&args.common.secrets_dir);
-            let admin = ConnectorAdmin::new(catalog.clone(), secrets.clone());
-            let federation = FederationOptions {
-                secrets,
-                pushdown: args.serve.federation_pushdown,
-            };
-            let node = QueryNode::start(catalog, store, federation).await?;
+            let (node, admin) = start_node(catalog, store, &args.common, &args.serve).await?;
             tracing::info!(
                 data_dir = %data_dir.display(),
                 http = %args.common.http_addr,
@@ -176,13 +170,7 @@ async fn run(command: Command) -> Result<(), RunError> {
                     endpoint: args.cluster.s3_endpoint.clone(),
                 },
             )?;
-            let secrets = SecretResolver::new(&args.common.secrets_dir);
-            let admin = ConnectorAdmin::new(catalog.clone(), secrets.clone());
-            let federation = FederationOptions {
-                secrets,
-                pushdown: args.serve.federation_pushdown,
-            };
-            let node = QueryNode::start(catalog, store, federation).await?;
+            let (node, admin) = start_node(catalog, store, &args.common, &args.serve).await?;
             tracing::info!(
                 http = %args.common.http_addr,
                 grpc = %args.serve.grpc_addr,
@@ -225,6 +213,22 @@ async fn run(command: Command) -> Result<(), RunError> {
             result
         }
     }
+}
+
+/// A query node and the connector admin beside it, sharing one secret resolver.
+async fn start_node(
+    catalog: Catalog,
+    store: ExtentStore,
+    common: &CommonArgs,
+    serve: &ServeArgs,
+) -> Result<(QueryNode, ConnectorAdmin), RunError> {
+    let secrets = SecretResolver::new(&common.secrets_dir);
+    let admin = ConnectorAdmin::new(catalog.clone(), secrets.clone());
+    let federation = FederationOptions {
+        secrets,
+        pushdown: serve.federation_pushdown,
+    };
+    Ok((QueryNode::start(catalog, store, federation).await?, admin))
 }
 
 fn default_worker_id() -> String {

@@ -13,19 +13,7 @@ use kyma_test_harness::{Postgres, unique_name};
 use tonic::Code;
 
 fn spec(name: &str, url: String) -> ConnectorSpec {
-    ConnectorSpec {
-        name: name.into(),
-        r#type: "postgres".into(),
-        mode: "federation".into(),
-        connection: Some(Connection {
-            url,
-            secret_ref: None,
-            tls: Some("prefer".into()),
-            pool_size: Some(4),
-        }),
-        scope: None,
-        retention: None,
-    }
+    common::pg_connector(name, url, "prefer")
 }
 
 fn create(spec: ConnectorSpec) -> CreateConnectorRequest {

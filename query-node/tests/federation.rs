@@ -14,7 +14,7 @@ use common::{
 };
 use kyma_query_node::GrpcOptions;
 use kyma_query_node::admin_grpc::proto::{
-    Connection, ConnectorSpec, CreateConnectorRequest, DeleteConnectorRequest, GetConnectorRequest,
+    CreateConnectorRequest, DeleteConnectorRequest, GetConnectorRequest,
 };
 use kyma_test_harness::{Postgres, unique_name};
 use serde_json::Value;
@@ -608,19 +608,7 @@ async fn register(node: &common::ServedNode, name: &str, url: String) {
     let mut admin = admin_client(node).await;
     admin
         .create_connector(CreateConnectorRequest {
-            spec: Some(ConnectorSpec {
-                name: name.into(),
-                r#type: "postgres".into(),
-                mode: "federation".into(),
-                connection: Some(Connection {
-                    url,
-                    secret_ref: None,
-                    tls: Some("disable".into()),
-                    pool_size: Some(4),
-                }),
-                scope: None,
-                retention: None,
-            }),
+            spec: Some(common::pg_connector(name, url, "disable")),
         })
         .await
         .expect("connector registered");

@@ -116,6 +116,28 @@ pub async fn admin_client(
     )
 }
 
+/// A Postgres connector in mode `federation` on `url`, with TLS policy `tls`.
+pub fn pg_connector(
+    name: &str,
+    url: String,
+    tls: &str,
+) -> kyma_query_node::admin_grpc::proto::ConnectorSpec {
+    use kyma_query_node::admin_grpc::proto::{Connection, ConnectorSpec};
+    ConnectorSpec {
+        name: name.into(),
+        r#type: "postgres".into(),
+        mode: "federation".into(),
+        connection: Some(Connection {
+            url,
+            secret_ref: None,
+            tls: Some(tls.into()),
+            pool_size: Some(4),
+        }),
+        scope: None,
+        retention: None,
+    }
+}
+
 /// Connects, retrying until the server listens.
 pub async fn connect(endpoint: tonic::transport::Endpoint) -> Channel {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
