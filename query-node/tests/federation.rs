@@ -768,6 +768,29 @@ async fn connectors_come_and_go_without_restart_and_every_query_is_logged() {
     .expect("federated count");
     assert_eq!(strings(&rows, 0), ["40"]);
 
+    // Sequential queries reuse one pooled connection: a fully read result stream hands it
+    // back.
+    let direct = source_client(pg, &db).await;
+    let backends = async || {
+        postgres_rows(
+            &direct,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'kyma-federation'",
+        )
+        .await
+    };
+    let first = backends().await;
+    assert_eq!(first.len(), 1, "one pooled connection after one query");
+    for _ in 0..3 {
+        query(&mut flight, "SELECT id FROM live.public.t1 WHERE id < 3")
+            .await
+            .expect("federated query");
+    }
+    assert_eq!(
+        backends().await,
+        first,
+        "the same connection served every query"
+    );
+
     // A table created at the source after registration answers at once.
     pg.psql(
         &db,

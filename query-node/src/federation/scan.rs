@@ -206,48 +206,48 @@ impl ExecutionPlan for FederatedScanExec {
             let source = source.clone();
             move |e: ConnectorError| source.error(e)
         };
-        let query = {
-            async move {
-                let mut client = source.pool().get().await?;
-                let statement = client.prepare(&sql).await.map_err(refused)?;
-                let wire: Vec<_> = statement
-                    .columns()
-                    .iter()
-                    .map(|c| c.type_().clone())
-                    .collect();
-                let decoder = CopyBinaryDecoder::new(schema, &wire, batch_rows)?;
-                let copy = client
-                    .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
-                    .await
-                    .map_err(refused)?;
-                client.streaming(true);
-                let state = (Box::pin(copy), decoder, client, false);
-                let batches = futures::stream::try_unfold(
-                    state,
-                    move |(mut copy, mut decoder, client, done)| {
-                        let bytes = bytes.clone();
-                        async move {
-                            if done {
-                                return Ok::<_, ConnectorError>(None);
+        let query = async move {
+            let mut client = source.pool().get().await?;
+            let statement = client.prepare(&sql).await.map_err(refused)?;
+            let wire: Vec<_> = statement
+                .columns()
+                .iter()
+                .map(|c| c.type_().clone())
+                .collect();
+            let decoder = CopyBinaryDecoder::new(schema, &wire, batch_rows)?;
+            let copy = client
+                .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
+                .await
+                .map_err(refused)?;
+            client.streaming(true);
+            let state = (Box::pin(copy), decoder, client, false);
+            let batches = futures::stream::try_unfold(
+                state,
+                move |(mut copy, mut decoder, mut client, done)| {
+                    let bytes = bytes.clone();
+                    async move {
+                        if done {
+                            return Ok::<_, ConnectorError>(None);
+                        }
+                        match copy.try_next().await.map_err(refused)? {
+                            Some(chunk) => {
+                                bytes.add(chunk.len());
+                                let batches = decoder.push(&chunk)?;
+                                Ok(Some((batches, (copy, decoder, client, false))))
                             }
-                            match copy.try_next().await.map_err(refused)? {
-                                Some(chunk) => {
-                                    bytes.add(chunk.len());
-                                    let batches = decoder.push(&chunk)?;
-                                    Ok(Some((batches, (copy, decoder, client, false))))
-                                }
-                                None => {
-                                    let last: Vec<_> = decoder.finish()?.into_iter().collect();
-                                    Ok(Some((last, (copy, decoder, client, true))))
-                                }
+                            None => {
+                                // Fully read: the connection can serve the next query.
+                                client.streaming(false);
+                                let last: Vec<_> = decoder.finish()?.into_iter().collect();
+                                Ok(Some((last, (copy, decoder, client, true))))
                             }
                         }
-                    },
-                )
-                .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-                .try_flatten();
-                Ok::<_, ConnectorError>(batches)
-            }
+                    }
+                },
+            )
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
+            Ok::<_, ConnectorError>(batches)
         };
         let stream = futures::stream::once(query)
             .try_flatten()
