@@ -612,6 +612,12 @@ async fn register(node: &common::ServedNode, name: &str, url: String) {
         })
         .await
         .expect("connector registered");
+    // The node learns of the connector through the catalog watch.
+    let engine = node.node.engine().clone();
+    eventually("the connector's catalog on the node", async || {
+        engine.session().catalog(name).is_some()
+    })
+    .await;
 }
 
 async fn source_client(pg: &Postgres, db: &str) -> tokio_postgres::Client {
