@@ -110,6 +110,7 @@ impl ExtentWriter {
             rows: self.rows,
             bytes,
             columns: self.stats,
+            compacted: false,
         })
     }
 }

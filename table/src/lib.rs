@@ -8,6 +8,7 @@ mod error;
 pub mod extent;
 pub mod manifest;
 pub mod store;
+pub mod synced;
 pub mod types;
 pub mod writer;
 
@@ -15,4 +16,4 @@ pub use error::TableError;
 pub use extent::ExtentWriter;
 pub use manifest::{ColumnStats, ExtentEntry, Manifest, StatValue};
 pub use store::{ExtentStore, S3Options, StoreLocation};
-pub use writer::{TableWriter, WriteOptions, WriteSummary};
+pub use writer::{TableWriter, WriteOptions, WriteSummary, WrittenExtents};

@@ -103,6 +103,11 @@ pub struct ExtentEntry {
     pub bytes: u64,
     /// Statistics per column it holds (columns it lacks read as nulls).
     pub columns: BTreeMap<String, ColumnStats>,
+    /// Synced tables: the extent belongs to the compacted base (at most one row per key
+    /// across all compacted extents, each older than every delta row; see
+    /// [`crate::synced`]). Always false for native tables.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compacted: bool,
 }
 
 /// Statistics of one column in one extent.

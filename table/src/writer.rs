@@ -38,13 +38,90 @@ const MAX_REBASES: usize = 64;
 pub struct WriteOptions {
     /// Rows per extent before a new one starts.
     pub extent_rows: u64,
+    /// Mark the extents as part of a synced table's compacted base (see
+    /// [`crate::synced`]): only for rows with one version per key, older than any delta.
+    pub compacted: bool,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
         Self {
             extent_rows: 1_000_000,
+            compacted: false,
         }
+    }
+}
+
+/// What a [`TableWriter`] wrote and has not committed yet: its part of a catalog commit.
+#[derive(Debug, Clone)]
+pub struct WrittenExtents {
+    /// The table.
+    pub table: TableRef,
+    /// The table's id when the write started (a dropped and recreated table is another).
+    pub table_id: Uuid,
+    /// The new extents.
+    pub extents: Vec<ExtentEntry>,
+    /// Rows in them.
+    pub rows: u64,
+    /// The extents replace the table's current ones instead of adding to them (a source
+    /// `TRUNCATE`).
+    pub replace: bool,
+}
+
+impl WrittenExtents {
+    /// Stores the manifest of the snapshot after `state` (its extents, unless replacing, plus
+    /// these) and returns the table's part of the commit.
+    pub async fn table_commit(
+        &self,
+        store: &ExtentStore,
+        state: &TableState,
+    ) -> Result<TableCommit, TableError> {
+        if state.meta.id != self.table_id {
+            return Err(CatalogError::NotFound(format!(
+                "table {} (it was dropped while this write ran)",
+                self.table
+            ))
+            .into());
+        }
+        let mut manifest = if self.replace {
+            Manifest::empty(self.table_id, state.schema.value.version)
+        } else {
+            current_manifest(store, state).await?
+        };
+        manifest.schema_version = state.schema.value.version;
+        manifest.extents.extend(self.extents.iter().cloned());
+        let path = manifest
+            .store(store, state.snapshot.value.version + 1)
+            .await?;
+        Ok(TableCommit::on(state, path, &[])?)
+    }
+
+    /// Whether these extents are in `state`'s manifest already (an earlier attempt of the
+    /// commit landed and its answer was lost).
+    pub async fn landed_in(
+        &self,
+        store: &ExtentStore,
+        state: &TableState,
+    ) -> Result<bool, TableError> {
+        if state.meta.id != self.table_id || state.snapshot.value.manifest.is_none() {
+            return Ok(false);
+        }
+        let Some(ours) = self.extents.first() else {
+            return Ok(false);
+        };
+        let manifest = current_manifest(store, state).await?;
+        Ok(manifest.extents.iter().any(|e| e.path == ours.path))
+    }
+}
+
+/// The manifest `state` points at (empty while the table has none).
+pub async fn current_manifest(
+    store: &ExtentStore,
+    state: &TableState,
+) -> Result<Manifest, TableError> {
+    match &state.snapshot.value.manifest {
+        Some(path) => Manifest::load(store, path).await,
+        None => Ok(Manifest::empty(state.meta.id, state.schema.value.version)),
     }
 }
 
@@ -69,6 +146,7 @@ pub struct TableWriter {
     open: Option<ExtentWriter>,
     written: Vec<ExtentEntry>,
     rows: u64,
+    replace: bool,
     options: WriteOptions,
 }
 
@@ -90,6 +168,7 @@ impl TableWriter {
             open: None,
             written: Vec::new(),
             rows: 0,
+            replace: false,
             options,
         })
     }
@@ -131,104 +210,91 @@ impl TableWriter {
 
     async fn close_extent(&mut self) -> Result<(), TableError> {
         if let Some(extent) = self.open.take() {
-            self.written.push(extent.finish().await?);
+            let mut entry = extent.finish().await?;
+            entry.compacted = self.options.compacted;
+            self.written.push(entry);
         }
         Ok(())
     }
 
-    /// Commits everything written as the table's next snapshot (rebasing on concurrent
-    /// commits). Writes nothing when no row was written.
-    pub async fn commit(mut self) -> Result<WriteSummary, TableError> {
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Forgets everything written so far and makes the commit replace the table's extents
+    /// (a source `TRUNCATE`): rows written after this call are the table's only rows. The
+    /// abandoned files are left to garbage collection.
+    pub async fn truncate(&mut self) -> Result<(), TableError> {
         self.close_extent().await?;
-        let rows = self.rows;
-        if self.written.is_empty() {
-            return Ok(WriteSummary {
-                rows,
-                revision: Some(self.schema.mod_revision),
-            });
-        }
-        let committer = Committer {
-            catalog: self.catalog,
-            store: self.store,
+        self.written.clear();
+        self.rows = 0;
+        self.replace = true;
+        Ok(())
+    }
+
+    /// Closes the open extent and hands over what was written, for a commit that may span
+    /// several tables (a sync batch).
+    pub async fn finish(mut self) -> Result<WrittenExtents, TableError> {
+        self.close_extent().await?;
+        Ok(WrittenExtents {
             table: self.table,
             table_id: self.table_id,
-            written: self.written,
-        };
-        let revision = committer.commit().await?;
+            extents: self.written,
+            rows: self.rows,
+            replace: self.replace,
+        })
+    }
+
+    /// Commits everything written as the table's next snapshot (rebasing on concurrent
+    /// commits). Writes nothing when no row was written.
+    pub async fn commit(self) -> Result<WriteSummary, TableError> {
+        let catalog = self.catalog.clone();
+        let store = self.store.clone();
+        let schema_revision = self.schema.mod_revision;
+        let written = self.finish().await?;
+        if written.extents.is_empty() && !written.replace {
+            return Ok(WriteSummary {
+                rows: written.rows,
+                revision: Some(schema_revision),
+            });
+        }
+        let revision = commit_one(&catalog, &store, &written).await?;
         Ok(WriteSummary {
-            rows,
+            rows: written.rows,
             revision: Some(revision),
         })
     }
 }
 
-/// The commit half of a write: the extents are written, the snapshot pointer moves.
-struct Committer {
-    catalog: Catalog,
-    store: ExtentStore,
-    table: TableRef,
-    table_id: Uuid,
-    written: Vec<ExtentEntry>,
-}
-
-impl Committer {
-    async fn commit(&self) -> Result<Revision, TableError> {
-        let mut state = self.catalog.table(&self.table).await?;
-        for _ in 0..MAX_REBASES {
-            if state.meta.id != self.table_id {
-                return Err(CatalogError::NotFound(format!(
-                    "table {} (it was dropped while this write ran)",
-                    self.table
-                ))
-                .into());
-            }
-            let mut manifest = self.current_manifest(&state).await?;
-            manifest.schema_version = state.schema.value.version;
-            manifest.extents.extend(self.written.iter().cloned());
-            let path = manifest
-                .store(&self.store, state.snapshot.value.version + 1)
-                .await?;
-            let commit = CatalogCommit::tables(vec![TableCommit::on(&state, path, &[])?]);
-            match self.catalog.commit(&commit).await? {
-                CommitOutcome::Committed { revision } => return Ok(revision),
-                CommitOutcome::Conflict(conflict) => {
-                    let Some(current) = conflict.tables.into_iter().next() else {
-                        return Err(CatalogError::NotFound(format!("table {}", self.table)).into());
-                    };
-                    if self.landed_in(&current).await? {
-                        return Ok(current.snapshot.mod_revision);
-                    }
-                    tracing::debug!(table = %self.table, "commit lost a race; rebasing");
-                    state = current;
+/// The commit half of a one-table write: the extents are written, the snapshot pointer moves.
+async fn commit_one(
+    catalog: &Catalog,
+    store: &ExtentStore,
+    written: &WrittenExtents,
+) -> Result<Revision, TableError> {
+    let mut state = catalog.table(&written.table).await?;
+    for _ in 0..MAX_REBASES {
+        let commit = CatalogCommit::tables(vec![written.table_commit(store, &state).await?]);
+        match catalog.commit(&commit).await? {
+            CommitOutcome::Committed { revision } => return Ok(revision),
+            CommitOutcome::Conflict(conflict) => {
+                let Some(current) = conflict.tables.into_iter().next() else {
+                    return Err(CatalogError::NotFound(format!("table {}", written.table)).into());
+                };
+                if written.landed_in(store, &current).await? {
+                    return Ok(current.snapshot.mod_revision);
                 }
+                tracing::debug!(table = %written.table, "commit lost a race; rebasing");
+                state = current;
             }
         }
-        Err(CatalogError::Unavailable(format!(
-            "table {} kept changing under {MAX_REBASES} commit attempts; retry",
-            self.table
-        ))
-        .into())
     }
-
-    async fn current_manifest(&self, state: &TableState) -> Result<Manifest, TableError> {
-        match &state.snapshot.value.manifest {
-            Some(path) => Manifest::load(&self.store, path).await,
-            None => Ok(Manifest::empty(self.table_id, state.schema.value.version)),
-        }
-    }
-
-    /// Whether an earlier attempt of this commit landed (its answer lost): its extents are in
-    /// the current manifest.
-    async fn landed_in(&self, state: &TableState) -> Result<bool, TableError> {
-        if state.meta.id != self.table_id || state.snapshot.value.manifest.is_none() {
-            return Ok(false);
-        }
-        let manifest = self.current_manifest(state).await?;
-        Ok(self
-            .written
-            .first()
-            .is_some_and(|ours| manifest.extents.iter().any(|e| e.path == ours.path)))
-    }
+    Err(CatalogError::Unavailable(format!(
+        "table {} kept changing under {MAX_REBASES} commit attempts; retry",
+        written.table
+    ))
+    .into())
 }
 
 /// The columns of `batch` that `schema` lacks, typed by inference.
