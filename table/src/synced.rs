@@ -94,7 +94,12 @@ pub fn encode_key_part(part: &str) -> String {
 /// primary key cannot hold) are written as empty.
 pub fn derive_pk<'a>(parts: impl ExactSizeIterator<Item = Option<&'a str>>) -> String {
     if parts.len() == 1 {
-        return parts.into_iter().flatten().next().unwrap_or_default().to_owned();
+        return parts
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
     }
     parts
         .map(|p| p.map(encode_key_part).unwrap_or_default())

@@ -125,7 +125,10 @@ async fn extents_record_row_counts_and_column_statistics() {
         &f.catalog,
         &f.store,
         &f.table,
-        WriteOptions { extent_rows: 3 },
+        WriteOptions {
+            extent_rows: 3,
+            ..WriteOptions::default()
+        },
     )
     .await
     .expect("open");
