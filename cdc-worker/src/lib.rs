@@ -1,31 +1,78 @@
 //! The CDC worker: its own process, any number of replicas (SPEC §2, §6).
 //!
-//! A worker registers itself in the catalog under a lease that it keeps alive; connectors are
-//! claimed under that lease (see `kyma_catalog::Catalog::claim_connector`), so a worker that dies
-//! loses its claims when the lease lapses and another worker takes over at a higher epoch.
-//! Source replication arrives with the sync issues.
+//! A worker registers itself in the catalog under a lease that it keeps alive. Its
+//! supervisor polls the connectors: every connector in mode `sync` or `both` that an
+//! operator wants running and that no live worker holds is claimed (at a new, higher fencing
+//! epoch, under the worker's lease) and synced on a task of its own
+//! ([`postgres::PgConnectorSync`]). A worker that dies loses its claims when its lease lapses,
+//! and another worker takes over from the committed cursor; a worker that was only paused
+//! finds its next commit fenced and stops.
+//!
+//! Errors: transient ones (source or catalog unreachable, connection lost) are retried with
+//! backoff from the last commit; definite ones (a setting to fix, a dropped slot) put the
+//! connector's `last_error` in its status and are retried slowly, so fixing the cause
+//! resumes the sync without a restart.
 
+pub mod batch;
+pub mod error;
+pub mod postgres;
+
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use kyma_catalog::{Catalog, CatalogError, WorkerSession};
+use kyma_catalog::{
+    Catalog, CatalogError, ConnectorClaim, ConnectorSpec, ConnectorState, DesiredState, SourceType,
+    WorkerSession,
+};
+use kyma_connectors::SecretResolver;
+use kyma_table::ExtentStore;
+use tokio::sync::watch;
+
+pub use error::SyncError;
+pub use postgres::{SyncContext, SyncOptions};
+
+/// How often the supervisor looks for connectors to claim or stop.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How long a definite error waits before the next attempt.
+const DEFINITE_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// A running CDC worker.
 #[derive(Debug)]
 pub struct CdcWorker {
     catalog: Catalog,
-    session: WorkerSession,
+    session: Arc<WorkerSession>,
+    stop: watch::Sender<bool>,
+    supervisor: tokio::task::JoinHandle<()>,
 }
 
 impl CdcWorker {
-    /// Registers worker `worker_id` in `catalog` under a lease of `lease_ttl`.
+    /// Registers worker `worker_id` in `catalog` under a lease of `lease_ttl` and starts
+    /// claiming and syncing connectors, writing extents to `store`.
     pub async fn start(
         catalog: Catalog,
+        store: ExtentStore,
+        secrets: SecretResolver,
         worker_id: &str,
         lease_ttl: Duration,
+        options: SyncOptions,
     ) -> Result<Self, CatalogError> {
-        let session = catalog.start_session(worker_id, lease_ttl).await?;
+        let session = Arc::new(catalog.start_session(worker_id, lease_ttl).await?);
         tracing::info!(worker_id, lease = session.lease(), "cdc worker registered");
-        Ok(Self { catalog, session })
+        let (stop, stopped) = watch::channel(false);
+        let ctx = SyncContext {
+            catalog: catalog.clone(),
+            store,
+            secrets,
+            options,
+        };
+        let supervisor = tokio::spawn(supervise(ctx, session.clone(), stopped));
+        Ok(Self {
+            catalog,
+            session,
+            stop,
+            supervisor,
+        })
     }
 
     /// The catalog it works on.
@@ -41,8 +88,174 @@ impl CdcWorker {
         self.catalog.ping().await.map(|_| ())
     }
 
-    /// Leaves the catalog: revokes the lease so its claims are free at once.
+    /// Stops syncing (uncommitted work is replayed by the next owner) and leaves the
+    /// catalog: revokes the lease so its claims are free at once.
     pub async fn shutdown(self) -> Result<(), CatalogError> {
-        self.session.close().await
+        let _ = self.stop.send(true);
+        let _ = self.supervisor.await;
+        match Arc::try_unwrap(self.session) {
+            Ok(session) => session.close().await,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// A connector this worker runs.
+struct Running {
+    spec: ConnectorSpec,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn wanted(state: &ConnectorState) -> bool {
+    state.spec.mode.syncs()
+        && state.desired == DesiredState::Running
+        && state.spec.source_type == SourceType::Postgres
+}
+
+async fn supervise(ctx: SyncContext, session: Arc<WorkerSession>, mut stop: watch::Receiver<bool>) {
+    let mut running: HashMap<String, Running> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            () = session.lost() => {
+                tracing::warn!("the worker's lease is lost; its connectors stop");
+                break;
+            }
+            () = tokio::time::sleep(POLL_EVERY) => {}
+        }
+        let connectors = match ctx.catalog.list_connectors().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list connectors; retrying");
+                continue;
+            }
+        };
+        running.retain(|_, r| !r.task.is_finished());
+        let by_name: HashMap<&str, &ConnectorState> = connectors
+            .iter()
+            .map(|c| (c.spec.name.as_str(), c))
+            .collect();
+        let gone: Vec<String> = running
+            .iter()
+            .filter(|(name, r)| {
+                by_name
+                    .get(name.as_str())
+                    .is_none_or(|c| !wanted(c) || c.spec != r.spec)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            if let Some(r) = running.remove(&name) {
+                let _ = r.stop.send(true);
+                let _ = r.task.await;
+                if !by_name.contains_key(name.as_str()) {
+                    drop_source_objects(&ctx, &r.spec).await;
+                }
+            }
+        }
+        for state in &connectors {
+            let name = &state.spec.name;
+            if !wanted(state) || state.holder.is_some() || running.contains_key(name) {
+                continue;
+            }
+            match ctx.catalog.claim_connector(&session, name).await {
+                Ok(Some(claim)) => {
+                    tracing::info!(connector = %name, epoch = claim.fence.epoch, "claimed");
+                    let (stop_tx, stop_rx) = watch::channel(false);
+                    let task = tokio::spawn(run_connector(
+                        ctx.clone(),
+                        state.spec.clone(),
+                        claim,
+                        state.status.clone(),
+                        stop_rx,
+                    ));
+                    running.insert(
+                        name.clone(),
+                        Running {
+                            spec: state.spec.clone(),
+                            stop: stop_tx,
+                            task,
+                        },
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(connector = %name, error = %e, "claim failed"),
+            }
+        }
+    }
+    for (_, r) in running.drain() {
+        let _ = r.stop.send(true);
+        let _ = r.task.await;
+    }
+}
+
+/// Runs one claimed connector until told to stop or fenced; retries failed runs.
+async fn run_connector(
+    ctx: SyncContext,
+    spec: ConnectorSpec,
+    claim: ConnectorClaim,
+    status: kyma_catalog::ConnectorStatus,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = spec.name.clone();
+    let mut sync = match postgres::PgConnectorSync::new(ctx.clone(), spec, claim.clone(), status) {
+        Ok(sync) => sync,
+        Err(e) => {
+            tracing::error!(connector = %name, error = %e, "cannot resume the connector");
+            let _ = ctx.catalog.release_connector(&claim).await;
+            return;
+        }
+    };
+    let mut attempt: u32 = 0;
+    loop {
+        let wait = match sync.run(&mut stop).await {
+            Ok(()) => break,
+            Err(SyncError::Fenced { .. }) => {
+                tracing::warn!(connector = %name, "fenced: another worker holds the connector now");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(connector = %name, error = %e, retryable = e.is_retryable(), "sync run failed");
+                if let Err(SyncError::Fenced { .. }) = sync.record_error(&e).await {
+                    return;
+                }
+                attempt = attempt.saturating_add(1);
+                if e.is_retryable() {
+                    Duration::from_millis(100 * 2_u64.pow(attempt.min(6)))
+                } else {
+                    DEFINITE_RETRY_AFTER
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    if let Err(e) = ctx.catalog.release_connector(&claim).await {
+        tracing::warn!(connector = %name, error = %e, "releasing the claim failed");
+    }
+}
+
+/// Drops a deleted connector's replication slot and publication at the source (best
+/// effort: a slot left behind would keep the source's WAL forever, so failures are logged).
+async fn drop_source_objects(ctx: &SyncContext, spec: &ConnectorSpec) {
+    let result = async {
+        let client = kyma_connectors::postgres::connect(&spec.connection, &ctx.secrets).await?;
+        kyma_connectors::postgres::sync::drop_source_objects(
+            &client,
+            &kyma_connectors::postgres::sync::SyncNames::of(&spec.name),
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            tracing::info!(connector = %spec.name, "dropped the deleted connector's slot and publication")
+        }
+        Err(e) => {
+            tracing::warn!(connector = %spec.name, error = %e, "cannot drop the deleted connector's slot and publication; drop them at the source")
+        }
     }
 }

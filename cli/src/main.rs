@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use kyma_catalog::{Catalog, CatalogLocation};
-use kyma_cdc_worker::CdcWorker;
+use kyma_cdc_worker::{CdcWorker, SyncOptions};
 use kyma_connectors::{ConnectorAdmin, SecretResolver};
 use kyma_query_node::admin_http::admin_routes;
 use kyma_query_node::{FederationOptions, GrpcOptions, QueryNode};
@@ -141,8 +141,15 @@ async fn run(command: Command) -> Result<(), RunError> {
                 &StoreLocation::File(data_dir.join("store")),
                 &S3Options::default(),
             )?;
-            let worker =
-                CdcWorker::start(catalog.clone(), "standalone", Duration::from_secs(10)).await?;
+            let worker = CdcWorker::start(
+                catalog.clone(),
+                store.clone(),
+                SecretResolver::new(&args.common.secrets_dir),
+                "standalone",
+                Duration::from_secs(10),
+                SyncOptions::default(),
+            )
+            .await?;
             let (node, admin) = start_node(catalog, store, &args.common, &args.serve).await?;
             tracing::info!(
                 data_dir = %data_dir.display(),
@@ -189,11 +196,20 @@ async fn run(command: Command) -> Result<(), RunError> {
         }
         Command::CdcWorker(args) => {
             let catalog = Catalog::open(&args.cluster.catalog).await?;
+            let store = ExtentStore::open(
+                &args.cluster.store,
+                &S3Options {
+                    endpoint: args.cluster.s3_endpoint.clone(),
+                },
+            )?;
             let worker_id = args.worker_id.unwrap_or_else(default_worker_id);
             let worker = CdcWorker::start(
                 catalog,
+                store,
+                SecretResolver::new(&args.common.secrets_dir),
                 &worker_id,
                 Duration::from_secs(args.lease_ttl_secs),
+                SyncOptions::default(),
             )
             .await?;
             tracing::info!(

@@ -98,3 +98,5 @@ impl Drop for Kyma {
         let _ = self.child.wait();
     }
 }
+
+pub mod sync;

@@ -22,6 +22,7 @@
 
 pub mod copy;
 pub mod pool;
+pub mod sync;
 pub mod types;
 
 pub use copy::CopyBinaryDecoder;

@@ -1,0 +1,304 @@
+//! The sync checker: compares a source table with kyma's synced table row by row, and
+//! helpers to run a CDC worker process against real etcd, S3 and Postgres.
+
+use std::collections::BTreeMap;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::util::display::array_value_to_string;
+use futures::StreamExt;
+use kyma_catalog::{Catalog, CatalogLocation, ConnectorSpec, TableRef};
+use kyma_connectors::SecretResolver;
+use kyma_connectors::postgres::sync::snapshot::SnapshotSession;
+use kyma_connectors::postgres::sync::{SyncNames, discover_tables};
+use kyma_table::ExtentStore;
+use kyma_table::synced;
+use kyma_table::writer::{conform_batch, current_manifest};
+use kyma_test_harness::{Etcd, Postgres, S3, unique_name};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::Kyma;
+
+/// Rows keyed by `_kyma_pk`: column name → displayed value.
+pub type Rows = BTreeMap<String, BTreeMap<String, String>>;
+
+/// A sync deployment: a catalog prefix on the shared etcd, a bucket on the shared S3 server,
+/// a fresh database on the shared Postgres.
+pub struct SyncSetup {
+    pub prefix: String,
+    pub bucket: String,
+    pub database: String,
+    pub catalog: Catalog,
+    pub store: ExtentStore,
+}
+
+impl SyncSetup {
+    pub async fn new(name: &str) -> Self {
+        let etcd = Etcd::shared();
+        let s3 = S3::shared();
+        let prefix = unique_name(name);
+        let bucket = s3.create_bucket(name).expect("bucket");
+        let database = Postgres::shared().create_database(name).expect("database");
+        let catalog = Catalog::open(&CatalogLocation::Etcd {
+            endpoints: vec![etcd.endpoint()],
+            prefix: format!("/{prefix}"),
+        })
+        .await
+        .expect("catalog");
+        let store = ExtentStore::from_object_store(
+            object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(&bucket)
+                .with_endpoint(s3.endpoint())
+                .with_allow_http(true)
+                .with_access_key_id(S3::ACCESS_KEY)
+                .with_secret_access_key(S3::SECRET_KEY)
+                .with_region(S3::REGION)
+                .with_virtual_hosted_style_request(false)
+                .build()
+                .map(|s| -> std::sync::Arc<dyn object_store::ObjectStore> {
+                    std::sync::Arc::new(object_store::prefix::PrefixStore::new(s, "extents"))
+                })
+                .expect("store"),
+        );
+        Self {
+            prefix,
+            bucket,
+            database,
+            catalog,
+            store,
+        }
+    }
+
+    /// Starts a `kyma cdc-worker` process on this deployment.
+    pub fn worker(&self, id: &str) -> Kyma {
+        let s3 = S3::shared();
+        let mut worker = Kyma::spawn_with_env(
+            &[
+                "cdc-worker",
+                &format!(
+                    "--catalog=etcd://{}/{}",
+                    Etcd::shared().host_port(),
+                    self.prefix
+                ),
+                &format!("--store=s3://{}/extents", self.bucket),
+                &format!("--s3-endpoint={}", s3.endpoint()),
+                &format!("--worker-id={id}"),
+                "--lease-ttl-secs=2",
+            ],
+            &[
+                ("AWS_ACCESS_KEY_ID", S3::ACCESS_KEY),
+                ("AWS_SECRET_ACCESS_KEY", S3::SECRET_KEY),
+                ("AWS_REGION", S3::REGION),
+                ("KYMA_LOG", "info,kyma_cdc_worker=debug"),
+            ],
+        );
+        worker.wait_for_200("/readyz");
+        worker
+    }
+
+    /// Runs SQL on the source database.
+    pub fn sql(&self, sql: &str) -> String {
+        Postgres::shared()
+            .psql(&self.database, sql)
+            .expect("source sql")
+            .trim()
+            .to_owned()
+    }
+
+    /// Registers a sync connector over the source database.
+    pub async fn register(&self, name: &str) -> ConnectorSpec {
+        let spec: ConnectorSpec = serde_json::from_value(serde_json::json!({
+            "name": name,
+            "type": "postgres",
+            "mode": "sync",
+            "connection": {"url": Postgres::shared().url(&self.database), "tls": "disable"},
+        }))
+        .expect("spec");
+        self.catalog
+            .create_connector(&spec)
+            .await
+            .expect("register");
+        spec
+    }
+
+    /// Waits until the connector's slot has confirmed everything the source wrote so far:
+    /// every change made before this call is committed in kyma.
+    pub async fn wait_caught_up(&self, connector: &str, worker: &Kyma) {
+        let target = self.sql("SELECT pg_current_wal_insert_lsn()");
+        let slot = SyncNames::of(connector).slot;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done = self.sql(&format!(
+                "SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ));
+            let committed = self
+                .catalog
+                .connector(connector)
+                .await
+                .is_ok_and(|c| c.cursor.is_some());
+            // A new slot starts at its consistent point: only once the snapshot is committed
+            // does a confirmed position mean the rows are in kyma.
+            if done == "t" && committed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not catch up to {target} (slot {slot}: {done:?}); status: {:?}\n{}",
+                self.catalog.connector(connector).await.map(|c| c.status),
+                worker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The source table's rows, read through the same typed relation the snapshot uses.
+    pub async fn source_rows(&self, schema: &str, table: &str) -> Rows {
+        let spec = kyma_catalog::ConnectionSpec {
+            url: Postgres::shared().url(&self.database),
+            secret_ref: None,
+            tls: kyma_catalog::TlsMode::Disable,
+            pool_size: 1,
+        };
+        let client =
+            kyma_connectors::postgres::connect(&spec, &SecretResolver::new("/nonexistent"))
+                .await
+                .expect("connect");
+        let tables = discover_tables(&client, &Default::default())
+            .await
+            .expect("tables");
+        let source = tables
+            .into_iter()
+            .find(|t| t.schema == schema && t.name == table)
+            .expect("source table");
+        let session = SnapshotSession::open(client, None, "0/0".into(), 0)
+            .await
+            .expect("session");
+        let mut rows = Rows::new();
+        let mut batches = pin!(session.copy_table(&source, 4096).await.expect("copy"));
+        while let Some(batch) = batches.next().await {
+            collect(&batch.expect("batch"), &mut rows);
+        }
+        rows
+    }
+
+    /// kyma's current state of a synced table: per key its newest version, tombstones
+    /// dropped; read straight from the extents (independently of the query engine).
+    pub async fn kyma_rows(&self, table: &TableRef) -> Rows {
+        let state = self.catalog.table(table).await.expect("kyma table");
+        let manifest = current_manifest(&self.store, &state)
+            .await
+            .expect("manifest");
+        let mut versions: BTreeMap<String, (i64, bool, BTreeMap<String, String>)> = BTreeMap::new();
+        for extent in &manifest.extents {
+            let bytes = self
+                .store
+                .object_store()
+                .get(&Path::from(extent.path.as_str()))
+                .await
+                .expect("extent")
+                .bytes()
+                .await
+                .expect("extent bytes");
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .expect("parquet")
+                .build()
+                .expect("reader");
+            for batch in reader {
+                let batch =
+                    conform_batch(&state.schema.value, &batch.expect("batch")).expect("conform");
+                let seq = batch
+                    .column_by_name(synced::SEQ)
+                    .expect("seq")
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .clone();
+                let op = batch
+                    .column_by_name(synced::OP)
+                    .expect("op")
+                    .as_string::<i32>()
+                    .clone();
+                for (i, (pk, values)) in row_values(&batch).into_iter().enumerate() {
+                    let newer = versions.get(&pk).is_none_or(|(s, _, _)| seq.value(i) > *s);
+                    if newer {
+                        versions.insert(pk, (seq.value(i), op.value(i) == "delete", values));
+                    }
+                }
+            }
+        }
+        versions
+            .into_iter()
+            .filter(|(_, (_, deleted, _))| !deleted)
+            .map(|(pk, (_, _, values))| (pk, values))
+            .collect()
+    }
+
+    /// Asserts that kyma's table equals the source's, row by row, on the source's columns.
+    pub async fn assert_synced(&self, connector: &str, schema: &str, table: &str) {
+        let source = self.source_rows(schema, table).await;
+        let kyma = self
+            .kyma_rows(&TableRef::new(connector, schema, table))
+            .await;
+        let only_source: Vec<_> = source
+            .keys()
+            .filter(|k| !kyma.contains_key(*k))
+            .take(5)
+            .collect();
+        let only_kyma: Vec<_> = kyma
+            .keys()
+            .filter(|k| !source.contains_key(*k))
+            .take(5)
+            .collect();
+        assert!(
+            only_source.is_empty() && only_kyma.is_empty(),
+            "{schema}.{table}: {} source rows, {} kyma rows; missing in kyma {only_source:?}, extra in kyma {only_kyma:?}",
+            source.len(),
+            kyma.len()
+        );
+        for (pk, values) in &source {
+            let synced = &kyma[pk];
+            for (column, value) in values {
+                assert_eq!(
+                    synced.get(column).map(String::as_str).unwrap_or("<absent>"),
+                    value,
+                    "{schema}.{table} key {pk} column {column}"
+                );
+            }
+        }
+    }
+}
+
+/// Adds every row of `batch` (source columns, keyed by `_kyma_pk`) to `rows`.
+fn collect(batch: &RecordBatch, rows: &mut Rows) {
+    rows.extend(row_values(batch));
+}
+
+/// Every row of `batch` in order: its `_kyma_pk` and its source columns' displayed values.
+fn row_values(batch: &RecordBatch) -> Vec<(String, BTreeMap<String, String>)> {
+    let pk = batch
+        .column_by_name(synced::PK)
+        .expect("pk")
+        .as_string::<i32>()
+        .clone();
+    let schema = batch.schema();
+    (0..batch.num_rows())
+        .map(|row| {
+            let values = schema
+                .fields()
+                .iter()
+                .zip(batch.columns())
+                .filter(|(field, _)| !synced::is_system_column(field.name()))
+                .map(|(field, column)| {
+                    let value = if column.is_null(row) {
+                        "NULL".to_owned()
+                    } else {
+                        array_value_to_string(column, row).expect("display")
+                    };
+                    (field.name().clone(), value)
+                })
+                .collect();
+            (pk.value(row).to_owned(), values)
+        })
+        .collect()
+}
