@@ -86,3 +86,35 @@ fn snapshot_then_stream_keeps_every_table_equal_to_the_source() {
         assert!(schema.column("plan").is_some(), "{schema:?}");
     });
 }
+
+#[test]
+fn a_worker_killed_mid_stream_is_replaced_without_losing_or_duplicating_a_row() {
+    runtime().block_on(async {
+        let setup = SyncSetup::new("pgkill").await;
+        setup.sql(
+            "CREATE TABLE events (id bigint PRIMARY KEY, v int NOT NULL, body text);
+             INSERT INTO events SELECT i, 0, repeat('x', 50) FROM generate_series(1, 5000) i;",
+        );
+        let mut first = setup.worker("w-1");
+        setup.register("pg_kill").await;
+        setup.wait_caught_up("pg_kill", &first).await;
+        // A workload runs while the worker is killed with SIGKILL and a second one takes
+        // over from the committed cursor at a higher epoch.
+        for round in 0..6 {
+            setup.sql(&format!(
+                "UPDATE events SET v = v + 1 WHERE id % 6 = {round};
+                 DELETE FROM events WHERE id % 97 = {round};
+                 INSERT INTO events SELECT 100000 + {round} * 1000 + i, {round}, 'r' FROM generate_series(1, 200) i;"
+            ));
+            if round == 2 {
+                first.child.kill().expect("SIGKILL the worker");
+                first.child.wait().expect("reap");
+                first = setup.worker("w-2");
+            }
+        }
+        setup.wait_caught_up("pg_kill", &first).await;
+        setup.assert_synced("pg_kill", "public", "events").await;
+        let state = setup.catalog.connector("pg_kill").await.expect("connector");
+        assert!(state.epoch >= 2, "the second worker claimed at a higher epoch: {state:?}");
+    });
+}
