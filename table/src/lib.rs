@@ -3,17 +3,23 @@
 //! writer that streams batches into extents, evolves the schema mid-batch and commits through
 //! the catalog.
 
+pub mod compaction;
 pub mod dynamic;
 mod error;
 pub mod extent;
+pub mod gc;
 pub mod manifest;
 pub mod store;
 pub mod synced;
 pub mod types;
 pub mod writer;
 
+pub use compaction::{
+    CompactionOptions, CompactionOutcome, CompactionSummary, compact, needs_compaction,
+};
 pub use error::TableError;
 pub use extent::ExtentWriter;
+pub use gc::{GcOptions, GcSummary, collect_garbage};
 pub use manifest::{ColumnStats, ExtentEntry, Manifest, StatValue};
 pub use store::{ExtentStore, S3Options, StoreLocation};
 pub use writer::{TableWriter, WriteOptions, WriteSummary, WrittenExtents};
