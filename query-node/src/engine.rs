@@ -1,6 +1,8 @@
-//! The SQL engine of a query node: a DataFusion session over the `kyma` catalog, plus the
-//! statements DataFusion does not own here — kyma DDL (`CREATE TABLE` with kyma types,
-//! `DROP TABLE`, `ALTER TABLE … ADD COLUMN`, promotion of a dynamic path) and bulk ingest.
+//! The SQL engine of a query node: a DataFusion session over the `kyma` catalog, the
+//! connectors' catalogs and the table functions `raw()` and `live()`
+//! ([`crate::table_functions`]), plus the statements DataFusion does not own here — kyma DDL
+//! (`CREATE TABLE` with kyma types, `DROP TABLE`, `ALTER TABLE … ADD COLUMN`, promotion of a
+//! dynamic path) and bulk ingest.
 //!
 //! Promotion is written as a generated column:
 //! `ALTER TABLE t ADD COLUMN service string GENERATED ALWAYS AS (attributes['service.name'])`.
@@ -44,6 +46,7 @@ use crate::provider::{
     DEFAULT_SCHEMA, KYMA_CATALOG, KymaCatalogProvider, NodeTables, count_batch, resolve, to_df,
 };
 use crate::queries::QueryLog;
+use crate::table_functions::{LIVE, LiveFunction, RAW, RawFunction, load_live_tables};
 use crate::view::CatalogView;
 
 /// What running a statement produced.
@@ -83,6 +86,7 @@ pub enum IngestMode {
 pub struct QueryEngine {
     ctx: SessionContext,
     tables: Arc<NodeTables>,
+    sources: Arc<FederatedSources>,
 }
 
 /// The row of `EXPLAIN` output that carries the `pushdown_summary`.
@@ -130,19 +134,28 @@ impl QueryEngine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_expr_planners(planners)
-            .with_catalog_list(Arc::new(KymaCatalogList::new(sources)))
+            .with_catalog_list(Arc::new(KymaCatalogList::new(
+                tables.clone(),
+                sources.clone(),
+            )))
             .with_query_planner(Arc::new(KymaQueryPlanner))
             .with_optimizer_rule(Arc::new(FederationPushdown))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(
             KYMA_CATALOG,
-            Arc::new(KymaCatalogProvider::new(tables.clone())),
+            Arc::new(KymaCatalogProvider::native(tables.clone())),
         );
         for udf in functions.udfs() {
             ctx.register_udf(udf.as_ref().clone());
         }
-        Ok(Self { ctx, tables })
+        ctx.register_udtf(RAW, Arc::new(RawFunction::new(tables.clone())));
+        ctx.register_udtf(LIVE, Arc::new(LiveFunction::new(sources.clone())));
+        Ok(Self {
+            ctx,
+            tables,
+            sources,
+        })
     }
 
     /// The DataFusion session (catalog listing for metadata commands).
@@ -245,6 +258,7 @@ impl QueryEngine {
     }
 
     async fn plan(&self, statement: DfStatement) -> Result<LogicalPlan> {
+        load_live_tables(&statement, &self.sources).await?;
         let plan = self.ctx.state().statement_to_plan(statement).await?;
         SQLOptions::new()
             .with_allow_ddl(false)
@@ -518,7 +532,7 @@ fn placeholder_index(name: &str) -> usize {
 }
 
 /// An identifier as DataFusion normalizes it: unquoted names fold to lower case.
-fn normalize(ident: &Ident) -> String {
+pub(crate) fn normalize(ident: &Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {

@@ -11,6 +11,8 @@ pub mod flight;
 pub mod metrics;
 pub mod provider;
 pub mod queries;
+pub mod synced;
+pub mod table_functions;
 pub mod view;
 
 use std::net::SocketAddr;

@@ -1,6 +1,8 @@
-//! The `kyma` catalog in DataFusion: schemas and tables from the [`CatalogView`], a
-//! `TableProvider` that reads one consistent snapshot of a table's extents, and the sink that
-//! INSERT writes through.
+//! Catalogs of kyma-stored tables in DataFusion: `kyma` and each syncing connector's, with
+//! schemas and tables from the [`CatalogView`]; a `TableProvider` that reads one consistent
+//! snapshot of a table's extents (all of them, or a synced table's compacted base or delta
+//! extents: [`Extents`]); and the sink that INSERT writes through. Synced tables read by name
+//! go through [`SyncedTable`] (their current state), which scans with [`KymaTable`].
 //!
 //! # Pushdown
 //!
@@ -47,7 +49,7 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
-use kyma_catalog::{Catalog, TableRef};
+use kyma_catalog::{Catalog, TableOrigin, TableRef};
 use kyma_table::types::{UTC, arrow_schema};
 use kyma_table::{
     ExtentEntry, ExtentStore, Manifest, StatValue, TableError, TableWriter, WriteOptions,
@@ -55,6 +57,7 @@ use kyma_table::{
 
 use crate::dynamic_sql::DynamicFunctions;
 use crate::queries::{SYSTEM_SCHEMA, SystemSchema};
+use crate::synced::SyncedTable;
 use crate::view::{CatalogView, TableEntry};
 
 /// The catalog native tables live in.
@@ -116,29 +119,52 @@ impl NodeTables {
     }
 }
 
-/// The `kyma` catalog provider.
+/// A catalog of tables from the [`CatalogView`]: `kyma` (native tables, plus the `default`
+/// and `system` schemas) or a syncing connector's (its synced tables, read through
+/// [`SyncedTable`]).
 #[derive(Debug)]
 pub struct KymaCatalogProvider {
     tables: Arc<NodeTables>,
+    catalog: String,
 }
 
 impl KymaCatalogProvider {
-    /// The provider over `tables`.
-    pub fn new(tables: Arc<NodeTables>) -> Self {
-        Self { tables }
+    /// The `kyma` catalog over `tables`.
+    pub fn native(tables: Arc<NodeTables>) -> Self {
+        Self {
+            tables,
+            catalog: KYMA_CATALOG.to_owned(),
+        }
+    }
+
+    /// The catalog of connector `connector`'s synced tables.
+    pub fn synced(tables: Arc<NodeTables>, connector: &str) -> Self {
+        Self {
+            tables,
+            catalog: connector.to_owned(),
+        }
+    }
+
+    fn is_native(&self) -> bool {
+        self.catalog == KYMA_CATALOG
     }
 }
 
 impl CatalogProvider for KymaCatalogProvider {
     fn schema_names(&self) -> Vec<String> {
+        let fixed: &[&str] = if self.is_native() {
+            &[DEFAULT_SCHEMA, SYSTEM_SCHEMA]
+        } else {
+            &[]
+        };
         let mut names: Vec<String> = self
             .tables
             .view
             .tables()
             .iter()
-            .filter(|e| e.state.table.catalog == KYMA_CATALOG)
+            .filter(|e| e.state.table.catalog == self.catalog)
             .map(|e| e.state.table.schema.clone())
-            .chain([DEFAULT_SCHEMA.to_owned(), SYSTEM_SCHEMA.to_owned()])
+            .chain(fixed.iter().map(|s| (*s).to_owned()))
             .collect();
         names.sort();
         names.dedup();
@@ -146,21 +172,29 @@ impl CatalogProvider for KymaCatalogProvider {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        if name == SYSTEM_SCHEMA {
+        if self.is_native() && name == SYSTEM_SCHEMA {
             return Some(Arc::new(SystemSchema::new(self.tables.queries.clone())));
         }
         Some(Arc::new(KymaSchemaProvider {
             tables: self.tables.clone(),
+            catalog: self.catalog.clone(),
             schema: name.to_owned(),
         }))
     }
 }
 
-/// One schema of the `kyma` catalog.
+/// One schema of a [`KymaCatalogProvider`].
 #[derive(Debug)]
 struct KymaSchemaProvider {
     tables: Arc<NodeTables>,
+    catalog: String,
     schema: String,
+}
+
+impl KymaSchemaProvider {
+    fn table_ref(&self, name: &str) -> TableRef {
+        TableRef::new(&self.catalog, &self.schema, name)
+    }
 }
 
 #[async_trait]
@@ -171,47 +205,84 @@ impl SchemaProvider for KymaSchemaProvider {
             .tables()
             .iter()
             .map(|e| &e.state.table)
-            .filter(|t| t.catalog == KYMA_CATALOG && t.schema == self.schema)
+            .filter(|t| t.catalog == self.catalog && t.schema == self.schema)
             .map(|t| t.table.clone())
             .collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let table = TableRef::new(KYMA_CATALOG, &self.schema, name);
-        Ok(self
-            .tables
+        self.tables
             .view
-            .table(&table)
-            .map(|entry| Arc::new(KymaTable::new(self.tables.clone(), entry)) as _))
+            .table(&self.table_ref(name))
+            .map(|entry| table_provider(self.tables.clone(), entry))
+            .transpose()
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.tables
-            .view
-            .table(&TableRef::new(KYMA_CATALOG, &self.schema, name))
-            .is_some()
+        self.tables.view.table(&self.table_ref(name)).is_some()
     }
 }
 
-/// A kyma table at one snapshot.
+/// What a table is read through by name: a synced table's current state, or a native table.
+pub fn table_provider(
+    tables: Arc<NodeTables>,
+    entry: Arc<TableEntry>,
+) -> Result<Arc<dyn TableProvider>> {
+    Ok(match entry.state.meta.origin {
+        TableOrigin::Synced { .. } => Arc::new(SyncedTable::new(tables, entry)?),
+        TableOrigin::Native => Arc::new(KymaTable::new(tables, entry)),
+    })
+}
+
+/// Which of a table's extents a [`KymaTable`] reads (see [`kyma_table::synced`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extents {
+    /// Every extent: a native table, or every stored version of a synced one.
+    All,
+    /// A synced table's compacted base.
+    Compacted,
+    /// A synced table's delta extents.
+    Delta,
+}
+
+impl Extents {
+    fn includes(self, extent: &ExtentEntry) -> bool {
+        match self {
+            Extents::All => true,
+            Extents::Compacted => extent.compacted,
+            Extents::Delta => !extent.compacted,
+        }
+    }
+}
+
+/// The stored rows of a kyma table at one snapshot: every row of the extents it reads, as
+/// written (for a synced table: every version and tombstone).
 #[derive(Debug)]
 pub struct KymaTable {
     tables: Arc<NodeTables>,
     entry: Arc<TableEntry>,
     schema: SchemaRef,
-    /// Read the stored columns as they are, without the promoted-column union.
-    raw: bool,
+    extents: Extents,
+    /// Read promoted columns as the union with their dynamic copies (off: the stored
+    /// columns as they are).
+    union_promoted: bool,
 }
 
 impl KymaTable {
-    /// The table as `entry` holds it.
+    /// The table as `entry` holds it, every extent.
     pub fn new(tables: Arc<NodeTables>, entry: Arc<TableEntry>) -> Self {
+        Self::reading(tables, entry, Extents::All)
+    }
+
+    /// The table as `entry` holds it, only the `extents` named.
+    pub fn reading(tables: Arc<NodeTables>, entry: Arc<TableEntry>, extents: Extents) -> Self {
         let schema = arrow_schema(&entry.state.schema.value);
         Self {
             tables,
             entry,
             schema,
-            raw: false,
+            extents,
+            union_promoted: true,
         }
     }
 
@@ -227,9 +298,9 @@ impl KymaTable {
 
     /// The view projecting the union of promoted columns and their dynamic copies.
     fn union_view(&self) -> Result<ViewTable> {
-        let raw = Arc::new(KymaTable {
-            raw: true,
-            ..KymaTable::new(self.tables.clone(), self.entry.clone())
+        let stored = Arc::new(KymaTable {
+            union_promoted: false,
+            ..KymaTable::reading(self.tables.clone(), self.entry.clone(), self.extents)
         });
         let exprs: Vec<Expr> = self
             .entry
@@ -251,7 +322,7 @@ impl KymaTable {
                 }
             })
             .collect();
-        let plan = LogicalPlanBuilder::scan("extents", provider_as_source(raw), None)?
+        let plan = LogicalPlanBuilder::scan("extents", provider_as_source(stored), None)?
             .project(exprs)?
             .build()?;
         Ok(ViewTable::new(plan, None))
@@ -306,7 +377,7 @@ impl KymaTable {
         Ok(DataSourceExec::from_data_source(config))
     }
 
-    /// The extents the predicate may match, judged from the manifest's statistics.
+    /// The extents read that the predicate may match, judged from the manifest's statistics.
     fn live_extents<'a>(
         &self,
         manifest: &'a Manifest,
@@ -330,9 +401,11 @@ impl KymaTable {
             .extents
             .iter()
             .enumerate()
-            .filter(|(i, _)| {
-                keep.as_ref()
-                    .is_none_or(|k| k.get(*i).copied().unwrap_or(true))
+            .filter(|(i, e)| {
+                self.extents.includes(e)
+                    && keep
+                        .as_ref()
+                        .is_none_or(|k| k.get(*i).copied().unwrap_or(true))
             })
             .map(|(_, e)| e)
             .collect()
@@ -386,7 +459,7 @@ impl TableProvider for KymaTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !self.raw && self.promoted() {
+        if self.union_promoted && self.promoted() {
             return self
                 .union_view()?
                 .scan(state, projection, filters, limit)

@@ -1,10 +1,13 @@
-//! Federation (SPEC §5): every registered Postgres connector in mode `federation` or `both`
-//! is a DataFusion catalog named after it, and queries over it run at the source as far as
-//! that is safe.
+//! Federation (SPEC §5): every registered Postgres connector in mode `federation` is a
+//! DataFusion catalog named after it, and queries over it run at the source as far as that is
+//! safe. A connector in mode `both` reads its synced tables by name and federates through
+//! `live()` ([`crate::table_functions`]).
 //!
 //! - [`KymaCatalogList`] resolves catalog names: `kyma` (native tables) and, through the
 //!   watched catalog view, each connector — a connector registered or deleted on any node
-//!   shows up here without a restart.
+//!   shows up here without a restart. A connector in mode `sync` or `both` is the catalog of
+//!   its synced tables ([`crate::provider::KymaCatalogProvider::synced`]); one in mode
+//!   `federation` the catalog of its source's tables.
 //! - [`postgres`]: a connector's schemas and tables, read from the source and cached.
 //! - [`pushdown`]: what goes to the source, the SQL, and the `pushdown_summary`.
 //! - [`scan`]: the federated scan node and its execution.
@@ -20,6 +23,7 @@ use datafusion::catalog::{CatalogProvider, CatalogProviderList};
 use kyma_catalog::{ConnectorMode, ConnectorSpec, SourceType};
 use kyma_connectors::SecretResolver;
 
+use crate::provider::{KymaCatalogProvider, NodeTables};
 use crate::view::CatalogView;
 use postgres::{PgCatalogProvider, PgSource};
 
@@ -65,6 +69,11 @@ impl FederatedSources {
         }
     }
 
+    /// A registered connector's spec, whatever its mode.
+    pub fn connector(&self, name: &str) -> Option<ConnectorSpec> {
+        self.view.connector(name)
+    }
+
     /// Names of the federated connectors.
     pub fn names(&self) -> Vec<String> {
         self.view
@@ -101,21 +110,33 @@ impl FederatedSources {
     }
 }
 
-/// The catalogs of a node: those registered with DataFusion (`kyma`) and the federated
-/// connectors.
+/// The catalogs of a node: those registered with DataFusion (`kyma`), the syncing
+/// connectors' synced tables and the federated connectors' sources.
 #[derive(Debug)]
 pub struct KymaCatalogList {
     registered: RwLock<HashMap<String, Arc<dyn CatalogProvider>>>,
+    tables: Arc<NodeTables>,
     sources: Arc<FederatedSources>,
 }
 
 impl KymaCatalogList {
-    /// The list over `sources`.
-    pub fn new(sources: Arc<FederatedSources>) -> Self {
+    /// The list over the synced tables in `tables` and the federated `sources`.
+    pub fn new(tables: Arc<NodeTables>, sources: Arc<FederatedSources>) -> Self {
         Self {
             registered: RwLock::new(HashMap::new()),
+            tables,
             sources,
         }
+    }
+
+    fn syncing(&self) -> Vec<String> {
+        self.tables
+            .view
+            .connectors()
+            .into_iter()
+            .filter(|spec| spec.mode.syncs())
+            .map(|spec| spec.name)
+            .collect()
     }
 }
 
@@ -138,6 +159,7 @@ impl CatalogProviderList for KymaCatalogList {
             .unwrap_or_else(|p| p.into_inner())
             .keys()
             .cloned()
+            .chain(self.syncing())
             .chain(self.sources.names())
             .collect();
         names.sort();
@@ -152,10 +174,22 @@ impl CatalogProviderList for KymaCatalogList {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned();
-        registered.or_else(|| {
-            self.sources
-                .source(name)
-                .map(|source| Arc::new(PgCatalogProvider::new(source)) as Arc<dyn CatalogProvider>)
-        })
+        if registered.is_some() {
+            return registered;
+        }
+        if self
+            .tables
+            .view
+            .connector(name)
+            .is_some_and(|spec| spec.mode.syncs())
+        {
+            return Some(Arc::new(KymaCatalogProvider::synced(
+                self.tables.clone(),
+                name,
+            )));
+        }
+        self.sources
+            .source(name)
+            .map(|source| Arc::new(PgCatalogProvider::new(source)) as Arc<dyn CatalogProvider>)
     }
 }

@@ -192,6 +192,15 @@ impl PgSource {
         }
     }
 
+    /// The table as last loaded, however long ago (for callers that cannot wait on the
+    /// source; [`Self::table`] loaded it just before).
+    pub fn loaded_table(&self, schema: &str, table: &str) -> Option<Arc<PgTableMeta>> {
+        self.cache()
+            .tables
+            .get(&(schema.to_owned(), table.to_owned()))
+            .cloned()
+    }
+
     /// The table, re-reading the source when the cache is stale or does not know it.
     pub async fn table(&self, schema: &str, table: &str) -> Result<Option<Arc<PgTableMeta>>> {
         if !self.spec.scope.covers(schema, table) {
@@ -297,10 +306,7 @@ impl SchemaProvider for PgSchemaProvider {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.source
-            .cache()
-            .tables
-            .contains_key(&(self.schema.clone(), name.to_owned()))
+        self.source.loaded_table(&self.schema, name).is_some()
     }
 }
 

@@ -464,7 +464,12 @@ fn pushed_parts(plan: &LogicalPlan, out: &mut Vec<PushedPart>) {
     let list = |exprs: &[Expr]| exprs.iter().map(shown).collect::<Vec<_>>().join(", ");
     match plan {
         LogicalPlan::TableScan(scan) => {
-            add("scan", scan.table_name.to_string());
+            // The source table's name, also when it is read as `live(…)`.
+            let table = pg_table(scan).map_or_else(
+                || scan.table_name.to_string(),
+                |table| table.reference().to_string(),
+            );
+            add("scan", table);
             if scan.projection.is_some() {
                 let columns: Vec<String> = scan
                     .projected_schema

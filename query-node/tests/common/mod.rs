@@ -66,7 +66,16 @@ pub async fn standalone(options: GrpcOptions) -> ServedNode {
 }
 
 /// [`standalone`], pushing work to federated sources or not.
-pub async fn standalone_with_pushdown(mut options: GrpcOptions, pushdown: bool) -> ServedNode {
+pub async fn standalone_with_pushdown(options: GrpcOptions, pushdown: bool) -> ServedNode {
+    standalone_with_storage(options, pushdown).await.0
+}
+
+/// [`standalone_with_pushdown`], with the node's catalog and extent store (to write tables
+/// as a CDC worker would).
+pub async fn standalone_with_storage(
+    mut options: GrpcOptions,
+    pushdown: bool,
+) -> (ServedNode, Catalog, ExtentStore) {
     let dir = tempfile::tempdir().expect("temp dir");
     let catalog = Catalog::open(&CatalogLocation::Embedded {
         path: dir.path().join("catalog.redb"),
@@ -83,12 +92,12 @@ pub async fn standalone_with_pushdown(mut options: GrpcOptions, pushdown: bool) 
     let secrets = SecretResolver::new(secrets);
     options.admin = Some(ConnectorAdmin::new(catalog.clone(), secrets.clone()));
     let federation = FederationOptions { secrets, pushdown };
-    let node = QueryNode::start(catalog, store, federation)
+    let node = QueryNode::start(catalog.clone(), store.clone(), federation)
         .await
         .expect("query node");
     let mut served = serve(node, options).await;
     served._dir = Some(dir);
-    served
+    (served, catalog, store)
 }
 
 /// Where a [`standalone`] node reads secrets.
