@@ -36,6 +36,10 @@ pub use postgres::{SyncContext, SyncOptions};
 const POLL_EVERY: Duration = Duration::from_millis(500);
 /// How long a definite error waits before the next attempt.
 const DEFINITE_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How often the tables of the connectors a worker runs are checked for compaction.
+const COMPACT_EVERY: Duration = Duration::from_secs(30);
+/// How often a worker collects the garbage of the whole store.
+const COLLECT_GARBAGE_EVERY: Duration = Duration::from_secs(600);
 
 /// A running CDC worker.
 #[derive(Debug)]
@@ -115,6 +119,9 @@ fn wanted(state: &ConnectorState) -> bool {
 
 async fn supervise(ctx: SyncContext, session: Arc<WorkerSession>, mut stop: watch::Receiver<bool>) {
     let mut running: HashMap<String, Running> = HashMap::new();
+    let mut maintenance: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_compaction = tokio::time::Instant::now();
+    let mut last_gc = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -154,6 +161,17 @@ async fn supervise(ctx: SyncContext, session: Arc<WorkerSession>, mut stop: watc
                 }
             }
         }
+        if maintenance.as_ref().is_none_or(|m| m.is_finished())
+            && last_compaction.elapsed() >= COMPACT_EVERY
+        {
+            let specs: Vec<ConnectorSpec> = running.values().map(|r| r.spec.clone()).collect();
+            let collect = last_gc.elapsed() >= COLLECT_GARBAGE_EVERY;
+            if collect {
+                last_gc = tokio::time::Instant::now();
+            }
+            last_compaction = tokio::time::Instant::now();
+            maintenance = Some(tokio::spawn(maintain(ctx.clone(), specs, collect)));
+        }
         for state in &connectors {
             let name = &state.spec.name;
             if !wanted(state) || state.holder.is_some() || running.contains_key(name) {
@@ -183,6 +201,9 @@ async fn supervise(ctx: SyncContext, session: Arc<WorkerSession>, mut stop: watc
                 Err(e) => tracing::warn!(connector = %name, error = %e, "claim failed"),
             }
         }
+    }
+    if let Some(m) = maintenance {
+        m.abort();
     }
     for (_, r) in running.drain() {
         let _ = r.stop.send(true);
@@ -256,6 +277,50 @@ async fn drop_source_objects(ctx: &SyncContext, spec: &ConnectorSpec) {
         }
         Err(e) => {
             tracing::warn!(connector = %spec.name, error = %e, "cannot drop the deleted connector's slot and publication; drop them at the source")
+        }
+    }
+}
+
+/// Compacts the synced tables of `specs` that need it (see `kyma_table::compaction`) and,
+/// when `collect` is set, collects the store's garbage. Failures are logged: both are
+/// retried on the next round, and neither changes what a table holds.
+async fn maintain(ctx: SyncContext, specs: Vec<ConnectorSpec>, collect: bool) {
+    for spec in specs {
+        let options = kyma_table::CompactionOptions::for_retention(&spec.retention);
+        let tables = match ctx.catalog.list_tables(Some(&spec.name)).await {
+            Ok((_, tables)) => tables,
+            Err(e) => {
+                tracing::warn!(connector = %spec.name, error = %e, "cannot list tables to compact");
+                continue;
+            }
+        };
+        for state in tables {
+            let manifest = match kyma_table::writer::current_manifest(&ctx.store, &state).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(table = %state.table, error = %e, "cannot read the manifest to compact");
+                    continue;
+                }
+            };
+            if !kyma_table::needs_compaction(&manifest, &options) {
+                continue;
+            }
+            match kyma_table::compact(&ctx.catalog, &ctx.store, &state.table, &options).await {
+                Ok(summary) => tracing::info!(table = %state.table, ?summary, "compacted"),
+                Err(e) => tracing::warn!(table = %state.table, error = %e, "compaction failed"),
+            }
+        }
+    }
+    if collect {
+        match kyma_table::collect_garbage(
+            &ctx.catalog,
+            &ctx.store,
+            &kyma_table::GcOptions::default(),
+        )
+        .await
+        {
+            Ok(summary) => tracing::info!(?summary, "garbage collected"),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
     }
 }
