@@ -151,6 +151,10 @@ impl QueryNode {
                 std::fs::read(&path).map_err(|source| ServeError::Tls { what, path, source })
             };
             let identity = Identity::from_pem(read("certificate", cert)?, read("key", key)?);
+            // Two rustls crypto backends are linked (ring here, aws-lc-rs by the replication
+            // client), so rustls cannot pick one by itself: kyma serves TLS with ring. An
+            // error only means a provider is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
         }
         builder
