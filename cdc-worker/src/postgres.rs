@@ -266,14 +266,7 @@ impl PgConnectorSync {
                 self.status.table(&qualified).phase = TablePhase::Streaming;
             }
         }
-        self.status
-            .write(
-                &self.ctx.catalog,
-                &self.claim,
-                self.ctx.options.status_every,
-                true,
-            )
-            .await?;
+        self.write_status(true).await?;
         let mut streaming = Streaming {
             tables: tables
                 .into_iter()
@@ -295,12 +288,17 @@ impl PgConnectorSync {
     /// connector until the next attempt succeeds).
     pub async fn record_error(&mut self, e: &SyncError) -> Result<(), SyncError> {
         self.status.status.last_error = Some(e.to_string());
+        self.write_status(true).await
+    }
+
+    /// Writes the status under the claim: at most every `status_every` unless `force`.
+    async fn write_status(&mut self, force: bool) -> Result<(), SyncError> {
         self.status
             .write(
                 &self.ctx.catalog,
                 &self.claim,
                 self.ctx.options.status_every,
-                true,
+                force,
             )
             .await
     }
@@ -353,14 +351,7 @@ impl PgConnectorSync {
                     rows_done: done,
                     rows_estimated: t.source.estimated_rows.max(done),
                 };
-                self.status
-                    .write(
-                        &self.ctx.catalog,
-                        &self.claim,
-                        self.ctx.options.status_every,
-                        false,
-                    )
-                    .await?;
+                self.write_status(false).await?;
             }
             self.status.table(&qualified).rows_synced = done;
         }
@@ -414,14 +405,7 @@ impl PgConnectorSync {
                     }
                     self.status.status.lag_ms = Some(0);
                     self.status.status.lag_bytes = Some(0);
-                    self.status
-                        .write(
-                            &self.ctx.catalog,
-                            &self.claim,
-                            self.ctx.options.status_every,
-                            false,
-                        )
-                        .await?;
+                    self.write_status(false).await?;
                 }
                 Some(Ok(ReplicationMessage::Change(event))) => {
                     self.apply(s, *event).await?;
@@ -756,14 +740,7 @@ impl PgConnectorSync {
                 Some(u64::try_from((now_micros() - at) / 1000).unwrap_or(0));
         }
         self.status.status.lag_bytes = Some(stream.server_lsn().saturating_sub(end));
-        self.status
-            .write(
-                &self.ctx.catalog,
-                &self.claim,
-                self.ctx.options.status_every,
-                false,
-            )
-            .await?;
+        self.write_status(false).await?;
         Ok(())
     }
 }
