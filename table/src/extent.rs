@@ -1,5 +1,7 @@
 //! Writing one immutable Parquet extent: zstd-compressed, with column statistics and a page
 //! index, streamed to object storage (multipart) so memory stays bounded by a row group.
+//! A synced table's extents also carry a bloom filter on `_kyma_pk` per row group, so a read
+//! of a few keys ([`crate::versions`]) skips the row groups that cannot hold them.
 
 use std::collections::BTreeMap;
 
@@ -13,11 +15,13 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use uuid::Uuid;
 
 use crate::error::TableError;
 use crate::manifest::{ColumnStats, ExtentEntry};
 use crate::store::ExtentStore;
+use crate::synced;
 use crate::types::arrow_schema;
 
 /// Parquet key-value metadata naming the schema version an extent was written with (the
@@ -60,6 +64,10 @@ impl ExtentWriter {
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            // Sized for a full row group; the writer folds it down to the rows written. A
+            // table without the column (not synced) gets no filter.
+            .set_column_bloom_filter_enabled(ColumnPath::from(synced::PK), true)
+            .set_column_bloom_filter_max_ndv(ColumnPath::from(synced::PK), ROW_GROUP_ROWS as u64)
             .set_key_value_metadata(Some(vec![KeyValue::new(
                 SCHEMA_VERSION_KEY.to_owned(),
                 schema.version.to_string(),

@@ -9,9 +9,11 @@ mod error;
 pub mod extent;
 pub mod gc;
 pub mod manifest;
+mod reader;
 pub mod store;
 pub mod synced;
 pub mod types;
+pub mod versions;
 pub mod writer;
 
 pub use compaction::{

@@ -222,6 +222,19 @@ impl TableWriter {
         self.rows
     }
 
+    /// Closes the open extent, so that everything written so far can be read back before the
+    /// commit, and returns those extents (the next write starts a new one).
+    pub async fn seal(&mut self) -> Result<&[ExtentEntry], TableError> {
+        self.close_extent().await?;
+        Ok(&self.written)
+    }
+
+    /// Whether the commit replaces the table's extents ([`TableWriter::truncate`] was called)
+    /// instead of adding to them.
+    pub fn replaces(&self) -> bool {
+        self.replace
+    }
+
     /// Forgets everything written so far and makes the commit replace the table's extents
     /// (a source `TRUNCATE`): rows written after this call are the table's only rows. The
     /// abandoned files are left to garbage collection.

@@ -14,6 +14,7 @@ use futures::TryStreamExt;
 use kyma_catalog::{Catalog, CatalogLocation, Column, KymaType, TableOrigin, TableRef};
 use kyma_table::compaction::{CompactionOutcome, PreparedCompaction};
 use kyma_table::synced::{self, ChangeOp};
+use kyma_table::versions::key_versions;
 use kyma_table::{
     CompactionOptions, ExtentStore, GcOptions, Manifest, StatValue, TableError, TableWriter,
     WriteOptions, collect_garbage, compact, needs_compaction,
@@ -285,37 +286,43 @@ async fn raw_rows(f: &Fixture) -> Vec<Raw> {
             .build()
             .expect("reader");
         for batch in reader {
-            let batch = batch.expect("batch");
-            let column = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .cloned()
-                    .unwrap_or_else(|| new_null_array(&DataType::Utf8, batch.num_rows()))
-            };
-            let (pk, op, name, email) = (
-                column(synced::PK),
-                column(synced::OP),
-                column("name"),
-                column("email"),
-            );
-            let seq = column(synced::SEQ);
-            let text = |a: &ArrayRef, i: usize| {
-                let a = a.as_string::<i32>();
-                (!a.is_null(i)).then(|| a.value(i).to_owned())
-            };
-            for i in 0..batch.num_rows() {
-                rows.push((
-                    text(&pk, i).expect("pk"),
-                    seq.as_primitive::<Int64Type>().value(i),
-                    text(&op, i).expect("op"),
-                    text(&name, i),
-                    text(&email, i),
-                ));
-            }
+            rows.extend(raws(&batch.expect("batch")));
         }
     }
     rows.sort();
     rows
+}
+
+/// The rows of `batch` as [`Raw`] rows (columns it lacks are null).
+fn raws(batch: &RecordBatch) -> Vec<Raw> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .unwrap_or_else(|| new_null_array(&DataType::Utf8, batch.num_rows()))
+    };
+    let (pk, op, name, email) = (
+        column(synced::PK),
+        column(synced::OP),
+        column("name"),
+        column("email"),
+    );
+    let seq = column(synced::SEQ);
+    let text = |a: &ArrayRef, i: usize| {
+        let a = a.as_string::<i32>();
+        (!a.is_null(i)).then(|| a.value(i).to_owned())
+    };
+    (0..batch.num_rows())
+        .map(|i| {
+            (
+                text(&pk, i).expect("pk"),
+                seq.as_primitive::<Int64Type>().value(i),
+                text(&op, i).expect("op"),
+                text(&name, i),
+                text(&email, i),
+            )
+        })
+        .collect()
 }
 
 fn raw(key: &str, seq: i64, op: ChangeOp, name: Option<&str>, email: Option<&str>) -> Raw {
@@ -544,6 +551,49 @@ async fn a_compaction_whose_extents_were_replaced_meanwhile_is_abandoned() {
         compacted,
         "the table is as the winner left it"
     );
+}
+
+#[tokio::test]
+async fn key_versions_reads_every_version_of_the_wanted_keys_and_nothing_else() {
+    let f = fixture("keyversions").await;
+    history(&f).await;
+    let state = f.catalog.table(&f.table).await.expect("table");
+    let extents = manifest(&f).await.extents;
+    let keys = ["4", "7", "404"].map(str::to_owned).into_iter().collect();
+    let found = key_versions(
+        &f.store,
+        &state.schema.value,
+        &extents,
+        &keys,
+        &["name".to_owned(), "email".to_owned()],
+    )
+    .await
+    .expect("key versions");
+    let mut rows = raws(&found);
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            raw("4", 0, ChangeOp::Insert, Some("four"), None),
+            raw("4", 13, ChangeOp::Update, Some("four-v2"), None),
+            raw("4", 20, ChangeOp::Update, Some("four-v3"), Some("four@x")),
+            raw("7", 22, ChangeOp::Insert, Some("seven"), Some("seven@x")),
+            raw("7", 30, ChangeOp::Delete, None, None),
+            raw("7", 31, ChangeOp::Insert, Some("seven-again"), Some("s@x")),
+        ],
+        "the versions of keys 4 and 7, with the column an older extent lacks as null"
+    );
+
+    let unknown = key_versions(
+        &f.store,
+        &state.schema.value,
+        &extents,
+        &keys,
+        &["no_such_column".to_owned()],
+    )
+    .await
+    .expect_err("an unknown column is refused");
+    assert!(unknown.to_string().contains("no_such_column"), "{unknown}");
 }
 
 #[tokio::test]
