@@ -55,6 +55,8 @@ pub struct CommittedBatch {
     pub revision: Revision,
     /// Rows committed per table.
     pub rows: BTreeMap<TableRef, u64>,
+    /// How many times the commit rebased on a concurrent table commit.
+    pub rebases: u64,
 }
 
 impl SyncBatch {
@@ -111,7 +113,7 @@ impl SyncBatch {
         let tables: Vec<TableRef> = written.iter().map(|w| w.table.clone()).collect();
         let commit_id = Uuid::now_v7();
         let (_, mut states) = self.catalog.tables(&tables).await?;
-        for _ in 0..MAX_REBASES {
+        for rebases in 0..MAX_REBASES {
             let mut commits = Vec::with_capacity(written.len());
             for (extents, state) in written.iter().zip(&states) {
                 commits.push(extents.table_commit(&self.store, state).await?);
@@ -131,6 +133,7 @@ impl SyncBatch {
                     return Ok(CommittedBatch {
                         revision,
                         rows: written.iter().map(|w| (w.table.clone(), w.rows)).collect(),
+                        rebases: rebases as u64,
                     });
                 }
                 CommitOutcome::Conflict(conflict) => {

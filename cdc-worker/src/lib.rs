@@ -15,7 +15,9 @@
 
 pub mod batch;
 pub mod error;
+pub mod metrics;
 pub mod postgres;
+mod toast;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use kyma_table::ExtentStore;
 use tokio::sync::watch;
 
 pub use error::SyncError;
+pub use metrics::SyncMetrics;
 pub use postgres::{SyncContext, SyncOptions};
 
 /// How often the supervisor looks for connectors to claim or stop.
@@ -46,6 +49,7 @@ const COLLECT_GARBAGE_EVERY: Duration = Duration::from_secs(600);
 pub struct CdcWorker {
     catalog: Catalog,
     session: Arc<WorkerSession>,
+    metrics: Arc<SyncMetrics>,
     stop: watch::Sender<bool>,
     supervisor: tokio::task::JoinHandle<()>,
 }
@@ -64,16 +68,19 @@ impl CdcWorker {
         let session = Arc::new(catalog.start_session(worker_id, lease_ttl).await?);
         tracing::info!(worker_id, lease = session.lease(), "cdc worker registered");
         let (stop, stopped) = watch::channel(false);
+        let metrics = Arc::new(SyncMetrics::default());
         let ctx = SyncContext {
             catalog: catalog.clone(),
             store,
             secrets,
             options,
+            metrics: metrics.clone(),
         };
         let supervisor = tokio::spawn(supervise(ctx, session.clone(), stopped));
         Ok(Self {
             catalog,
             session,
+            metrics,
             stop,
             supervisor,
         })
@@ -82,6 +89,11 @@ impl CdcWorker {
     /// The catalog it works on.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Its sync metrics (shared: they keep counting while the worker runs).
+    pub fn metrics(&self) -> Arc<SyncMetrics> {
+        self.metrics.clone()
     }
 
     /// Ready while its lease is alive and the catalog answers.

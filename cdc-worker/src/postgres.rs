@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -42,11 +43,13 @@ use kyma_connectors::postgres::sync::{
 use kyma_connectors::postgres::types::{PgType, kyma_type};
 use kyma_table::synced::{self, ChangeOp};
 use kyma_table::{ExtentStore, WriteOptions};
-use pg_walstream::{ChangeEvent, ColumnValue, EventType, RowData};
+use pg_walstream::{ChangeEvent, ColumnValue, EventType, ReplicaIdentity, RowData};
 use tokio::sync::watch;
 
 use crate::batch::{CursorFence, SyncBatch};
 use crate::error::SyncError;
+use crate::metrics::SyncMetrics;
+use crate::toast::HeldUpdates;
 
 /// How a worker batches and reports.
 #[derive(Debug, Clone)]
@@ -83,6 +86,8 @@ pub struct SyncContext {
     pub secrets: SecretResolver,
     /// Tuning.
     pub options: SyncOptions,
+    /// Where runs count what they do.
+    pub metrics: Arc<SyncMetrics>,
 }
 
 /// The connector status as this run keeps it, written under the claim.
@@ -105,10 +110,12 @@ impl StatusBook {
             })
     }
 
+    /// Fails a table; the next [`StatusBook::write`] writes at once.
     fn fail(&mut self, qualified: &str, error: String) {
         let table = self.table(qualified);
         table.phase = TablePhase::Failed;
         table.last_error = Some(error);
+        self.written_at = None;
     }
 
     fn failed(&self, qualified: &str) -> bool {
@@ -157,6 +164,16 @@ struct Relation {
     columns: Vec<(StreamColumn, String)>,
     key: Vec<String>,
     rows: RowsBuilder,
+    /// Updates waiting for unchanged TOAST values.
+    held: HeldUpdates,
+}
+
+/// The old row of an update, as the source sent it.
+#[derive(Clone, Copy)]
+struct OldRow<'a> {
+    row: &'a RowData,
+    /// It holds every column (REPLICA IDENTITY FULL), not only the key's.
+    whole: bool,
 }
 
 /// The open source transaction.
@@ -287,6 +304,7 @@ impl PgConnectorSync {
     /// Puts a failed run's error in the connector status (a definite one fails the
     /// connector until the next attempt succeeds).
     pub async fn record_error(&mut self, e: &SyncError) -> Result<(), SyncError> {
+        self.ctx.metrics.error(&self.spec.name, e.is_retryable());
         self.status.status.last_error = Some(e.to_string());
         self.write_status(true).await
     }
@@ -358,6 +376,9 @@ impl PgConnectorSync {
         session.close().await?;
         let committed = batch.commit(&mut self.fence, format_lsn(lsn)).await?;
         tracing::info!(connector = %self.spec.name, lsn = %format_lsn(lsn), revision = committed.revision, "snapshot committed");
+        self.ctx
+            .metrics
+            .snapshot_committed(&self.spec.name, committed.rows.values().sum());
         self.cursor = Some(lsn);
         Ok(())
     }
@@ -467,17 +488,15 @@ impl PgConnectorSync {
                 relation_oid,
                 old_data,
                 new_data,
+                replica_identity,
                 ..
             } => {
-                self.row(
-                    s,
-                    relation_oid,
-                    ChangeOp::Update,
-                    &new_data,
-                    old_data.as_ref(),
-                    seq,
-                )
-                .await?;
+                let old = old_data.as_ref().map(|row| OldRow {
+                    row,
+                    whole: replica_identity == ReplicaIdentity::Full,
+                });
+                self.row(s, relation_oid, ChangeOp::Update, &new_data, old, seq)
+                    .await?;
             }
             EventType::Delete {
                 relation_oid,
@@ -501,6 +520,7 @@ impl PgConnectorSync {
                     };
                     let table = relation.table.clone();
                     relation.rows.finish()?;
+                    relation.held.discard()?;
                     s.batch.writer(&table).await?.truncate().await?;
                 }
             }
@@ -566,10 +586,9 @@ impl PgConnectorSync {
         }
         // Rows collected under the old shape go out first.
         if let Some(mut old) = s.relations.remove(&oid)
-            && old.rows.rows() > 0
+            && let Err(reason) = flush_relation(&self.ctx, &mut old, &mut s.batch).await?
         {
-            let rows = old.rows.finish()?;
-            s.batch.write(&old.table, &rows).await?;
+            fail_table(&mut self.status, &mut old, reason)?;
         }
         if !new_columns.is_empty() {
             self.ctx
@@ -577,7 +596,7 @@ impl PgConnectorSync {
                 .widen_schema(&synced.table, &new_columns)
                 .await?;
         }
-        let rows = RowsBuilder::new(stream_columns.iter().map(|(c, _)| c.clone()).collect())?;
+        let shape: Vec<StreamColumn> = stream_columns.iter().map(|(c, _)| c.clone()).collect();
         s.relations.insert(
             oid,
             Relation {
@@ -585,7 +604,8 @@ impl PgConnectorSync {
                 qualified,
                 columns: stream_columns,
                 key: synced.source.key.clone(),
-                rows,
+                rows: RowsBuilder::new(shape.clone())?,
+                held: HeldUpdates::new(shape)?,
             },
         );
         Ok(())
@@ -597,7 +617,7 @@ impl PgConnectorSync {
         oid: u32,
         op: ChangeOp,
         data: &RowData,
-        old_key: Option<&RowData>,
+        old: Option<OldRow<'_>>,
         seq: i64,
     ) -> Result<(), SyncError> {
         let Some(open) = &s.open else {
@@ -636,7 +656,7 @@ impl PgConnectorSync {
         };
         let pk = pk_of(data);
         let mut result = Ok(());
-        if let Some(old) = old_key {
+        if let Some(OldRow { row: old, .. }) = old {
             let old_pk = pk_of(old);
             if old_pk != pk {
                 // The key changed: the old key is gone.
@@ -663,47 +683,55 @@ impl PgConnectorSync {
             }
         }
         if result.is_ok() {
-            if op == ChangeOp::Update
-                && relation
-                    .columns
-                    .iter()
-                    .any(|(_, source)| data.get(source).is_none())
-            {
-                result = Err(kyma_connectors::ConnectorError::Source(
-                    "an update left a TOAST value unchanged; kyma cannot resolve such updates yet"
-                        .into(),
-                ));
-            } else {
-                let values: Vec<Option<Vec<u8>>> = relation
-                    .columns
-                    .iter()
-                    .map(|(_, source)| {
-                        // A tombstone carries its key only.
-                        if op == ChangeOp::Delete && !relation.key.contains(source) {
-                            return None;
+            // A column the new row leaves out is an unchanged TOAST value: the old row has it
+            // under REPLICA IDENTITY FULL; otherwise the update waits for it (crate::toast).
+            let mut unchanged = Vec::new();
+            let values: Vec<Option<Vec<u8>>> = relation
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, (_, source))| {
+                    // A tombstone carries its key only.
+                    if op == ChangeOp::Delete && !relation.key.contains(source) {
+                        return None;
+                    }
+                    if data.get(source).is_some() {
+                        return text(data, source);
+                    }
+                    match old.filter(|old| old.whole) {
+                        Some(old) => text(old.row, source),
+                        None => {
+                            unchanged.push(i);
+                            None
                         }
-                        text(data, source)
-                    })
-                    .collect();
-                let refs: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
-                let meta = RowMeta {
-                    pk: &pk,
-                    op,
-                    lsn: &open.lsn,
-                    event_at_micros: open.at_micros,
-                    seq,
-                };
-                result = relation.rows.push(&refs, &meta, &relation.qualified);
-            }
+                    }
+                })
+                .collect();
+            let refs: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+            let meta = RowMeta {
+                pk: &pk,
+                op,
+                lsn: &open.lsn,
+                event_at_micros: open.at_micros,
+                seq,
+            };
+            result = if unchanged.is_empty() {
+                relation.rows.push(&refs, &meta, &relation.qualified)
+            } else {
+                let prior_pk = old.map_or_else(|| pk.clone(), |old| pk_of(old.row));
+                relation
+                    .held
+                    .push(&refs, &meta, &relation.qualified, prior_pk, unchanged)
+            };
         }
         if let Err(e) = result {
-            let qualified = relation.qualified.clone();
-            tracing::error!(table = %relation.table, error = %e, "table failed");
-            self.status.fail(&qualified, e.to_string());
-            relation.rows.finish()?;
-            return Ok(());
+            return fail_table(&mut self.status, relation, e.to_string());
         }
-        if relation.rows.rows() >= self.ctx.options.batch_rows {
+        if relation.held.len() >= self.ctx.options.batch_rows {
+            if let Err(reason) = flush_relation(&self.ctx, relation, &mut s.batch).await? {
+                return fail_table(&mut self.status, relation, reason);
+            }
+        } else if relation.rows.rows() >= self.ctx.options.batch_rows {
             let table = relation.table.clone();
             let rows = relation.rows.finish()?;
             s.batch.write(&table, &rows).await?;
@@ -721,9 +749,8 @@ impl PgConnectorSync {
             return Ok(());
         };
         for relation in s.relations.values_mut() {
-            if relation.rows.rows() > 0 {
-                let rows = relation.rows.finish()?;
-                s.batch.write(&relation.table, &rows).await?;
+            if let Err(reason) = flush_relation(&self.ctx, relation, &mut s.batch).await? {
+                fail_table(&mut self.status, relation, reason)?;
             }
         }
         let batch = std::mem::replace(&mut s.batch, self.new_batch(false));
@@ -735,14 +762,58 @@ impl PgConnectorSync {
             let qualified = format!("{}.{}", table.schema, table.table);
             self.status.table(&qualified).rows_synced += rows;
         }
-        if let Some(at) = s.last_commit_at {
-            self.status.status.lag_ms =
-                Some(u64::try_from((now_micros() - at) / 1000).unwrap_or(0));
+        let lag_ms = s
+            .last_commit_at
+            .map(|at| u64::try_from((now_micros() - at) / 1000).unwrap_or(0));
+        if lag_ms.is_some() {
+            self.status.status.lag_ms = lag_ms;
         }
+        self.ctx.metrics.batch_committed(
+            &self.spec.name,
+            committed.rows.values().sum(),
+            committed.rebases,
+            lag_ms,
+        );
         self.status.status.lag_bytes = Some(stream.server_lsn().saturating_sub(end));
         self.write_status(false).await?;
         Ok(())
     }
+}
+
+/// Writes what `relation` collected into `batch`: its rows, then its held updates resolved.
+/// The inner error says why the table's data cannot be resolved (the caller fails the table).
+async fn flush_relation(
+    ctx: &SyncContext,
+    relation: &mut Relation,
+    batch: &mut SyncBatch,
+) -> Result<Result<(), String>, SyncError> {
+    if relation.rows.rows() > 0 {
+        let rows = relation.rows.finish()?;
+        batch.write(&relation.table, &rows).await?;
+    }
+    match relation
+        .held
+        .resolve(&ctx.catalog, &ctx.store, batch, &relation.table)
+        .await?
+    {
+        Ok(Some(rows)) => batch.write(&relation.table, &rows).await.map(Ok),
+        Ok(None) => Ok(Ok(())),
+        Err(reason) => Ok(Err(reason)),
+    }
+}
+
+/// Puts `relation`'s table in the failed state with `error` and drops what it collected;
+/// the other tables go on.
+fn fail_table(
+    status: &mut StatusBook,
+    relation: &mut Relation,
+    error: String,
+) -> Result<(), SyncError> {
+    tracing::error!(table = %relation.table, %error, "table failed");
+    status.fail(&relation.qualified, error);
+    relation.rows.finish()?;
+    relation.held.discard()?;
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -5,11 +5,12 @@
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use kyma_cdc_worker::CdcWorker;
+use kyma_cdc_worker::{CdcWorker, SyncMetrics};
 use kyma_query_node::QueryNode;
 
 use crate::RunError;
@@ -74,14 +75,18 @@ pub async fn serve(
             }
         }
     };
-    let node = match &probe {
-        Probe::QueryNode(node) | Probe::Standalone(node, _) => Some(node.clone()),
-        Probe::Worker(_) => None,
+    let (node, worker) = match &probe {
+        Probe::QueryNode(node) => (Some(node.clone()), None),
+        Probe::Worker(worker) => (None, Some(worker.metrics())),
+        Probe::Standalone(node, worker) => (Some(node.clone()), Some(worker.metrics())),
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(move || metrics(node.clone())))
+        .route(
+            "/metrics",
+            get(move || metrics(node.clone(), worker.clone())),
+        )
         .merge(routes);
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -97,13 +102,19 @@ pub async fn serve(
     }
 }
 
-async fn metrics(node: Option<QueryNode>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn metrics(
+    node: Option<QueryNode>,
+    worker: Option<Arc<SyncMetrics>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let mut text = format!(
         "# HELP kyma_build_info kyma build.\n# TYPE kyma_build_info gauge\nkyma_build_info{{version=\"{}\"}} 1\n",
         env!("CARGO_PKG_VERSION")
     );
     if let Some(node) = node {
         node.metrics().render(&mut text);
+    }
+    if let Some(worker) = worker {
+        worker.render(&mut text);
     }
     (
         [(
