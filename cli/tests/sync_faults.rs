@@ -394,7 +394,11 @@ fn a_worker_sigkilled_at_random_moments_loses_and_duplicates_no_row() {
                     .await;
                     claims += 1;
                 }
-                let run = Duration::from_millis(rng.random_range(0..2500));
+                let run = Duration::from_millis(if round % 4 == 0 {
+                    rng.random_range(0..4000)
+                } else {
+                    rng.random_range(0..2500)
+                });
                 tokio::time::sleep(run).await;
                 let state = setup.catalog.connector(CONNECTOR).await.expect("connector");
                 worker.crash();
