@@ -6,7 +6,9 @@
 //! epoch, under the worker's lease) and synced on a task of its own
 //! ([`postgres::PgConnectorSync`]). A worker that dies loses its claims when its lease lapses,
 //! and another worker takes over from the committed cursor; a worker that was only paused
-//! finds its next commit fenced and stops.
+//! finds its next commit fenced and stops. A worker that outlives its lease (it was paused,
+//! or cut off from the catalog for longer than the lease) stops its connectors and registers
+//! again under a new lease, to claim whatever is free.
 //!
 //! Errors: transient ones (source or catalog unreachable, connection lost) are retried with
 //! backoff from the last commit; definite ones (a setting to fix, a dropped slot) put the
@@ -20,7 +22,7 @@ pub mod postgres;
 mod toast;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kyma_catalog::{
@@ -48,7 +50,7 @@ const COLLECT_GARBAGE_EVERY: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub struct CdcWorker {
     catalog: Catalog,
-    session: Arc<WorkerSession>,
+    session: CurrentSession,
     metrics: Arc<SyncMetrics>,
     stop: watch::Sender<bool>,
     supervisor: tokio::task::JoinHandle<()>,
@@ -68,6 +70,7 @@ impl CdcWorker {
         let session = Arc::new(catalog.start_session(worker_id, lease_ttl).await?);
         tracing::info!(worker_id, lease = session.lease(), "cdc worker registered");
         let (stop, stopped) = watch::channel(false);
+        let session = Arc::new(Mutex::new(session));
         let metrics = Arc::new(SyncMetrics::default());
         let ctx = SyncContext {
             catalog: catalog.clone(),
@@ -76,7 +79,7 @@ impl CdcWorker {
             options,
             metrics: metrics.clone(),
         };
-        let supervisor = tokio::spawn(supervise(ctx, session.clone(), stopped));
+        let supervisor = tokio::spawn(supervise(ctx, session.clone(), lease_ttl, stopped));
         Ok(Self {
             catalog,
             session,
@@ -98,8 +101,9 @@ impl CdcWorker {
 
     /// Ready while its lease is alive and the catalog answers.
     pub async fn ready(&self) -> Result<(), CatalogError> {
-        if self.session.is_lost() {
-            return Err(CatalogError::LeaseExpired(self.session.lease()));
+        let session = current(&self.session);
+        if session.is_lost() {
+            return Err(CatalogError::LeaseExpired(session.lease()));
         }
         self.catalog.ping().await.map(|_| ())
     }
@@ -109,11 +113,25 @@ impl CdcWorker {
     pub async fn shutdown(self) -> Result<(), CatalogError> {
         let _ = self.stop.send(true);
         let _ = self.supervisor.await;
-        match Arc::try_unwrap(self.session) {
-            Ok(session) => session.close().await,
-            Err(_) => Ok(()),
+        let session = Arc::try_unwrap(self.session)
+            .ok()
+            .map(|s| s.into_inner().unwrap_or_else(PoisonError::into_inner))
+            .and_then(|s| Arc::try_unwrap(s).ok());
+        match session {
+            Some(session) => session.close().await,
+            None => Ok(()),
         }
     }
+}
+
+/// The worker's session: the supervisor replaces it when it registers again.
+type CurrentSession = Arc<Mutex<Arc<WorkerSession>>>;
+
+fn current(session: &CurrentSession) -> Arc<WorkerSession> {
+    session
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 /// A connector this worker runs.
@@ -129,7 +147,44 @@ fn wanted(state: &ConnectorState) -> bool {
         && state.spec.source_type == SourceType::Postgres
 }
 
-async fn supervise(ctx: SyncContext, session: Arc<WorkerSession>, mut stop: watch::Receiver<bool>) {
+/// Supervises under the current session; when its lease lapses, registers again (the
+/// connectors it ran are stopped by then, and may be someone else's now) and goes on.
+async fn supervise(
+    ctx: SyncContext,
+    session: CurrentSession,
+    lease_ttl: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let worker_id = current(&session).worker_id().to_owned();
+        if !supervise_session(&ctx, current(&session), &mut stop).await {
+            return;
+        }
+        loop {
+            match ctx.catalog.start_session(&worker_id, lease_ttl).await {
+                Ok(new) => {
+                    tracing::info!(%worker_id, lease = new.lease(), "cdc worker registered again");
+                    *session.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot register the worker again; retrying"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(POLL_EVERY) => {}
+            }
+        }
+    }
+}
+
+/// Claims and runs connectors under `session` until told to stop (`false`) or the session's
+/// lease is lost (`true`); either way every connector it started has stopped on return.
+async fn supervise_session(
+    ctx: &SyncContext,
+    session: Arc<WorkerSession>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut lost = false;
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut maintenance: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_compaction = tokio::time::Instant::now();
@@ -139,6 +194,7 @@ async fn supervise(ctx: SyncContext, session: Arc<WorkerSession>, mut stop: watc
             _ = stop.changed() => break,
             () = session.lost() => {
                 tracing::warn!("the worker's lease is lost; its connectors stop");
+                lost = true;
                 break;
             }
             () = tokio::time::sleep(POLL_EVERY) => {}
@@ -169,7 +225,7 @@ async fn supervise(ctx: SyncContext, session: Arc<WorkerSession>, mut stop: watc
                 let _ = r.stop.send(true);
                 let _ = r.task.await;
                 if !by_name.contains_key(name.as_str()) {
-                    drop_source_objects(&ctx, &r.spec).await;
+                    drop_source_objects(ctx, &r.spec).await;
                 }
             }
         }
@@ -221,6 +277,7 @@ async fn supervise(ctx: SyncContext, session: Arc<WorkerSession>, mut stop: watc
         let _ = r.stop.send(true);
         let _ = r.task.await;
     }
+    lost
 }
 
 /// Runs one claimed connector until told to stop or fenced; retries failed runs.

@@ -80,15 +80,26 @@ impl Kyma {
         }
     }
 
-    /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends `signal` (a name such as `TERM`, `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .expect("run kill");
-        assert!(sent.success());
+        assert!(sent.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
         self.child.wait().expect("wait")
+    }
+
+    /// Kills the process with SIGKILL (a crash) and reaps it.
+    pub fn crash(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
     }
 }
 

@@ -25,9 +25,12 @@ use super::Kyma;
 /// Rows keyed by `_kyma_pk`: column name → displayed value.
 pub type Rows = BTreeMap<String, BTreeMap<String, String>>;
 
-/// A sync deployment: a catalog prefix on the shared etcd, a bucket on the shared S3 server,
-/// a fresh database on the shared Postgres.
-pub struct SyncSetup {
+/// A sync deployment: a catalog prefix on an etcd, a bucket on the shared S3 server, a fresh
+/// database on a Postgres. [`SyncSetup::new`] uses the etcd and Postgres shared by the tests
+/// of the binary; a test that restarts a server builds on its own with [`SyncSetup::on`].
+pub struct SyncSetup<'a> {
+    pub postgres: &'a Postgres,
+    pub etcd: &'a Etcd,
     pub prefix: String,
     pub bucket: String,
     pub database: String,
@@ -35,13 +38,20 @@ pub struct SyncSetup {
     pub store: ExtentStore,
 }
 
-impl SyncSetup {
+impl SyncSetup<'static> {
+    /// A deployment on the shared etcd and Postgres.
     pub async fn new(name: &str) -> Self {
-        let etcd = Etcd::shared();
+        SyncSetup::on(name, Postgres::shared(), Etcd::shared()).await
+    }
+}
+
+impl<'a> SyncSetup<'a> {
+    /// A deployment on `postgres` and `etcd` (and the shared S3 server).
+    pub async fn on(name: &str, postgres: &'a Postgres, etcd: &'a Etcd) -> Self {
         let s3 = S3::shared();
         let prefix = unique_name(name);
         let bucket = s3.create_bucket(name).expect("bucket");
-        let database = Postgres::shared().create_database(name).expect("database");
+        let database = postgres.create_database(name).expect("database");
         let catalog = Catalog::open(&CatalogLocation::Etcd {
             endpoints: vec![etcd.endpoint()],
             prefix: format!("/{prefix}"),
@@ -64,6 +74,8 @@ impl SyncSetup {
                 .expect("store"),
         );
         Self {
+            postgres,
+            etcd,
             prefix,
             bucket,
             database,
@@ -72,17 +84,20 @@ impl SyncSetup {
         }
     }
 
-    /// Starts a `kyma cdc-worker` process on this deployment.
+    /// Starts a `kyma cdc-worker` process on this deployment and waits until it is ready.
     pub fn worker(&self, id: &str) -> Kyma {
+        let mut worker = self.spawn_worker(id);
+        worker.wait_for_200("/readyz");
+        worker
+    }
+
+    /// Starts a `kyma cdc-worker` process on this deployment without waiting for it.
+    pub fn spawn_worker(&self, id: &str) -> Kyma {
         let s3 = S3::shared();
-        let mut worker = Kyma::spawn_with_env(
+        Kyma::spawn_with_env(
             &[
                 "cdc-worker",
-                &format!(
-                    "--catalog=etcd://{}/{}",
-                    Etcd::shared().host_port(),
-                    self.prefix
-                ),
+                &format!("--catalog=etcd://{}/{}", self.etcd.host_port(), self.prefix),
                 &format!("--store=s3://{}/extents", self.bucket),
                 &format!("--s3-endpoint={}", s3.endpoint()),
                 &format!("--worker-id={id}"),
@@ -94,14 +109,12 @@ impl SyncSetup {
                 ("AWS_REGION", S3::REGION),
                 ("KYMA_LOG", "info,kyma_cdc_worker=debug"),
             ],
-        );
-        worker.wait_for_200("/readyz");
-        worker
+        )
     }
 
     /// Runs SQL on the source database.
     pub fn sql(&self, sql: &str) -> String {
-        Postgres::shared()
+        self.postgres
             .psql(&self.database, sql)
             .expect("source sql")
             .trim()
@@ -114,7 +127,7 @@ impl SyncSetup {
             "name": name,
             "type": "postgres",
             "mode": "sync",
-            "connection": {"url": Postgres::shared().url(&self.database), "tls": "disable"},
+            "connection": {"url": self.source_url(), "tls": "disable"},
         }))
         .expect("spec");
         self.catalog
@@ -154,18 +167,14 @@ impl SyncSetup {
         }
     }
 
+    /// The URL of the source database.
+    pub fn source_url(&self) -> String {
+        self.postgres.url(&self.database)
+    }
+
     /// The source table's rows, read through the same typed relation the snapshot uses.
     pub async fn source_rows(&self, schema: &str, table: &str) -> Rows {
-        let spec = kyma_catalog::ConnectionSpec {
-            url: Postgres::shared().url(&self.database),
-            secret_ref: None,
-            tls: kyma_catalog::TlsMode::Disable,
-            pool_size: 1,
-        };
-        let client =
-            kyma_connectors::postgres::connect(&spec, &SecretResolver::new("/nonexistent"))
-                .await
-                .expect("connect");
+        let client = connect_source(&self.source_url()).await.expect("connect");
         let tables = discover_tables(&client, &Default::default())
             .await
             .expect("tables");
@@ -185,13 +194,17 @@ impl SyncSetup {
     }
 
     /// kyma's current state of a synced table: per key its newest version, tombstones
-    /// dropped; read straight from the extents (independently of the query engine).
-    pub async fn kyma_rows(&self, table: &TableRef) -> Rows {
+    /// dropped; read straight from the extents (independently of the query engine). Also
+    /// every version (`_kyma_pk`, `_kyma_seq`) found more than once: a source change applied
+    /// twice.
+    pub async fn kyma_rows(&self, table: &TableRef) -> (Rows, Vec<(String, i64)>) {
         let state = self.catalog.table(table).await.expect("kyma table");
         let manifest = current_manifest(&self.store, &state)
             .await
             .expect("manifest");
         let mut versions: BTreeMap<String, (i64, bool, BTreeMap<String, String>)> = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut duplicates = Vec::new();
         for extent in &manifest.extents {
             let bytes = self
                 .store
@@ -220,6 +233,9 @@ impl SyncSetup {
                     .as_string::<i32>()
                     .clone();
                 for (i, (pk, values)) in row_values(&batch).into_iter().enumerate() {
+                    if !seen.insert((pk.clone(), seq.value(i))) {
+                        duplicates.push((pk.clone(), seq.value(i)));
+                    }
                     let newer = versions.get(&pk).is_none_or(|(s, _, _)| seq.value(i) > *s);
                     if newer {
                         versions.insert(pk, (seq.value(i), op.value(i) == "delete", values));
@@ -227,19 +243,27 @@ impl SyncSetup {
                 }
             }
         }
-        versions
+        let rows = versions
             .into_iter()
             .filter(|(_, (_, deleted, _))| !deleted)
             .map(|(pk, (_, _, values))| (pk, values))
-            .collect()
+            .collect();
+        (rows, duplicates)
     }
 
-    /// Asserts that kyma's table equals the source's, row by row, on the source's columns.
+    /// Asserts that kyma's table equals the source's, row by row, on the source's columns,
+    /// and that no source change was applied twice.
     pub async fn assert_synced(&self, connector: &str, schema: &str, table: &str) {
         let source = self.source_rows(schema, table).await;
-        let kyma = self
+        let (kyma, duplicates) = self
             .kyma_rows(&TableRef::new(connector, schema, table))
             .await;
+        assert!(
+            duplicates.is_empty(),
+            "{schema}.{table}: {} versions (_kyma_pk, _kyma_seq) applied more than once, e.g. {:?}",
+            duplicates.len(),
+            &duplicates[..duplicates.len().min(5)]
+        );
         let only_source: Vec<_> = source
             .keys()
             .filter(|k| !kyma.contains_key(*k))
@@ -267,6 +291,19 @@ impl SyncSetup {
             }
         }
     }
+}
+
+/// A client of the source database at `url` (the connection runs on the current runtime).
+pub async fn connect_source(
+    url: &str,
+) -> Result<tokio_postgres::Client, kyma_connectors::ConnectorError> {
+    let spec = kyma_catalog::ConnectionSpec {
+        url: url.to_owned(),
+        secret_ref: None,
+        tls: kyma_catalog::TlsMode::Disable,
+        pool_size: 1,
+    };
+    kyma_connectors::postgres::connect(&spec, &SecretResolver::new("/nonexistent")).await
 }
 
 /// Adds every row of `batch` (source columns, keyed by `_kyma_pk`) to `rows`.

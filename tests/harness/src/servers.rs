@@ -119,6 +119,7 @@ impl Etcd {
 pub struct Postgres {
     port: u16,
     bin: PathBuf,
+    data: PathBuf,
     run_as: Option<RunAs>,
     process: ServerProcess,
 }
@@ -194,6 +195,7 @@ impl Postgres {
         let server = Self {
             port,
             bin,
+            data,
             run_as,
             process,
         };
@@ -237,6 +239,33 @@ impl Postgres {
         })
     }
 
+    /// Crashes the server (SIGKILL to the postmaster; its backends notice and exit on their
+    /// own), starts it again on the same port and data (crash recovery) and waits until it
+    /// accepts connections. A new postmaster refuses to start while a backend of the old one
+    /// is still attached to the old shared memory, so this waits until they have all left.
+    pub fn crash_restart(&self) -> Result<(), HarnessError> {
+        let interlock = self.shared_memory_id();
+        self.process.kill()?;
+        if let Some(id) = interlock {
+            self.process
+                .wait_ready(READY_TIMEOUT, || !shared_memory_attached(&id))?;
+        }
+        self.process.start_again()?;
+        self.wait_ready()
+    }
+
+    /// The id of the System V shared memory segment the running postmaster interlocks on
+    /// (the second number on line 7 of `postmaster.pid`).
+    fn shared_memory_id(&self) -> Option<String> {
+        let pid_file = fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        pid_file
+            .lines()
+            .nth(6)?
+            .split_whitespace()
+            .nth(1)
+            .map(str::to_owned)
+    }
+
     /// Runs SQL with psql against `database`, returning its unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, HarnessError> {
         run(
@@ -272,6 +301,18 @@ impl Postgres {
     pub fn process(&self) -> &ServerProcess {
         &self.process
     }
+}
+
+/// Whether a process is attached to System V shared memory segment `id` (Linux).
+fn shared_memory_attached(id: &str) -> bool {
+    let Ok(table) = fs::read_to_string("/proc/sysvipc/shm") else {
+        return false;
+    };
+    // Columns: key shmid perms size cpid lpid nattch …
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&id) && fields.get(6).is_some_and(|n| *n != "0")
+    })
 }
 
 // ----- MariaDB -------------------------------------------------------------------------------
