@@ -39,6 +39,8 @@ pub use postgres::{SyncContext, SyncOptions};
 
 /// How often the supervisor looks for connectors to claim or stop.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// A run that lasted this long got somewhere: its failure starts the backoff over.
+const BACKOFF_RESETS_AFTER: Duration = Duration::from_secs(60);
 /// How long a definite error waits before the next attempt.
 const DEFINITE_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How often the tables of the connectors a worker runs are checked for compaction.
@@ -299,6 +301,7 @@ async fn run_connector(
     };
     let mut attempt: u32 = 0;
     loop {
+        let started = std::time::Instant::now();
         let wait = match sync.run(&mut stop).await {
             Ok(()) => break,
             Err(SyncError::Fenced { .. }) => {
@@ -309,6 +312,9 @@ async fn run_connector(
                 tracing::warn!(connector = %name, error = %e, retryable = e.is_retryable(), "sync run failed");
                 if let Err(SyncError::Fenced { .. }) = sync.record_error(&e).await {
                     return;
+                }
+                if started.elapsed() >= BACKOFF_RESETS_AFTER {
+                    attempt = 0;
                 }
                 attempt = attempt.saturating_add(1);
                 if e.is_retryable() {

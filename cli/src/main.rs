@@ -47,8 +47,16 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(common: &CommonArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KYMA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // pg_walstream logs every standby status update at INFO, many times a second per
+    // connector: it stays at WARN unless KYMA_LOG names it.
+    let directives = std::env::var("KYMA_LOG").unwrap_or_else(|_| "info".into());
+    let directives = if directives.contains("pg_walstream") {
+        directives
+    } else {
+        format!("{directives},pg_walstream=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pg_walstream=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

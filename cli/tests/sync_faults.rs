@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Kyma;
 use common::sync::{SyncSetup, connect_source};
+use common::{Kyma, runtime};
 use kyma_catalog::{ConnectorState, TablePhase};
 use kyma_test_harness::{Etcd, Postgres};
 use rand::rngs::StdRng;
@@ -26,14 +26,6 @@ use rand::{Rng, SeedableRng};
 const TABLES: [&str; 2] = ["accounts", "items"];
 /// Owners of the initial items.
 const OWNERS: i64 = 500;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// Runs `test` with a seed (`KYMA_FAULT_SEED`, else a random one) and puts the seed in the
 /// message of any failure, so that the run's random choices can be replayed.

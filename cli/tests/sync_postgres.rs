@@ -7,16 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::runtime;
 use common::sync::SyncSetup;
 use kyma_catalog::{TablePhase, TableRef};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 #[test]
 fn snapshot_then_stream_keeps_every_table_equal_to_the_source() {
@@ -192,6 +185,7 @@ fn updates_that_leave_toast_values_unchanged_keep_the_source_value() {
         let moved = setup
             .kyma_rows(&TableRef::new("pg_toast", "public", "docs"))
             .await
+            .0
             .remove("1005")
             .expect("the moved key");
         assert_eq!(
@@ -203,7 +197,7 @@ fn updates_that_leave_toast_values_unchanged_keep_the_source_value() {
 }
 
 /// Asserts that `tables` of `connector` are streaming without an error.
-async fn assert_streaming(setup: &SyncSetup, connector: &str, tables: &[&str]) {
+async fn assert_streaming(setup: &SyncSetup<'_>, connector: &str, tables: &[&str]) {
     let status = setup
         .catalog
         .connector(connector)

@@ -110,4 +110,13 @@ impl Drop for Kyma {
     }
 }
 
+/// A two-thread runtime for the async parts of a test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 pub mod sync;
