@@ -594,11 +594,7 @@ fn a_worker_rides_out_postgres_restarts_and_crashes() {
                 log.contains("sync run failed"),
                 "the worker saw the outages:\n{log}"
             );
-            assert_eq!(
-                log.matches("snapshot committed").count(),
-                1,
-                "the worker resumed from its cursor, without a new snapshot:\n{log}"
-            );
+            assert_resumed_without_snapshot(&log);
         })
     });
 }
@@ -654,11 +650,7 @@ fn a_worker_rides_out_etcd_restarts_and_crashes() {
                 log.contains("registered again"),
                 "the worker registered again after the long outage:\n{log}"
             );
-            assert_eq!(
-                log.matches("snapshot committed").count(),
-                1,
-                "the worker resumed from its cursor, without a new snapshot:\n{log}"
-            );
+            assert_resumed_without_snapshot(&log);
             assert_eq!(holder(&state), Some("w-1"), "{state:?}");
             assert!(
                 state.epoch >= 2,
@@ -666,4 +658,14 @@ fn a_worker_rides_out_etcd_restarts_and_crashes() {
             );
         })
     });
+}
+
+/// Asserts that the worker whose log is `log` committed the initial snapshot once only: after
+/// every fault it resumed from its committed cursor.
+fn assert_resumed_without_snapshot(log: &str) {
+    assert_eq!(
+        log.matches("snapshot committed").count(),
+        1,
+        "the worker resumed from its cursor, without a new snapshot:\n{log}"
+    );
 }
