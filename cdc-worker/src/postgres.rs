@@ -35,7 +35,9 @@ use kyma_connectors::postgres::sync::replication::{
     PgReplicationStream, ReplicationMessage, SlotCreation,
 };
 use kyma_connectors::postgres::sync::snapshot::SnapshotSession;
-use kyma_connectors::postgres::sync::text::{RowMeta, RowsBuilder, StreamColumn, TextFormat};
+use kyma_connectors::postgres::sync::text::{
+    RowMeta, RowsBuilder, StreamColumn, TextFormat, parse_text,
+};
 use kyma_connectors::postgres::sync::{
     NO_PRIMARY_KEY, SyncNames, SyncTable, discover_tables, ensure_publication, format_lsn,
     parse_lsn, preflight, release_slot, replication_conninfo, slot_state,
@@ -641,18 +643,20 @@ impl PgConnectorSync {
             }
         };
         let pk_of = |row: &RowData| -> String {
-            let parts: Vec<Option<Vec<u8>>> = relation.key.iter().map(|k| text(row, k)).collect();
-            let strings: Vec<Option<String>> = parts
+            let parts: Vec<Option<kyma_table::KymaValue>> = relation
+                .key
                 .iter()
-                .map(|p| p.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+                .map(|k| {
+                    let (column, _) = relation.columns.iter().find(|(_, source)| source == k)?;
+                    let raw = text(row, k)?;
+                    parse_text(column.format, column.ty, &raw).ok()
+                })
                 .collect();
-            synced::derive_pk(
-                strings
-                    .iter()
-                    .map(|p| p.as_deref())
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-            )
+            let refs: Vec<_> = parts
+                .iter()
+                .map(|p| p.as_ref().map(|v| v.as_ref()))
+                .collect();
+            synced::derive_pk(&refs)
         };
         let pk = pk_of(data);
         let mut result = Ok(());

@@ -13,6 +13,7 @@ mod reader;
 pub mod store;
 pub mod synced;
 pub mod types;
+pub mod value;
 pub mod versions;
 pub mod writer;
 
@@ -24,4 +25,5 @@ pub use extent::ExtentWriter;
 pub use gc::{GcOptions, GcSummary, collect_garbage};
 pub use manifest::{ColumnStats, ExtentEntry, Manifest, StatValue};
 pub use store::{ExtentStore, S3Options, StoreLocation};
+pub use value::{KymaColumnBuilder, KymaValue, KymaValueRef};
 pub use writer::{TableWriter, WriteOptions, WriteSummary, WrittenExtents};

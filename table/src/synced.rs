@@ -24,7 +24,15 @@
 //! So the current state is: the compacted rows whose key has no delta row, plus, per key with
 //! delta rows, its newest delta row; tombstones dropped in both.
 
-use kyma_catalog::{Column, KymaType};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use kyma_catalog::{Column, KymaType, TableSchema};
+
+use crate::error::TableError;
+use crate::types::arrow_schema;
+use crate::value::{KymaColumnBuilder, KymaValueRef};
 
 /// The source primary key.
 pub const PK: &str = "_kyma_pk";
@@ -89,34 +97,299 @@ pub fn encode_key_part(part: &str) -> String {
     out
 }
 
-/// `_kyma_pk` of a row from its key values in key order: a single key as it is, a composite
-/// one as its URL-safe parts joined with `:`. `None` parts (a NULL key column, which a
-/// primary key cannot hold) are written as empty.
-pub fn derive_pk<'a>(parts: impl ExactSizeIterator<Item = Option<&'a str>>) -> String {
-    if parts.len() == 1 {
-        return parts
-            .into_iter()
-            .flatten()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+/// `_kyma_pk` of a row from its key values in key order, each in its canonical text
+/// ([`KymaValueRef::key_text`]): a single key as it is, a composite one as its URL-safe parts
+/// joined with `:`. A `None` part (a NULL key column, which a primary key cannot hold) is
+/// written as empty. Snapshot and stream rows get their key here, from typed values, so a
+/// row's key never depends on how the source spelled it.
+pub fn derive_pk(parts: &[Option<KymaValueRef<'_>>]) -> String {
+    if let [single] = parts {
+        return single.map(|v| v.key_text()).unwrap_or_default();
     }
     parts
-        .map(|p| p.map(encode_key_part).unwrap_or_default())
+        .iter()
+        .map(|p| {
+            p.map(|v| encode_key_part(&v.key_text()))
+                .unwrap_or_default()
+        })
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The system values of one synced row.
+#[derive(Debug, Clone, Copy)]
+pub struct RowMeta<'a> {
+    /// `_kyma_pk`.
+    pub pk: &'a str,
+    /// `_kyma_op`.
+    pub op: ChangeOp,
+    /// `_kyma_lsn`: the source position of the change's transaction (or of the snapshot).
+    pub lsn: &'a str,
+    /// `_kyma_event_at`, microseconds since the epoch.
+    pub event_at_micros: i64,
+    /// `_kyma_seq`.
+    pub seq: i64,
+}
+
+/// Collects synced rows of one table (its source columns, then the system columns) into
+/// Arrow batches: the one place rows get their system columns.
+#[derive(Debug)]
+pub struct SyncedRowsBuilder {
+    columns: Vec<Column>,
+    schema: SchemaRef,
+    builders: Vec<KymaColumnBuilder>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl SyncedRowsBuilder {
+    /// A builder for rows of `columns` (the source's, without system columns).
+    pub fn new(columns: Vec<Column>) -> Result<Self, TableError> {
+        let all: Vec<Column> = columns.iter().cloned().chain(system_columns()).collect();
+        let schema = TableSchema::initial(all)?;
+        let builders = schema
+            .columns
+            .iter()
+            .map(|c| KymaColumnBuilder::new(c.ty, 0))
+            .collect();
+        Ok(Self {
+            columns,
+            schema: arrow_schema(&schema),
+            builders,
+            rows: 0,
+            bytes: 0,
+        })
+    }
+
+    /// The source columns.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The Arrow schema of the batches (source columns, then system columns).
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows collected since the last [`SyncedRowsBuilder::finish`].
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Approximate bytes of the collected values.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds a row: `values[i]` is the value of source column `i` (`None`: NULL). A value of
+    /// the wrong type is refused, naming the column, and nothing of the row is added.
+    pub fn push(
+        &mut self,
+        values: &[Option<KymaValueRef<'_>>],
+        meta: &RowMeta<'_>,
+    ) -> Result<(), String> {
+        if values.len() != self.columns.len() {
+            return Err(format!(
+                "a row of {} values where the table has {} columns",
+                values.len(),
+                self.columns.len()
+            ));
+        }
+        for (column, value) in self.columns.iter().zip(values) {
+            if let Some(value) = value
+                && value.kyma_type() != column.ty
+            {
+                return Err(format!(
+                    "column `{}` is {}; the source sent a {} value",
+                    column.name,
+                    column.ty,
+                    value.kyma_type()
+                ));
+            }
+        }
+        let system = [
+            Some(KymaValueRef::String(meta.pk)),
+            Some(KymaValueRef::String(meta.op.as_str())),
+            Some(KymaValueRef::String(meta.lsn)),
+            Some(KymaValueRef::Timestamp(meta.event_at_micros)),
+            Some(KymaValueRef::Long(meta.seq)),
+        ];
+        for (builder, value) in self.builders.iter_mut().zip(values.iter().chain(&system)) {
+            self.bytes += value.map_or(1, |v| value_bytes(&v));
+            builder.append(*value)?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// The collected rows as a batch; the builder starts empty again.
+    pub fn finish(&mut self) -> Result<RecordBatch, TableError> {
+        let arrays: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(KymaColumnBuilder::finish)
+            .collect();
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+    }
+}
+
+fn value_bytes(value: &KymaValueRef<'_>) -> usize {
+    match value {
+        KymaValueRef::String(s) => s.len(),
+        KymaValueRef::Dynamic(b) => b.len(),
+        KymaValueRef::Vector(v) => v.len() * 4,
+        _ => 8,
+    }
+}
+
+/// The system values shared by every row of one table's snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotMeta<'a> {
+    /// `_kyma_lsn`: the snapshot's source position.
+    pub lsn: &'a str,
+    /// `_kyma_event_at`: when the snapshot was taken, microseconds since the epoch.
+    pub at_micros: i64,
+    /// `_kyma_seq` of every row: each key has one row in a snapshot, older than any change
+    /// streamed after it.
+    pub seq: i64,
+}
+
+/// Synced rows of a batch of snapshot rows (the source columns, of kyma types): the columns
+/// as they are, then the system columns of a first version (`insert`), `_kyma_pk` derived
+/// from the columns at `key` (indices, in key order).
+pub fn snapshot_rows(
+    batch: &RecordBatch,
+    key: &[usize],
+    meta: SnapshotMeta<'_>,
+) -> Result<RecordBatch, TableError> {
+    let rows = batch.num_rows();
+    let keys: Vec<&ArrayRef> = key
+        .iter()
+        .map(|&i| {
+            batch.columns().get(i).ok_or_else(|| {
+                TableError::from(arrow::error::ArrowError::InvalidArgumentError(format!(
+                    "key column {i} is not in a snapshot batch of {} columns",
+                    batch.num_columns()
+                )))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut pk = KymaColumnBuilder::new(KymaType::String, rows);
+    for row in 0..rows {
+        let parts: Vec<Option<KymaValueRef<'_>>> = keys
+            .iter()
+            .map(|k| KymaValueRef::at(k.as_ref(), row))
+            .collect();
+        pk.append(Some(KymaValueRef::String(&derive_pk(&parts))))
+            .map_err(arrow::error::ArrowError::InvalidArgumentError)?;
+    }
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend(system_columns().iter().map(crate::types::arrow_field));
+    let mut columns = batch.columns().to_vec();
+    columns.push(pk.finish());
+    columns.push(Arc::new(StringArray::from(vec![
+        ChangeOp::Insert.as_str();
+        rows
+    ])));
+    columns.push(Arc::new(StringArray::from(vec![meta.lsn; rows])));
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from(vec![meta.at_micros; rows])
+            .with_timezone(crate::types::UTC),
+    ));
+    columns.push(Arc::new(Int64Array::from(vec![meta.seq; rows])));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::AsArray;
 
     #[test]
     fn single_keys_are_kept_and_composite_keys_are_url_safe_in_key_order() {
-        assert_eq!(derive_pk([Some("a:b/c")].into_iter()), "a:b/c");
+        let s = KymaValueRef::String;
+        assert_eq!(derive_pk(&[Some(s("a:b/c"))]), "a:b/c");
         assert_eq!(
-            derive_pk([Some("a:b"), Some("x y"), Some("7")].into_iter()),
+            derive_pk(&[Some(s("a:b")), Some(s("x y")), Some(KymaValueRef::Long(7))]),
             "a%3Ab:x%20y:7"
         );
+        assert_eq!(
+            derive_pk(&[Some(KymaValueRef::Timestamp(0))]),
+            "1970-01-01 00:00:00+00"
+        );
+    }
+
+    #[test]
+    fn snapshot_and_streamed_rows_get_the_same_system_columns() {
+        let columns = vec![
+            Column::new("id", KymaType::Long),
+            Column::new("at", KymaType::Timestamp),
+        ];
+        let mut streamed = SyncedRowsBuilder::new(columns.clone()).expect("builder");
+        let values = [
+            Some(KymaValueRef::Long(7)),
+            Some(KymaValueRef::Timestamp(1)),
+        ];
+        let pk = derive_pk(&[values[0], values[1]]);
+        let meta = RowMeta {
+            pk: &pk,
+            op: ChangeOp::Insert,
+            lsn: "0/1",
+            event_at_micros: 5,
+            seq: 3,
+        };
+        streamed.push(&values, &meta).expect("row");
+        let streamed = streamed.finish().expect("batch");
+
+        let source = RecordBatch::try_new(
+            arrow_schema(&TableSchema::initial(columns).expect("schema")),
+            streamed.columns()[..2].to_vec(),
+        )
+        .expect("source rows");
+        let snapshot = snapshot_rows(
+            &source,
+            &[0, 1],
+            SnapshotMeta {
+                lsn: "0/1",
+                at_micros: 5,
+                seq: 3,
+            },
+        )
+        .expect("snapshot rows");
+        assert_eq!(snapshot.schema(), streamed.schema());
+        assert_eq!(snapshot, streamed);
+        assert_eq!(
+            snapshot.column(2).as_string::<i32>().value(0),
+            "7:1970-01-01%2000%3A00%3A00.000001%2B00"
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_adds_nothing() {
+        let mut rows =
+            SyncedRowsBuilder::new(vec![Column::new("id", KymaType::Int)]).expect("builder");
+        let meta = RowMeta {
+            pk: "1",
+            op: ChangeOp::Insert,
+            lsn: "",
+            event_at_micros: 0,
+            seq: 0,
+        };
+        let err = rows
+            .push(&[Some(KymaValueRef::String("1"))], &meta)
+            .expect_err("string into int");
+        assert!(err.contains("column `id` is int"), "{err}");
+        assert_eq!(rows.rows(), 0);
+        assert_eq!(rows.finish().expect("batch").num_rows(), 0);
     }
 }

@@ -34,6 +34,25 @@ pub fn arrow_type(ty: KymaType) -> DataType {
     }
 }
 
+/// The kyma type whose Arrow type is `data_type` (the inverse of [`arrow_type`]); `None` for
+/// an Arrow type no kyma type has.
+pub fn kyma_type_of(data_type: &DataType) -> Option<KymaType> {
+    let ty = match data_type {
+        DataType::Int32 => KymaType::Int,
+        DataType::Int64 => KymaType::Long,
+        DataType::Float64 => KymaType::Real,
+        DataType::Boolean => KymaType::Bool,
+        DataType::Utf8 => KymaType::String,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => KymaType::Timestamp,
+        DataType::Binary => KymaType::Dynamic,
+        DataType::FixedSizeList(item, n) if item.data_type() == &DataType::Float32 => {
+            KymaType::Vector(u32::try_from(*n).ok()?)
+        }
+        _ => return None,
+    };
+    Some(ty)
+}
+
 /// The Arrow field of a column.
 pub fn arrow_field(column: &Column) -> Field {
     Field::new(&column.name, arrow_type(column.ty), column.nullable)

@@ -10,14 +10,12 @@
 //! the kyma Arrow type the plan expects. Only conversions that lose nothing the kyma type can
 //! hold are accepted; anything else is an error naming the column.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeListBuilder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
 use bytes::{Buf, BytesMut};
+use kyma_catalog::KymaType;
+use kyma_table::types::kyma_type_of;
+use kyma_table::{KymaColumnBuilder, KymaValueRef};
 use tokio_postgres::types::Type;
 
 use crate::error::ConnectorError;
@@ -177,7 +175,11 @@ impl CopyBinaryDecoder {
     }
 
     fn flush(&mut self) -> Result<RecordBatch, ConnectorError> {
-        let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(|c| c.sink.finish()).collect();
+        let arrays: Vec<ArrayRef> = self
+            .columns
+            .iter_mut()
+            .map(|c| c.builder.finish())
+            .collect();
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)
             .map_err(|e| ConnectorError::Source(format!("the source's rows do not fit: {e}")))
@@ -188,56 +190,11 @@ fn read_i32(bytes: &[u8]) -> i32 {
     i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
-/// Where one column's values go.
-enum Sink {
-    Int32(Int32Builder),
-    Int64(Int64Builder),
-    Float64(Float64Builder),
-    Bool(BooleanBuilder),
-    Utf8(StringBuilder),
-    Timestamp(TimestampMicrosecondBuilder),
-    Dynamic(BinaryBuilder),
-    Vector(FixedSizeListBuilder<Float32Builder>, usize),
-}
-
-impl Sink {
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            Sink::Int32(b) => Arc::new(b.finish()),
-            Sink::Int64(b) => Arc::new(b.finish()),
-            Sink::Float64(b) => Arc::new(b.finish()),
-            Sink::Bool(b) => Arc::new(b.finish()),
-            Sink::Utf8(b) => Arc::new(b.finish()),
-            Sink::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),
-            Sink::Dynamic(b) => Arc::new(b.finish()),
-            Sink::Vector(b, _) => Arc::new(b.finish()),
-        }
-    }
-
-    fn append_null(&mut self) {
-        match self {
-            Sink::Int32(b) => b.append_null(),
-            Sink::Int64(b) => b.append_null(),
-            Sink::Float64(b) => b.append_null(),
-            Sink::Bool(b) => b.append_null(),
-            Sink::Utf8(b) => b.append_null(),
-            Sink::Timestamp(b) => b.append_null(),
-            Sink::Dynamic(b) => b.append_null(),
-            Sink::Vector(b, n) => {
-                for _ in 0..*n {
-                    b.values().append_null();
-                }
-                b.append(false);
-            }
-        }
-    }
-}
-
-/// One column: its wire type and its Arrow sink.
+/// One column: its wire type and the builder of its kyma type.
 struct ColumnDecoder {
     name: String,
     wire: Type,
-    sink: Sink,
+    builder: KymaColumnBuilder,
 }
 
 impl ColumnDecoder {
@@ -247,61 +204,49 @@ impl ColumnDecoder {
         target: &DataType,
         capacity: usize,
     ) -> Result<Self, ConnectorError> {
-        let sink = match target {
-            DataType::Int32 => Sink::Int32(Int32Builder::with_capacity(capacity)),
-            DataType::Int64 => Sink::Int64(Int64Builder::with_capacity(capacity)),
-            DataType::Float64 => Sink::Float64(Float64Builder::with_capacity(capacity)),
-            DataType::Boolean => Sink::Bool(BooleanBuilder::with_capacity(capacity)),
-            DataType::Utf8 => Sink::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                Sink::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity))
-            }
-            DataType::Binary => {
-                Sink::Dynamic(BinaryBuilder::with_capacity(capacity, capacity * 16))
-            }
-            DataType::FixedSizeList(item, n) if item.data_type() == &DataType::Float32 => {
-                let builder =
-                    FixedSizeListBuilder::with_capacity(Float32Builder::new(), *n, capacity)
-                        .with_field(item.clone());
-                Sink::Vector(builder, usize::try_from(*n).unwrap_or(0))
-            }
-            other => {
-                return Err(ConnectorError::Source(format!(
-                    "column `{name}`: kyma cannot read {other} from a Postgres {wire}"
-                )));
-            }
-        };
+        let ty = kyma_type_of(target).ok_or_else(|| {
+            ConnectorError::Source(format!(
+                "column `{name}`: kyma cannot read {target} from a Postgres {wire}"
+            ))
+        })?;
         Ok(Self {
             name: name.to_owned(),
             wire: wire.clone(),
-            sink,
+            builder: KymaColumnBuilder::new(ty, capacity),
         })
     }
 
     fn append(&mut self, value: Option<&[u8]>) -> Result<(), ConnectorError> {
         let Some(raw) = value else {
-            self.sink.append_null();
+            self.builder.append_null();
             return Ok(());
         };
         let wire = &self.wire;
-        let appended: Result<(), String> = match &mut self.sink {
-            Sink::Int32(b) => integer(wire, raw)
-                .and_then(|v| i32::try_from(v).map_err(|_| format!("{v} is out of range for int")))
-                .map(|v| b.append_value(v)),
-            Sink::Int64(b) => integer(wire, raw).map(|v| b.append_value(v)),
-            Sink::Float64(b) => float(wire, raw).map(|v| b.append_value(v)),
-            Sink::Bool(b) => match *wire {
-                Type::BOOL => fixed::<1>(raw).map(|[v]| b.append_value(v != 0)),
-                _ => Err(unreadable(wire)),
-            },
-            Sink::Utf8(b) => text(wire, raw).map(|v| b.append_value(v)),
-            Sink::Timestamp(b) => timestamp(wire, raw).map(|v| b.append_value(v)),
-            Sink::Dynamic(b) => dynamic(wire, raw).map(|v| b.append_value(v)),
-            Sink::Vector(b, n) => vector(wire, raw, *n).map(|values| {
-                b.values().append_slice(&values);
-                b.append(true);
-            }),
-        };
+        let appended: Result<(), String> =
+            match self.builder.kyma_type() {
+                KymaType::Int => integer(wire, raw).and_then(|v| {
+                    let v = i32::try_from(v).map_err(|_| format!("{v} is out of range for int"))?;
+                    self.builder.append(Some(KymaValueRef::Int(v)))
+                }),
+                KymaType::Long => integer(wire, raw)
+                    .and_then(|v| self.builder.append(Some(KymaValueRef::Long(v)))),
+                KymaType::Real => {
+                    float(wire, raw).and_then(|v| self.builder.append(Some(KymaValueRef::Real(v))))
+                }
+                KymaType::Bool => match *wire {
+                    Type::BOOL => fixed::<1>(raw)
+                        .and_then(|[v]| self.builder.append(Some(KymaValueRef::Bool(v != 0)))),
+                    _ => Err(unreadable(wire)),
+                },
+                KymaType::String => text(wire, raw)
+                    .and_then(|v| self.builder.append(Some(KymaValueRef::String(&v)))),
+                KymaType::Timestamp => timestamp(wire, raw)
+                    .and_then(|v| self.builder.append(Some(KymaValueRef::Timestamp(v)))),
+                KymaType::Dynamic => dynamic(wire, raw)
+                    .and_then(|v| self.builder.append(Some(KymaValueRef::Dynamic(&v)))),
+                KymaType::Vector(n) => vector(wire, raw, n as usize)
+                    .and_then(|v| self.builder.append(Some(KymaValueRef::Vector(&v)))),
+            };
         appended.map_err(|reason| {
             ConnectorError::Source(format!("column `{}` ({}): {reason}", self.name, self.wire))
         })

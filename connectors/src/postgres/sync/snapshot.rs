@@ -10,20 +10,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema};
 use futures::{Stream, StreamExt, TryStreamExt};
-use kyma_catalog::{Column, TableSchema};
-use kyma_table::synced::{self, ChangeOp};
-use kyma_table::types::{UTC, arrow_schema, arrow_type};
+use kyma_catalog::Column;
+use kyma_table::synced::{self, SnapshotMeta};
+use kyma_table::types::arrow_type;
 
 use super::{SyncTable, classify};
 use crate::error::ConnectorError;
 use crate::postgres::copy::CopyBinaryDecoder;
-use crate::postgres::quote_ident;
 use crate::postgres::types::select_expr;
 
 /// An ordinary connection holding the exported snapshot open.
@@ -69,17 +65,27 @@ impl SnapshotSession {
         batch_rows: usize,
     ) -> Result<impl Stream<Item = Result<RecordBatch, ConnectorError>> + Send + '_, ConnectorError>
     {
-        let mut selected: Vec<String> = table
+        let selected: Vec<String> = table
             .columns
             .iter()
             .map(|(c, m)| select_expr(c, m.ty))
             .collect();
-        selected.extend(
-            table
-                .key
-                .iter()
-                .map(|k| format!("{}::text", quote_ident(k))),
-        );
+        let key: Vec<usize> = table
+            .key
+            .iter()
+            .map(|k| {
+                table
+                    .columns
+                    .iter()
+                    .position(|(c, _)| &c.name == k)
+                    .ok_or_else(|| {
+                        ConnectorError::Source(format!(
+                            "{}: key column `{k}` is not among its columns",
+                            table.qualified()
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         let sql = format!("SELECT {} FROM {}", selected.join(", "), table.sql_name());
         let what = format!("copying {}", table.qualified());
         let statement = self
@@ -97,37 +103,26 @@ impl SnapshotSession {
             .iter()
             .map(|(c, m)| Column::new(&c.name, m.ty))
             .collect();
-        let mut fields: Vec<Field> = source
+        let fields: Vec<Field> = source
             .iter()
             .map(|c| Field::new(&c.name, arrow_type(c.ty), true))
             .collect();
-        fields.extend(
-            table
-                .key
-                .iter()
-                .enumerate()
-                .map(|(i, _)| Field::new(format!("key{i}"), DataType::Utf8, true)),
-        );
         let mut decoder = CopyBinaryDecoder::new(Arc::new(Schema::new(fields)), &wire, batch_rows)?;
-        let table_schema = TableSchema::initial(
-            source
-                .iter()
-                .cloned()
-                .chain(synced::system_columns())
-                .collect(),
-        )
-        .map_err(|e| ConnectorError::Source(format!("{}: {e}", table.qualified())))?;
-        let target = arrow_schema(&table_schema);
         let copy = self
             .client
             .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
             .await
             .map_err(|e| classify(&what, &e))?;
-        let rows = RowsOfSnapshot {
-            target,
-            source_columns: source.len(),
-            lsn: self.lsn.clone(),
-            at_micros: self.at_micros,
+        let lsn = self.lsn.clone();
+        let at_micros = self.at_micros;
+        let complete = move |batch: &RecordBatch| {
+            let meta = SnapshotMeta {
+                lsn: &lsn,
+                at_micros,
+                seq: 0,
+            };
+            synced::snapshot_rows(batch, &key, meta)
+                .map_err(|e| ConnectorError::Source(format!("building snapshot rows: {e}")))
         };
         let chunks = Box::pin(copy).map_err(move |e| classify(&what, &e));
         let mut ended = false;
@@ -143,7 +138,7 @@ impl SnapshotSession {
                     }
                     None => Vec::new(),
                 };
-                batches.iter().map(|b| rows.complete(b)).collect()
+                batches.iter().map(&complete).collect()
             })
             .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
             .try_flatten())
@@ -155,42 +150,5 @@ impl SnapshotSession {
             .batch_execute("COMMIT")
             .await
             .map_err(|e| classify("ending the snapshot", &e))
-    }
-}
-
-/// Turns decoded snapshot rows (source columns, then the key columns as text) into synced
-/// rows (source columns, then system columns).
-struct RowsOfSnapshot {
-    target: SchemaRef,
-    source_columns: usize,
-    lsn: String,
-    at_micros: i64,
-}
-
-impl RowsOfSnapshot {
-    fn complete(&self, batch: &RecordBatch) -> Result<RecordBatch, ConnectorError> {
-        let rows = batch.num_rows();
-        let keys: Vec<&StringArray> = batch.columns()[self.source_columns..]
-            .iter()
-            .map(|a| a.as_string::<i32>())
-            .collect();
-        let mut pk = StringBuilder::with_capacity(rows, rows * 8);
-        for row in 0..rows {
-            let parts = keys.iter().map(|k| (!k.is_null(row)).then(|| k.value(row)));
-            pk.append_value(synced::derive_pk(parts.collect::<Vec<_>>().into_iter()));
-        }
-        let mut columns: Vec<ArrayRef> = batch.columns()[..self.source_columns].to_vec();
-        columns.push(Arc::new(pk.finish()));
-        columns.push(Arc::new(StringArray::from(vec![
-            ChangeOp::Insert.as_str();
-            rows
-        ])));
-        columns.push(Arc::new(StringArray::from(vec![self.lsn.as_str(); rows])));
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(vec![self.at_micros; rows]).with_timezone(UTC),
-        ));
-        columns.push(Arc::new(Int64Array::from(vec![0_i64; rows])));
-        RecordBatch::try_new(self.target.clone(), columns)
-            .map_err(|e| ConnectorError::Source(format!("building snapshot rows: {e}")))
     }
 }

@@ -12,16 +12,10 @@
 //!   arrays become the JSON `to_jsonb` gives (numbers and booleans typed, the rest strings);
 //!   any other type without a mapping becomes its text as a JSON string, as `to_jsonb` does.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeListBuilder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
-use arrow::datatypes::SchemaRef;
-use kyma_catalog::{Column, KymaType, TableSchema};
-use kyma_table::synced::{self, ChangeOp};
-use kyma_table::types::{UTC, arrow_schema};
+use arrow::array::RecordBatch;
+use kyma_catalog::{Column, KymaType};
+use kyma_table::KymaValue;
+use kyma_table::synced::SyncedRowsBuilder;
 
 use crate::error::ConnectorError;
 use crate::postgres::types::PgType;
@@ -113,139 +107,42 @@ pub struct StreamColumn {
     pub format: TextFormat,
 }
 
-/// The system values of one row.
-#[derive(Debug, Clone, Copy)]
-pub struct RowMeta<'a> {
-    /// `_kyma_pk`.
-    pub pk: &'a str,
-    /// `_kyma_op`.
-    pub op: ChangeOp,
-    /// `_kyma_lsn`.
-    pub lsn: &'a str,
-    /// `_kyma_event_at`, microseconds since the epoch.
-    pub event_at_micros: i64,
-    /// `_kyma_seq`.
-    pub seq: i64,
-}
-
-enum ColumnBuilder {
-    Int(Int32Builder),
-    Long(Int64Builder),
-    Real(Float64Builder),
-    Bool(BooleanBuilder),
-    Str(StringBuilder),
-    Timestamp(TimestampMicrosecondBuilder),
-    Dynamic(BinaryBuilder),
-    Vector(FixedSizeListBuilder<Float32Builder>, u32),
-}
-
-impl ColumnBuilder {
-    fn new(ty: KymaType) -> Self {
-        match ty {
-            KymaType::Int => ColumnBuilder::Int(Int32Builder::new()),
-            KymaType::Long => ColumnBuilder::Long(Int64Builder::new()),
-            KymaType::Real => ColumnBuilder::Real(Float64Builder::new()),
-            KymaType::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
-            KymaType::String => ColumnBuilder::Str(StringBuilder::new()),
-            KymaType::Timestamp => {
-                ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone(UTC))
-            }
-            KymaType::Dynamic => ColumnBuilder::Dynamic(BinaryBuilder::new()),
-            KymaType::Vector(n) => ColumnBuilder::Vector(
-                FixedSizeListBuilder::new(Float32Builder::new(), n as i32),
-                n,
-            ),
-        }
-    }
-
-    fn append_null(&mut self) {
-        match self {
-            ColumnBuilder::Int(b) => b.append_null(),
-            ColumnBuilder::Long(b) => b.append_null(),
-            ColumnBuilder::Real(b) => b.append_null(),
-            ColumnBuilder::Bool(b) => b.append_null(),
-            ColumnBuilder::Str(b) => b.append_null(),
-            ColumnBuilder::Timestamp(b) => b.append_null(),
-            ColumnBuilder::Dynamic(b) => b.append_null(),
-            ColumnBuilder::Vector(b, n) => {
-                for _ in 0..*n {
-                    b.values().append_null();
-                }
-                b.append(false);
-            }
-        }
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            ColumnBuilder::Int(b) => Arc::new(b.finish()),
-            ColumnBuilder::Long(b) => Arc::new(b.finish()),
-            ColumnBuilder::Real(b) => Arc::new(b.finish()),
-            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
-            ColumnBuilder::Str(b) => Arc::new(b.finish()),
-            ColumnBuilder::Timestamp(b) => Arc::new(b.finish()),
-            ColumnBuilder::Dynamic(b) => Arc::new(b.finish()),
-            ColumnBuilder::Vector(b, _) => Arc::new(b.finish()),
-        }
-    }
-}
+pub use kyma_table::synced::RowMeta;
 
 /// Collects rows of one synced table (source columns then system columns) into Arrow
-/// batches.
+/// batches, from the source's text values.
+#[derive(Debug)]
 pub struct RowsBuilder {
-    columns: Vec<StreamColumn>,
-    schema: SchemaRef,
-    builders: Vec<ColumnBuilder>,
-    rows: usize,
-    bytes: usize,
-}
-
-impl std::fmt::Debug for RowsBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RowsBuilder")
-            .field("columns", &self.columns)
-            .field("rows", &self.rows)
-            .finish_non_exhaustive()
-    }
+    formats: Vec<StreamColumn>,
+    rows: SyncedRowsBuilder,
 }
 
 impl RowsBuilder {
     /// A builder for rows of `columns` (the source's, without system columns).
     pub fn new(columns: Vec<StreamColumn>) -> Result<Self, ConnectorError> {
-        let table_columns: Vec<Column> = columns
-            .iter()
-            .map(|c| Column::new(&c.name, c.ty))
-            .chain(synced::system_columns())
-            .collect();
-        let schema = TableSchema::initial(table_columns)
+        let table_columns: Vec<Column> =
+            columns.iter().map(|c| Column::new(&c.name, c.ty)).collect();
+        let rows = SyncedRowsBuilder::new(table_columns)
             .map_err(|e| ConnectorError::Source(format!("a source table's columns: {e}")))?;
-        let builders = schema
-            .columns
-            .iter()
-            .map(|c| ColumnBuilder::new(c.ty))
-            .collect();
         Ok(Self {
-            columns,
-            schema: arrow_schema(&schema),
-            builders,
-            rows: 0,
-            bytes: 0,
+            formats: columns,
+            rows,
         })
     }
 
     /// The source columns.
     pub fn columns(&self) -> &[StreamColumn] {
-        &self.columns
+        &self.formats
     }
 
     /// Rows collected since the last [`RowsBuilder::finish`].
     pub fn rows(&self) -> usize {
-        self.rows
+        self.rows.rows()
     }
 
     /// Approximate bytes of the collected values.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.rows.bytes()
     }
 
     /// Adds a row: `values[i]` is the text of source column `i` (`None`: NULL).
@@ -255,56 +152,36 @@ impl RowsBuilder {
         meta: &RowMeta<'_>,
         table: &str,
     ) -> Result<(), ConnectorError> {
-        for ((column, builder), value) in self
-            .columns
+        let parsed: Vec<Option<KymaValue>> = self
+            .formats
             .iter()
-            .zip(self.builders.iter_mut())
             .zip(values)
-        {
-            match value {
-                None => builder.append_null(),
-                Some(text) => {
-                    self.bytes += text.len();
-                    append_text(builder, column.format, text).map_err(|reason| {
-                        ConnectorError::Source(format!(
-                            "{table}: column `{}` holds a value kyma cannot read as {}: {reason}",
-                            column.name, column.ty
-                        ))
-                    })?;
-                }
-            }
-        }
-        let n = self.columns.len();
-        let system = &mut self.builders[n..];
-        if let [
-            ColumnBuilder::Str(pk),
-            ColumnBuilder::Str(op),
-            ColumnBuilder::Str(lsn),
-            ColumnBuilder::Timestamp(at),
-            ColumnBuilder::Long(seq),
-        ] = system
-        {
-            pk.append_value(meta.pk);
-            op.append_value(meta.op.as_str());
-            lsn.append_value(meta.lsn);
-            at.append_value(meta.event_at_micros);
-            seq.append_value(meta.seq);
-        }
-        self.bytes += meta.pk.len() + 40;
-        self.rows += 1;
-        Ok(())
+            .map(|(column, value)| {
+                value
+                    .map(|text| {
+                        parse_text(column.format, column.ty, text).map_err(|reason| {
+                            ConnectorError::Source(format!(
+                                "{table}: column `{}` holds a value kyma cannot read as {}: {reason}",
+                                column.name, column.ty
+                            ))
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<_> = parsed
+            .iter()
+            .map(|v| v.as_ref().map(KymaValue::as_ref))
+            .collect();
+        self.rows
+            .push(&refs, meta)
+            .map_err(|reason| ConnectorError::Source(format!("{table}: {reason}")))
     }
 
     /// The collected rows as a batch; the builder starts empty again.
     pub fn finish(&mut self) -> Result<RecordBatch, ConnectorError> {
-        let arrays: Vec<ArrayRef> = self
-            .builders
-            .iter_mut()
-            .map(ColumnBuilder::finish)
-            .collect();
-        self.rows = 0;
-        self.bytes = 0;
-        RecordBatch::try_new(self.schema.clone(), arrays)
+        self.rows
+            .finish()
             .map_err(|e| ConnectorError::Source(format!("building a batch of rows: {e}")))
     }
 }
@@ -313,30 +190,31 @@ fn utf8(text: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(text).map_err(|_| "not UTF-8".to_owned())
 }
 
-fn append_text(builder: &mut ColumnBuilder, format: TextFormat, text: &[u8]) -> Result<(), String> {
+/// The kyma value of `text`, a column of kyma type `ty` read as `format`.
+pub fn parse_text(format: TextFormat, ty: KymaType, text: &[u8]) -> Result<KymaValue, String> {
     let s = utf8(text)?;
     let bad = |e: &dyn std::fmt::Display| format!("`{s}`: {e}");
-    match (builder, format) {
-        (ColumnBuilder::Int(b), _) => b.append_value(s.parse::<i32>().map_err(|e| bad(&e))?),
-        (ColumnBuilder::Long(b), _) => b.append_value(s.parse::<i64>().map_err(|e| bad(&e))?),
-        (ColumnBuilder::Real(b), TextFormat::Float) => {
-            b.append_value(f64::from(parse_float::<f32>(s).map_err(|e| bad(&e))?))
+    let value = match ty {
+        KymaType::Int => KymaValue::Int(s.parse().map_err(|e| bad(&e))?),
+        KymaType::Long => KymaValue::Long(s.parse().map_err(|e| bad(&e))?),
+        KymaType::Real if format == TextFormat::Float => {
+            KymaValue::Real(f64::from(parse_float::<f32>(s).map_err(|e| bad(&e))?))
         }
-        (ColumnBuilder::Real(b), _) => b.append_value(parse_float::<f64>(s).map_err(|e| bad(&e))?),
-        (ColumnBuilder::Bool(b), _) => b.append_value(match s {
+        KymaType::Real => KymaValue::Real(parse_float::<f64>(s).map_err(|e| bad(&e))?),
+        KymaType::Bool => KymaValue::Bool(match s {
             "t" => true,
             "f" => false,
             _ => return Err(format!("`{s}` is not t or f")),
         }),
-        (ColumnBuilder::Str(b), _) => b.append_value(s),
-        (ColumnBuilder::Timestamp(b), format) => b.append_value(parse_timestamp(s, format)?),
-        (ColumnBuilder::Dynamic(b), format) => {
+        KymaType::String => KymaValue::String(s.to_owned()),
+        KymaType::Timestamp => KymaValue::Timestamp(parse_timestamp(s, format)?),
+        KymaType::Dynamic => {
             let json = dynamic_json(s, format)?;
-            b.append_value(kyma_table::dynamic::encode(
+            KymaValue::Dynamic(kyma_table::dynamic::encode(
                 &kyma_table::dynamic::from_json(&json),
             ))
         }
-        (ColumnBuilder::Vector(b, n), _) => {
+        KymaType::Vector(n) => {
             let inner = s
                 .strip_prefix('[')
                 .and_then(|r| r.strip_suffix(']'))
@@ -345,19 +223,16 @@ fn append_text(builder: &mut ColumnBuilder, format: TextFormat, text: &[u8]) -> 
                 .split(',')
                 .map(|v| v.trim().parse::<f32>().map_err(|e| bad(&e)))
                 .collect::<Result<_, _>>()?;
-            if values.len() != *n as usize {
+            if values.len() != n as usize {
                 return Err(format!(
                     "a vector of {} dimensions where the column has {n}",
                     values.len()
                 ));
             }
-            for v in values {
-                b.values().append_value(v);
-            }
-            b.append(true);
+            KymaValue::Vector(values)
         }
-    }
-    Ok(())
+    };
+    Ok(value)
 }
 
 /// Postgres spells the non-finite floats `NaN`, `Infinity` and `-Infinity`.
@@ -596,13 +471,7 @@ mod tests {
 
     #[test]
     fn float4_widens_like_a_cast() {
-        let mut builder = ColumnBuilder::new(KymaType::Real);
-        append_text(&mut builder, TextFormat::Float, b"0.1").expect("float");
-        let array = builder.finish();
-        let value = array
-            .as_any()
-            .downcast_ref::<arrow::array::Float64Array>()
-            .map(|a| a.value(0));
-        assert_eq!(value, Some(f64::from(0.1_f32)));
+        let value = parse_text(TextFormat::Float, KymaType::Real, b"0.1").expect("float");
+        assert_eq!(value, KymaValue::Real(f64::from(0.1_f32)));
     }
 }
