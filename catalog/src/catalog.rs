@@ -4,14 +4,20 @@
 //! # The commit (exactly once)
 //!
 //! A [`CatalogCommit`] is one backend transaction that
-//! 1. compares the connector's fencing epoch and cursor (for sync commits) and the snapshot and
-//!    schema revisions of every table it touches, then
-//! 2. installs the new cursor, the new snapshot pointers and any schema widening together.
+//! 1. compares the connector's fencing epoch and cursor (for sync commits), the registration
+//!    of its open write (when it has one, see [`crate::OpenWrite`]), the snapshot and schema
+//!    revisions of every native table it touches and the revision of every shard of synced
+//!    tables it touches (see [`crate::keys`]), then
+//! 2. installs the new cursor, the new snapshot pointers, the synced tables' new sync states
+//!    and any schema widening together.
 //!
-//! Either all of it lands or none of it does. On a conflict the transaction's failure branch
-//! reads back the current values at the same revision, and [`CommitOutcome::Conflict`] hands
-//! them to the caller to rebase. A worker whose epoch is no longer current gets
+//! Either all of it lands or none of it does. On a conflict [`CommitOutcome::Conflict`] hands
+//! the current values to the caller to rebase. A worker whose epoch is no longer current gets
 //! [`CatalogError::Fenced`] and can never commit again.
+//!
+//! A commit's size does not grow with the number of synced tables it touches beyond one
+//! compare and one put per shard (at most [`crate::keys::SYNC_SHARDS`]) and the shards' bytes:
+//! one source transaction over hundreds of tables is one commit.
 //!
 //! Every commit carries a `commit_id`, written into the cursor and every snapshot it installs.
 //! Commits are retried here while the backend is unavailable; when an earlier attempt did land
@@ -21,6 +27,7 @@
 //! as no other writer committed to the same tables in between; when one did, the outcome is a
 //! conflict whose current state the caller checks for its own extents.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,25 +40,26 @@ use uuid::Uuid;
 use crate::error::CatalogError;
 use crate::keys::{ConnectorKey, Keys, ParsedKey, TableKey};
 use crate::kv::{
-    Compare, KeyValue, KvBackend, LeaseId, Op, Revision, Txn, WatchEventKind, backoff,
+    Compare, KeyValue, KvBackend, LeaseId, Op, Revision, Txn, WatchEvent, WatchEventKind, backoff,
 };
 use crate::location::CatalogLocation;
 use crate::model::{
     Column, ConnectorHolder, ConnectorSpec, ConnectorState, ConnectorStatus, DesiredState,
-    SourceCursor, TableMeta, TableOrigin, TableRef, TableSchema, TableSnapshot, TableState,
-    Versioned, WorkerRecord, now_ms, validate_identifier,
+    SourceCursor, TableRef, TableSchema, TableSnapshot, TableState, TableSyncState, Versioned,
+    WorkerRecord, now_ms, validate_identifier,
 };
+use crate::tables::{ReadShard, read_shard};
 
 /// How long a commit keeps retrying while the backend is unavailable.
 const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
 /// Optimistic loops (create, widen, claim) give up after this many lost races in a row.
-const MAX_CAS_ATTEMPTS: usize = 64;
+pub(crate) const MAX_CAS_ATTEMPTS: usize = 64;
 
 /// Handle on the catalog. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
-    kv: Arc<dyn KvBackend>,
-    keys: Keys,
+    pub(crate) kv: Arc<dyn KvBackend>,
+    pub(crate) keys: Keys,
     retry_for: Duration,
 }
 
@@ -76,6 +84,9 @@ pub struct TableCommit {
     pub snapshot: TableSnapshot,
     /// The widened schema, when the batch widened it.
     pub new_schema: Option<TableSchema>,
+    /// For a synced table (only): its sync state after the commit. [`TableCommit::on`] keeps
+    /// the base's; a sync commit may change it (a table copied, failed, or pending again).
+    pub sync: Option<TableSyncState>,
 }
 
 impl TableCommit {
@@ -102,7 +113,27 @@ impl TableCommit {
                 committed_at_ms: 0,
             },
             new_schema,
+            sync: base.sync.clone(),
         })
+    }
+
+    /// A commit that changes only a synced table's sync state: the snapshot stays (same
+    /// version and manifest).
+    pub fn state_only(base: &TableState, sync: TableSyncState) -> Self {
+        Self {
+            table: base.table.clone(),
+            base_snapshot_revision: base.snapshot.mod_revision,
+            base_schema_revision: base.schema.mod_revision,
+            snapshot: base.snapshot.value.clone(),
+            new_schema: None,
+            sync: Some(sync),
+        }
+    }
+
+    /// The same commit with the synced table's sync state after it set to `sync`.
+    pub fn with_sync(mut self, sync: TableSyncState) -> Self {
+        self.sync = Some(sync);
+        self
     }
 }
 
@@ -115,6 +146,22 @@ pub struct CursorAdvance {
     pub base_cursor_revision: Revision,
     /// The source position the batch covers.
     pub position: String,
+    /// The next `_kyma_seq` to assign after this commit.
+    pub next_seq: u64,
+    /// What the position is a position in (see [`SourceCursor::source_id`]).
+    pub source_id: Option<String>,
+}
+
+/// A registered open write (see [`crate::OpenWrite`]): its key and the revision that
+/// registered it. The commit that installs the write compares it and deletes it, so a write
+/// whose registration lapsed (its writer's lease ran out, and the garbage collector may have
+/// taken its files) can never commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRegistration {
+    /// The registration key.
+    pub key: Vec<u8>,
+    /// The revision that wrote it.
+    pub revision: Revision,
 }
 
 /// What fences a claim's writes: the epoch key's revision at claim time.
@@ -137,6 +184,8 @@ pub struct CatalogCommit {
     pub cursor: Option<CursorAdvance>,
     /// The tables to advance.
     pub tables: Vec<TableCommit>,
+    /// The registration of the write this commit installs, if it registered.
+    pub open_write: Option<WriteRegistration>,
 }
 
 impl CatalogCommit {
@@ -146,25 +195,49 @@ impl CatalogCommit {
             commit_id: Uuid::now_v7(),
             cursor: None,
             tables,
+            open_write: None,
         }
     }
 
-    /// A sync commit: `tables` and the cursor advance, under `claim`.
+    /// A sync commit: `tables` and the cursor advance to `position` (the next `_kyma_seq`
+    /// and the source id kept as they are), under `claim`.
     pub fn sync(
         claim: &ConnectorClaim,
         position: impl Into<String>,
         tables: Vec<TableCommit>,
     ) -> Self {
+        let committed = claim.cursor.as_ref().map(|c| &c.value);
         Self {
             commit_id: Uuid::now_v7(),
             cursor: Some(CursorAdvance {
                 claim: claim.fence.clone(),
                 base_cursor_revision: claim.cursor.as_ref().map_or(0, |c| c.mod_revision),
                 position: position.into(),
+                next_seq: committed.map_or(0, |c| c.next_seq),
+                source_id: committed.and_then(|c| c.source_id.clone()),
             }),
             tables,
+            open_write: None,
         }
     }
+}
+
+/// Refuses a commit that touches nothing, or a table twice.
+fn check_commit(commit: &CatalogCommit) -> Result<(), CatalogError> {
+    if commit.tables.is_empty() && commit.cursor.is_none() {
+        return Err(CatalogError::invalid(
+            "commit",
+            "touches no table and no cursor",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = commit.tables.iter().find(|t| !seen.insert(&t.table)) {
+        return Err(CatalogError::invalid(
+            "commit",
+            format!("table {} appears twice", dup.table),
+        ));
+    }
+    Ok(())
 }
 
 /// The current values a conflicting commit rebases on.
@@ -275,26 +348,28 @@ pub struct CatalogChange {
     pub events: Vec<CatalogEvent>,
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CatalogError> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CatalogError> {
     serde_json::to_vec(value)
         .map_err(|e| CatalogError::Storage(format!("cannot encode a catalog value: {e}")))
 }
 
-fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, CatalogError> {
+pub(crate) fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, CatalogError> {
     serde_json::from_slice(&kv.value).map_err(|e| CatalogError::Corrupt {
         key: String::from_utf8_lossy(&kv.key).into_owned(),
         reason: e.to_string(),
     })
 }
 
-fn decode_versioned<T: DeserializeOwned>(kv: &KeyValue) -> Result<Versioned<T>, CatalogError> {
+pub(crate) fn decode_versioned<T: DeserializeOwned>(
+    kv: &KeyValue,
+) -> Result<Versioned<T>, CatalogError> {
     Ok(Versioned {
         value: decode(kv)?,
         mod_revision: kv.mod_revision,
     })
 }
 
-fn revision_of(kv: &Option<KeyValue>) -> Revision {
+pub(crate) fn revision_of(kv: &Option<KeyValue>) -> Revision {
     kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }
 
@@ -338,316 +413,140 @@ impl Catalog {
         Ok(self.kv.get_many(&[]).await?.0)
     }
 
-    // ----- tables -------------------------------------------------------------------------
-
-    /// Creates an empty table (snapshot version 0) with its first schema.
-    pub async fn create_table(
-        &self,
-        table: &TableRef,
-        origin: TableOrigin,
-        columns: Vec<Column>,
-    ) -> Result<TableState, CatalogError> {
-        table.validate()?;
-        let schema = TableSchema::initial(columns)?;
-        let meta = TableMeta {
-            id: Uuid::now_v7(),
-            origin,
-            created_at_ms: now_ms(),
-        };
-        let snapshot = TableSnapshot {
-            version: 0,
-            schema_version: schema.version,
-            manifest: None,
-            commit_id: None,
-            committed_at_ms: meta.created_at_ms,
-        };
-        let txn = Txn {
-            compares: vec![Compare::mod_revision(self.keys.table_meta(table), 0)],
-            on_success: vec![
-                Op::put(self.keys.table_meta(table), encode(&meta)?),
-                Op::put(self.keys.table_schema(table), encode(&schema)?),
-                Op::put(
-                    self.keys.table_schema_version(table, schema.version),
-                    encode(&schema)?,
-                ),
-                Op::put(self.keys.table_snapshot(table), encode(&snapshot)?),
-            ],
-            read_on_failure: Vec::new(),
-        };
-        let outcome = self.kv.txn(txn).await?;
-        if !outcome.succeeded {
-            return Err(CatalogError::AlreadyExists(format!("table {table}")));
-        }
-        let at = outcome.revision;
-        Ok(TableState {
-            table: table.clone(),
-            meta,
-            schema: Versioned {
-                value: schema,
-                mod_revision: at,
-            },
-            snapshot: Versioned {
-                value: snapshot,
-                mod_revision: at,
-            },
-        })
-    }
-
-    /// Drops a table: its keys go; its files are left to garbage collection.
-    pub async fn drop_table(&self, table: &TableRef) -> Result<(), CatalogError> {
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let (_, kvs) = self.kv.range(&self.keys.table_all(table)).await?;
-            let guarded = self.table_keys(table);
-            let compares: Vec<Compare> = guarded
-                .iter()
-                .map(|key| {
-                    Compare::mod_revision(
-                        key.clone(),
-                        kvs.iter()
-                            .find(|kv| &kv.key == key)
-                            .map_or(0, |kv| kv.mod_revision),
-                    )
-                })
-                .collect();
-            if compares
-                .iter()
-                .all(|Compare::ModRevision { revision, .. }| *revision == 0)
-            {
-                return Err(CatalogError::NotFound(format!("table {table}")));
-            }
-            // Comparing meta, schema and snapshot means no commit or widening slipped in after
-            // the range read, so every key of the table is in `kvs`.
-            let txn = Txn {
-                compares,
-                on_success: kvs.into_iter().map(|kv| Op::delete(kv.key)).collect(),
-                read_on_failure: Vec::new(),
-            };
-            if self.kv.txn(txn).await?.succeeded {
-                return Ok(());
-            }
-        }
-        Err(CatalogError::Unavailable(format!(
-            "table {table} kept changing while dropping it; retry"
-        )))
-    }
-
-    /// Reads one table.
-    pub async fn table(&self, table: &TableRef) -> Result<TableState, CatalogError> {
-        let (_, mut states) = self.tables(std::slice::from_ref(table)).await?;
-        states
-            .pop()
-            .ok_or_else(|| CatalogError::NotFound(format!("table {table}")))
-    }
-
-    /// Reads several tables at one catalog revision (a consistent view across tables).
-    pub async fn tables(
-        &self,
-        tables: &[TableRef],
-    ) -> Result<(Revision, Vec<TableState>), CatalogError> {
-        let keys: Vec<Vec<u8>> = tables.iter().flat_map(|t| self.table_keys(t)).collect();
-        let (revision, values) = self.kv.get_many(&keys).await?;
-        let states = tables
-            .iter()
-            .zip(values.chunks(3))
-            .map(|(t, kvs)| {
-                self.decode_table(t, kvs)?
-                    .ok_or_else(|| CatalogError::NotFound(format!("table {t}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok((revision, states))
-    }
-
-    fn table_keys(&self, table: &TableRef) -> [Vec<u8>; 3] {
-        [
-            self.keys.table_meta(table),
-            self.keys.table_schema(table),
-            self.keys.table_snapshot(table),
-        ]
-    }
-
-    fn decode_table(
-        &self,
-        table: &TableRef,
-        kvs: &[Option<KeyValue>],
-    ) -> Result<Option<TableState>, CatalogError> {
-        let [Some(meta), Some(schema), Some(snapshot)] = kvs else {
-            return Ok(None);
-        };
-        Ok(Some(TableState {
-            table: table.clone(),
-            meta: decode(meta)?,
-            schema: decode_versioned(schema)?,
-            snapshot: decode_versioned(snapshot)?,
-        }))
-    }
-
-    /// Lists every table, or those of one catalog, at one revision, sorted by name.
-    pub async fn list_tables(
-        &self,
-        catalog: Option<&str>,
-    ) -> Result<(Revision, Vec<TableState>), CatalogError> {
-        let prefix = match catalog {
-            Some(c) => self.keys.catalog_prefix(c),
-            None => self.keys.tables_root(),
-        };
-        let (revision, kvs) = self.kv.range(prefix.as_bytes()).await?;
-        let mut parts: std::collections::BTreeMap<TableRef, [Option<KeyValue>; 3]> =
-            Default::default();
-        for kv in kvs {
-            let Some(ParsedKey::Table(table, which)) = self.keys.parse(&kv.key) else {
-                continue;
-            };
-            let slot = match which {
-                TableKey::Meta => 0,
-                TableKey::Schema => 1,
-                TableKey::Snapshot => 2,
-                TableKey::SchemaHistory => continue,
-            };
-            parts.entry(table).or_default()[slot] = Some(kv);
-        }
-        let mut states = Vec::with_capacity(parts.len());
-        for (table, kvs) in parts {
-            if let Some(state) = self.decode_table(&table, &kvs)? {
-                states.push(state);
-            }
-        }
-        Ok((revision, states))
-    }
-
-    /// Every schema version a table has had, oldest first.
-    pub async fn schema_history(&self, table: &TableRef) -> Result<Vec<TableSchema>, CatalogError> {
-        let prefix = String::from_utf8_lossy(&self.keys.table_schema_version(table, 0))
-            .trim_end_matches('0')
-            .to_owned();
-        let (_, kvs) = self.kv.range(prefix.as_bytes()).await?;
-        kvs.iter().map(decode).collect()
-    }
-
-    /// Widens a table's schema to hold `columns`, rebasing on concurrent widenings until it
-    /// lands. Returns the schema now current (unchanged when nothing needed widening).
-    pub async fn widen_schema(
-        &self,
-        table: &TableRef,
-        columns: &[Column],
-    ) -> Result<Versioned<TableSchema>, CatalogError> {
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let state = self.table(table).await?;
-            let Some(widened) = state.schema.value.widen(table, columns)? else {
-                return Ok(state.schema);
-            };
-            let txn = Txn {
-                compares: vec![Compare::mod_revision(
-                    self.keys.table_schema(table),
-                    state.schema.mod_revision,
-                )],
-                on_success: vec![
-                    Op::put(self.keys.table_schema(table), encode(&widened)?),
-                    Op::put(
-                        self.keys.table_schema_version(table, widened.version),
-                        encode(&widened)?,
-                    ),
-                ],
-                read_on_failure: Vec::new(),
-            };
-            let outcome = self.kv.txn(txn).await?;
-            if outcome.succeeded {
-                return Ok(Versioned {
-                    value: widened,
-                    mod_revision: outcome.revision,
-                });
-            }
-        }
-        Err(CatalogError::Unavailable(format!(
-            "schema of {table} kept changing under {MAX_CAS_ATTEMPTS} attempts to widen it"
-        )))
-    }
-
     // ----- the commit ---------------------------------------------------------------------
 
     /// Applies `commit` atomically. See the module docs for the guarantees.
     pub async fn commit(&self, commit: &CatalogCommit) -> Result<CommitOutcome, CatalogError> {
-        let txn = self.commit_txn(commit)?;
         let deadline = tokio::time::Instant::now() + self.retry_for;
         let mut attempt = 0;
-        let outcome = loop {
-            match self.kv.txn(txn.clone()).await {
-                Ok(outcome) => break outcome,
+        loop {
+            match self.try_commit(commit).await {
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, commit_id = %commit.commit_id, "catalog commit unavailable; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                outcome => return outcome,
             }
-        };
+        }
+    }
+
+    /// One attempt: read the shards the commit writes, build the transaction on them, run it.
+    async fn try_commit(&self, commit: &CatalogCommit) -> Result<CommitOutcome, CatalogError> {
+        check_commit(commit)?;
+        let shard_keys: Vec<Vec<u8>> = commit
+            .tables
+            .iter()
+            .filter(|t| t.sync.is_some())
+            .map(|t| self.keys.sync_shard_of(&t.table))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let (_, kvs) = self.kv.get_many(&shard_keys).await?;
+        let mut shards = BTreeMap::new();
+        for (key, kv) in shard_keys.into_iter().zip(&kvs) {
+            shards.insert(key, read_shard(kv)?);
+        }
+        let stale = commit.tables.iter().filter(|t| t.sync.is_some()).any(|t| {
+            shards
+                .get(&self.keys.sync_shard_of(&t.table))
+                .is_none_or(|(_, revision)| *revision != t.base_snapshot_revision)
+        });
+        if stale {
+            // Another commit wrote one of the shards since the caller read it (or an earlier
+            // attempt of this one landed): resolve as a failed compare would.
+            return self.resolve_failed_commit(commit).await;
+        }
+        let txn = self.commit_txn(commit, shards)?;
+        let outcome = self.kv.txn(txn).await?;
         if outcome.succeeded {
             return Ok(CommitOutcome::Committed {
                 revision: outcome.revision,
             });
         }
-        self.resolve_failed_commit(commit, &outcome.reads)
+        self.resolve_failed_commit(commit).await
     }
 
-    fn commit_txn(&self, commit: &CatalogCommit) -> Result<Txn, CatalogError> {
-        if commit.tables.is_empty() && commit.cursor.is_none() {
-            return Err(CatalogError::invalid(
-                "commit",
-                "touches no table and no cursor",
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = commit.tables.iter().find(|t| !seen.insert(&t.table)) {
-            return Err(CatalogError::invalid(
-                "commit",
-                format!("table {} appears twice", dup.table),
-            ));
-        }
+    fn cursor_keys(&self, cursor: &CursorAdvance) -> Vec<Vec<u8>> {
+        let name = &cursor.claim.connector;
+        vec![
+            self.keys.connector(name, ConnectorKey::Epoch),
+            self.keys.connector(name, ConnectorKey::Cursor),
+        ]
+    }
+
+    /// The transaction of `commit`, on `shards` (the current values of the shards it writes,
+    /// by key).
+    fn commit_txn(
+        &self,
+        commit: &CatalogCommit,
+        mut shards: BTreeMap<Vec<u8>, ReadShard>,
+    ) -> Result<Txn, CatalogError> {
         let now = now_ms();
         let mut txn = Txn::default();
+        for (shard, _) in shards.values_mut() {
+            shard.begin_write();
+        }
         if let Some(cursor) = &commit.cursor {
-            let name = &cursor.claim.connector;
+            let [epoch_key, cursor_key] = [0, 1].map(|i| self.cursor_keys(cursor)[i].clone());
             txn.compares.push(Compare::mod_revision(
-                self.keys.connector(name, ConnectorKey::Epoch),
+                epoch_key,
                 cursor.claim.epoch_revision,
             ));
             txn.compares.push(Compare::mod_revision(
-                self.keys.connector(name, ConnectorKey::Cursor),
+                cursor_key.clone(),
                 cursor.base_cursor_revision,
             ));
             let value = SourceCursor {
                 position: cursor.position.clone(),
+                next_seq: cursor.next_seq,
+                source_id: cursor.source_id.clone(),
                 commit_id: commit.commit_id,
                 epoch: cursor.claim.epoch,
                 committed_at_ms: now,
             };
-            txn.on_success.push(Op::put(
-                self.keys.connector(name, ConnectorKey::Cursor),
-                encode(&value)?,
-            ));
-            txn.read_on_failure
-                .push(self.keys.connector(name, ConnectorKey::Epoch));
-            txn.read_on_failure
-                .push(self.keys.connector(name, ConnectorKey::Cursor));
+            txn.on_success.push(Op::put(cursor_key, encode(&value)?));
+        }
+        if let Some(write) = &commit.open_write {
+            txn.compares
+                .push(Compare::mod_revision(write.key.clone(), write.revision));
+            txn.on_success.push(Op::delete(write.key.clone()));
         }
         for table in &commit.tables {
-            txn.compares.push(Compare::mod_revision(
-                self.keys.table_snapshot(&table.table),
-                table.base_snapshot_revision,
-            ));
-            txn.compares.push(Compare::mod_revision(
-                self.keys.table_schema(&table.table),
-                table.base_schema_revision,
-            ));
             let snapshot = TableSnapshot {
                 commit_id: Some(commit.commit_id),
                 committed_at_ms: now,
                 ..table.snapshot.clone()
             };
-            txn.on_success.push(Op::put(
-                self.keys.table_snapshot(&table.table),
-                encode(&snapshot)?,
-            ));
+            match &table.sync {
+                Some(sync) => {
+                    let key = self.keys.sync_shard_of(&table.table);
+                    if let Some((shard, _)) = shards.get_mut(&key) {
+                        shard.set(&table.table, snapshot, sync.clone());
+                    }
+                }
+                None => {
+                    txn.compares.push(Compare::mod_revision(
+                        self.keys.table_snapshot(&table.table),
+                        table.base_snapshot_revision,
+                    ));
+                    txn.compares.push(Compare::mod_revision(
+                        self.keys.table_schema(&table.table),
+                        table.base_schema_revision,
+                    ));
+                    txn.on_success.push(Op::put(
+                        self.keys.table_snapshot(&table.table),
+                        encode(&snapshot)?,
+                    ));
+                }
+            }
             if let Some(schema) = &table.new_schema {
+                if table.sync.is_some() {
+                    txn.compares.push(Compare::mod_revision(
+                        self.keys.table_schema(&table.table),
+                        table.base_schema_revision,
+                    ));
+                }
                 txn.on_success.push(Op::put(
                     self.keys.table_schema(&table.table),
                     encode(schema)?,
@@ -657,22 +556,27 @@ impl Catalog {
                     encode(schema)?,
                 ));
             }
-            txn.read_on_failure.extend(self.table_keys(&table.table));
+        }
+        for (key, (shard, revision)) in shards {
+            txn.compares
+                .push(Compare::mod_revision(key.clone(), revision));
+            txn.on_success.push(Op::put(key, encode(&shard)?));
         }
         Ok(txn)
     }
 
-    /// Turns a failed commit's reads into fenced, already-committed, or a conflict to rebase on.
-    fn resolve_failed_commit(
+    /// Turns a failed commit into fenced, already committed, lapsed, or a conflict to rebase
+    /// on, from a fresh read of what it compared.
+    async fn resolve_failed_commit(
         &self,
         commit: &CatalogCommit,
-        reads: &[Option<KeyValue>],
     ) -> Result<CommitOutcome, CatalogError> {
-        let (cursor_reads, table_reads) =
-            reads.split_at(if commit.cursor.is_some() { 2 } else { 0 });
         let mut current_cursor = None;
         if let Some(advance) = &commit.cursor {
-            let epoch_kv = &cursor_reads[0];
+            let (_, reads) = self.kv.get_many(&self.cursor_keys(advance)).await?;
+            let [epoch_kv, cursor_kv] = reads.as_slice() else {
+                return Err(CatalogError::Storage("a cursor read lost its keys".into()));
+            };
             if revision_of(epoch_kv) != advance.claim.epoch_revision {
                 let current = epoch_kv
                     .as_ref()
@@ -685,7 +589,7 @@ impl Catalog {
                     current,
                 });
             }
-            current_cursor = cursor_reads[1]
+            current_cursor = cursor_kv
                 .as_ref()
                 .map(decode_versioned::<SourceCursor>)
                 .transpose()?;
@@ -697,13 +601,8 @@ impl Catalog {
                 });
             }
         }
-        let mut tables = Vec::with_capacity(commit.tables.len());
-        for (table, kvs) in commit.tables.iter().zip(table_reads.chunks(3)) {
-            let state = self
-                .decode_table(&table.table, kvs)?
-                .ok_or_else(|| CatalogError::NotFound(format!("table {}", table.table)))?;
-            tables.push(state);
-        }
+        let names: Vec<TableRef> = commit.tables.iter().map(|t| t.table.clone()).collect();
+        let (_, tables) = self.tables(&names).await?;
         if commit.cursor.is_none()
             && !tables.is_empty()
             && tables
@@ -713,6 +612,14 @@ impl Catalog {
             return Ok(CommitOutcome::Committed {
                 revision: tables[0].snapshot.mod_revision,
             });
+        }
+        if let Some(write) = &commit.open_write {
+            let (_, reads) = self.kv.get_many(std::slice::from_ref(&write.key)).await?;
+            if revision_of(&reads[0]) != write.revision {
+                return Err(CatalogError::WriteLapsed(
+                    String::from_utf8_lossy(&write.key).into_owned(),
+                ));
+            }
         }
         Ok(CommitOutcome::Conflict(CommitConflict {
             cursor: current_cursor,
@@ -763,17 +670,10 @@ impl Catalog {
     }
 
     fn connector_keys(&self, name: &str) -> Vec<Vec<u8>> {
-        [
-            ConnectorKey::Spec,
-            ConnectorKey::Desired,
-            ConnectorKey::Status,
-            ConnectorKey::Cursor,
-            ConnectorKey::Epoch,
-            ConnectorKey::Holder,
-        ]
-        .into_iter()
-        .map(|k| self.keys.connector(name, k))
-        .collect()
+        ConnectorKey::ALL
+            .iter()
+            .map(|(k, _)| self.keys.connector(name, *k))
+            .collect()
     }
 
     fn decode_connector(
@@ -781,7 +681,7 @@ impl Catalog {
         name: &str,
         kvs: &[Option<KeyValue>],
     ) -> Result<ConnectorState, CatalogError> {
-        let [spec, desired, status, cursor, epoch, holder] = kvs else {
+        let [spec, desired, status, cursor, epoch, holder, resync] = kvs else {
             return Err(CatalogError::Storage(
                 "connector read returned the wrong number of keys".into(),
             ));
@@ -800,6 +700,7 @@ impl Catalog {
             cursor: cursor.as_ref().map(decode_versioned).transpose()?,
             epoch: epoch.as_ref().map(decode).transpose()?.unwrap_or(0),
             holder: holder.as_ref().map(decode).transpose()?,
+            resync: resync.as_ref().map(decode).transpose()?.unwrap_or_default(),
         })
     }
 
@@ -821,15 +722,12 @@ impl Catalog {
             let Some(ParsedKey::Connector(name, which)) = self.keys.parse(&kv.key) else {
                 continue;
             };
-            let slot = match which {
-                ConnectorKey::Spec => 0,
-                ConnectorKey::Desired => 1,
-                ConnectorKey::Status => 2,
-                ConnectorKey::Cursor => 3,
-                ConnectorKey::Epoch => 4,
-                ConnectorKey::Holder => 5,
+            let Some(slot) = ConnectorKey::ALL.iter().position(|(k, _)| *k == which) else {
+                continue;
             };
-            by_name.entry(name).or_insert_with(|| vec![None; 6])[slot] = Some(kv);
+            by_name
+                .entry(name)
+                .or_insert_with(|| vec![None; ConnectorKey::ALL.len()])[slot] = Some(kv);
         }
         by_name
             .iter()
@@ -872,6 +770,40 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         self.put_if_connector_exists(name, ConnectorKey::Desired, encode(&desired)?)
             .await
+    }
+
+    /// Asks whoever syncs connector `name` to copy table `table` ([`crate::table_key`])
+    /// again; returns the request's number, which the table's
+    /// [`TableSyncState::resyncs`](crate::TableSyncState) reaches once it is served.
+    pub async fn request_resync(&self, name: &str, table: &str) -> Result<u64, CatalogError> {
+        let keys = [
+            self.keys.connector(name, ConnectorKey::Spec),
+            self.keys.connector(name, ConnectorKey::Resync),
+        ];
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (_, kvs) = self.kv.get_many(&keys).await?;
+            if kvs[0].is_none() {
+                return Err(CatalogError::NotFound(format!("connector `{name}`")));
+            }
+            let mut requests: BTreeMap<String, u64> =
+                kvs[1].as_ref().map(decode).transpose()?.unwrap_or_default();
+            let number = requests.get(table).copied().unwrap_or(0) + 1;
+            requests.insert(table.to_owned(), number);
+            let txn = Txn {
+                compares: vec![
+                    Compare::mod_revision(keys[0].clone(), revision_of(&kvs[0])),
+                    Compare::mod_revision(keys[1].clone(), revision_of(&kvs[1])),
+                ],
+                on_success: vec![Op::put(keys[1].clone(), encode(&requests)?)],
+                read_on_failure: Vec::new(),
+            };
+            if self.kv.txn(txn).await?.succeeded {
+                return Ok(number);
+            }
+        }
+        Err(CatalogError::Unavailable(format!(
+            "the resync requests of connector `{name}` kept changing; retry"
+        )))
     }
 
     async fn put_if_connector_exists(
@@ -1069,6 +1001,56 @@ impl Catalog {
         Ok(())
     }
 
+    // ----- open writes --------------------------------------------------------------------
+
+    /// Registers a write of `write.table_ids` that has not committed yet, under `lease` (a
+    /// worker's): the garbage collector keeps its files while the registration lives. The
+    /// write's commit must carry the registration ([`CatalogCommit::open_write`]).
+    pub async fn register_write(
+        &self,
+        lease: LeaseId,
+        write: &crate::model::OpenWrite,
+    ) -> Result<WriteRegistration, CatalogError> {
+        let key = self.keys.open_write(&Uuid::now_v7().to_string());
+        let txn = Txn {
+            compares: vec![Compare::mod_revision(key.clone(), 0)],
+            on_success: vec![Op::put_with_lease(key.clone(), encode(write)?, lease)],
+            read_on_failure: Vec::new(),
+        };
+        let outcome = self.kv.txn(txn).await?;
+        if !outcome.succeeded {
+            return Err(CatalogError::Storage(
+                "a new write registration key existed already".into(),
+            ));
+        }
+        Ok(WriteRegistration {
+            key,
+            revision: outcome.revision,
+        })
+    }
+
+    /// Drops a registration whose write was abandoned (its files are garbage now).
+    pub async fn release_write(
+        &self,
+        registration: &WriteRegistration,
+    ) -> Result<(), CatalogError> {
+        let txn = Txn {
+            compares: vec![Compare::mod_revision(
+                registration.key.clone(),
+                registration.revision,
+            )],
+            on_success: vec![Op::delete(registration.key.clone())],
+            read_on_failure: Vec::new(),
+        };
+        self.kv.txn(txn).await.map(|_| ())
+    }
+
+    /// Every registered open write.
+    pub async fn open_writes(&self) -> Result<Vec<crate::model::OpenWrite>, CatalogError> {
+        let (_, kvs) = self.kv.range(self.keys.writes_root().as_bytes()).await?;
+        kvs.iter().map(decode).collect()
+    }
+
     // ----- watch --------------------------------------------------------------------------
 
     /// Streams catalog changes from `start_revision` on (use the revision of a read plus one
@@ -1086,55 +1068,58 @@ impl Catalog {
             .await?;
         Ok(stream.map(move |batch| {
             let batch = batch?;
-            let mut events: Vec<CatalogEvent> = Vec::new();
-            for event in &batch.events {
-                let deleted = event.kind == WatchEventKind::Delete;
-                let catalog_event = match keys.parse(&event.kv.key) {
-                    Some(ParsedKey::Table(t, TableKey::Meta)) if deleted => {
-                        CatalogEvent::TableDropped(t)
-                    }
-                    Some(ParsedKey::Table(t, _)) => CatalogEvent::TableChanged(t),
-                    Some(ParsedKey::Connector(n, ConnectorKey::Spec)) if deleted => {
-                        CatalogEvent::ConnectorDeleted(n)
-                    }
-                    Some(ParsedKey::Connector(n, _)) => CatalogEvent::ConnectorChanged(n),
-                    Some(ParsedKey::Worker(w)) => CatalogEvent::WorkerChanged(w),
-                    None => continue,
-                };
-                if !events.contains(&catalog_event) {
-                    events.push(catalog_event);
-                }
-            }
-            // A dropped table's other keys go in the same revision: report the drop only.
-            let dropped: Vec<TableRef> = events
-                .iter()
-                .filter_map(|e| {
-                    if let CatalogEvent::TableDropped(t) = e {
-                        Some(t.clone())
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            events.retain(|e| !matches!(e, CatalogEvent::TableChanged(t) if dropped.contains(t)));
-            let deleted: Vec<String> = events
-                .iter()
-                .filter_map(|e| {
-                    if let CatalogEvent::ConnectorDeleted(n) = e {
-                        Some(n.clone())
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            events
-                .retain(|e| !matches!(e, CatalogEvent::ConnectorChanged(n) if deleted.contains(n)));
             Ok(CatalogChange {
                 revision: batch.revision,
-                events,
+                events: catalog_events(&keys, &batch.events)?,
             })
         }))
     }
+}
+
+/// What the changes of one revision mean, each thing once. A dropped table's other keys (and
+/// a deleted connector's) go in the same revision: only the drop is reported.
+fn catalog_events(keys: &Keys, changes: &[WatchEvent]) -> Result<Vec<CatalogEvent>, CatalogError> {
+    let mut events: Vec<CatalogEvent> = Vec::new();
+    for event in changes {
+        let deleted = event.kind == WatchEventKind::Delete;
+        let meaning = match keys.parse(&event.kv.key) {
+            Some(ParsedKey::Table(t, TableKey::Meta)) if deleted => {
+                vec![CatalogEvent::TableDropped(t)]
+            }
+            Some(ParsedKey::Table(t, _)) => vec![CatalogEvent::TableChanged(t)],
+            Some(ParsedKey::SyncShard(connector, _)) if !deleted => {
+                let shard: crate::shards::SyncShard = decode(&event.kv)?;
+                shard
+                    .changed
+                    .into_iter()
+                    .map(|[schema, table]| {
+                        CatalogEvent::TableChanged(TableRef::new(connector.clone(), schema, table))
+                    })
+                    .collect()
+            }
+            Some(ParsedKey::Connector(n, ConnectorKey::Spec)) if deleted => {
+                vec![CatalogEvent::ConnectorDeleted(n)]
+            }
+            Some(ParsedKey::Connector(n, _)) => vec![CatalogEvent::ConnectorChanged(n)],
+            Some(ParsedKey::Worker(w)) => vec![CatalogEvent::WorkerChanged(w)],
+            _ => Vec::new(),
+        };
+        for e in meaning {
+            if !events.contains(&e) {
+                events.push(e);
+            }
+        }
+    }
+    let superseded: Vec<CatalogEvent> = events
+        .iter()
+        .filter_map(|e| match e {
+            CatalogEvent::TableDropped(t) => Some(CatalogEvent::TableChanged(t.clone())),
+            CatalogEvent::ConnectorDeleted(n) => Some(CatalogEvent::ConnectorChanged(n.clone())),
+            _ => None,
+        })
+        .collect();
+    events.retain(|e| !superseded.contains(e));
+    Ok(events)
 }
 
 /// Refuses a connector URL that carries a password: secrets come from `secret_ref` only and

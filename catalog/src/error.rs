@@ -87,6 +87,14 @@ pub enum CatalogError {
         reason: String,
     },
 
+    /// The registration of an open write lapsed before its commit (its writer's lease ran
+    /// out, so the garbage collector may have taken the write's files): the commit is refused.
+    /// Retrying the same commit cannot succeed; the write must be done again.
+    #[error(
+        "the write registered at `{0}` lapsed before it committed; its files may be gone, so it must be written again"
+    )]
+    WriteLapsed(String),
+
     /// The backend's storage failed (disk full, I/O error on the embedded file, etcd refusing
     /// the request for a reason that is not transient).
     #[error("catalog storage error: {0}")]

@@ -6,20 +6,55 @@
 //! P/tables/{catalog}/{schema}/{table}/meta            TableMeta     (id, origin; never changes)
 //! P/tables/{catalog}/{schema}/{table}/schema          TableSchema   (current version)
 //! P/tables/{catalog}/{schema}/{table}/schemas/{v:020} TableSchema   (every version, for history)
-//! P/tables/{catalog}/{schema}/{table}/snapshot        TableSnapshot (manifest pointer)
+//! P/tables/{catalog}/{schema}/{table}/snapshot        TableSnapshot (manifest pointer; native tables)
+//! P/tables/{connector}/!sync/{shard:02}               SyncShard: snapshot pointers and sync states
+//!                                                     of the connector's synced tables that hash
+//!                                                     to this shard (0..SYNC_SHARDS)
 //! P/connectors/{name}/spec                            ConnectorSpec (no secrets)
 //! P/connectors/{name}/desired                         DesiredState
 //! P/connectors/{name}/status                          ConnectorStatus
 //! P/connectors/{name}/cursor                          SourceCursor  (written only by commits)
 //! P/connectors/{name}/epoch                           u64 fencing epoch (bumped by each claim)
 //! P/connectors/{name}/holder                          ConnectorHolder, under the holder's lease
+//! P/connectors/{name}/resync                          resync requests: table → request count
 //! P/workers/{worker_id}                               WorkerRecord, under the worker's lease
+//! P/writes/{write_id}                                 OpenWrite, under its writer's lease
 //! ```
 //!
 //! Manifests and extent lists live in object storage, never here: etcd caps a request at
 //! 1.5 MiB and 128 operations, so a commit carries pointers only.
+//!
+//! # Why synced tables keep their pointers in shards
+//!
+//! One source transaction may touch any number of a connector's tables, and its commit must
+//! install all of them at once with the connector's cursor (SPEC §6). With a key per table,
+//! a commit costs a compare and a put per table and stops fitting etcd's 128 operations past
+//! about 40 tables. So a synced table's snapshot pointer and its sync state live in one of
+//! [`SYNC_SHARDS`] shard keys of its connector (chosen by a stable hash of schema and table):
+//! a commit costs at most one compare and one put per shard, whatever the table count. The
+//! price is that a commit rewrites whole shards (a few hundred bytes per table in them) and
+//! that two commits to different tables of one shard conflict (and rebase). A shard segment
+//! starts with `!`, which [`escape`] never produces, so it cannot collide with a schema name.
 
 use crate::model::TableRef;
+
+/// How many shard keys hold the synced tables of one connector (see the module docs).
+pub const SYNC_SHARDS: u64 = 64;
+
+/// The path segment under a connector's catalog prefix that holds its shards.
+const SHARDS_SEGMENT: &str = "!sync";
+
+/// The shard of a synced table: a stable hash (FNV-1a) of its schema and name.
+pub fn sync_shard(schema: &str, table: &str) -> u64 {
+    let hash = schema
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(table.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    hash % SYNC_SHARDS
+}
 
 /// Escapes one name segment: bytes outside `[A-Za-z0-9_.-]` become `%XX`; `.` and `..` alone
 /// are escaped too, so no segment reads like a path step.
@@ -71,6 +106,10 @@ pub enum ParsedKey {
     Connector(String, ConnectorKey),
     /// A worker's liveness key.
     Worker(String),
+    /// A shard of a connector's synced tables: (connector, shard).
+    SyncShard(String, u64),
+    /// An open write's registration.
+    OpenWrite(String),
 }
 
 /// Which key of a table.
@@ -101,16 +140,20 @@ pub enum ConnectorKey {
     Epoch,
     /// `holder`.
     Holder,
+    /// `resync`.
+    Resync,
 }
 
 impl ConnectorKey {
-    const ALL: [(ConnectorKey, &'static str); 6] = [
+    /// Every connector key, in the order connector reads return them.
+    pub const ALL: [(ConnectorKey, &'static str); 7] = [
         (ConnectorKey::Spec, "spec"),
         (ConnectorKey::Desired, "desired"),
         (ConnectorKey::Status, "status"),
         (ConnectorKey::Cursor, "cursor"),
         (ConnectorKey::Epoch, "epoch"),
         (ConnectorKey::Holder, "holder"),
+        (ConnectorKey::Resync, "resync"),
     ];
 
     fn name(self) -> &'static str {
@@ -188,6 +231,21 @@ impl Keys {
         self.table_prefix(table).into_bytes()
     }
 
+    /// The shard key holding synced table `table`'s snapshot pointer and sync state (the
+    /// shard lives under the table's catalog, its connector).
+    pub fn sync_shard_of(&self, table: &TableRef) -> Vec<u8> {
+        self.sync_shard(&table.catalog, sync_shard(&table.schema, &table.table))
+    }
+
+    /// Shard `shard` of connector `connector`'s synced tables.
+    pub fn sync_shard(&self, connector: &str, shard: u64) -> Vec<u8> {
+        format!(
+            "{}{SHARDS_SEGMENT}/{shard:02}",
+            self.catalog_prefix(connector)
+        )
+        .into_bytes()
+    }
+
     /// Prefix of every connector key.
     pub fn connectors_root(&self) -> String {
         format!("{}/connectors/", self.prefix)
@@ -208,12 +266,26 @@ impl Keys {
         format!("{}{}", self.workers_root(), escape(worker_id)).into_bytes()
     }
 
+    /// Prefix of open-write registrations.
+    pub fn writes_root(&self) -> String {
+        format!("{}/writes/", self.prefix)
+    }
+
+    /// An open write's registration key.
+    pub fn open_write(&self, write_id: &str) -> Vec<u8> {
+        format!("{}{}", self.writes_root(), escape(write_id)).into_bytes()
+    }
+
     /// Parses a key under this prefix; `None` for keys the catalog does not define.
     pub fn parse(&self, key: &[u8]) -> Option<ParsedKey> {
         let key = std::str::from_utf8(key).ok()?;
         let rest = key.strip_prefix(&self.root())?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
+            ["tables", connector, SHARDS_SEGMENT, shard] => Some(ParsedKey::SyncShard(
+                unescape(connector)?,
+                shard.parse().ok()?,
+            )),
             ["tables", catalog, schema, table, leaf @ ..] => {
                 let table = TableRef::new(unescape(catalog)?, unescape(schema)?, unescape(table)?);
                 let which = match leaf {
@@ -233,6 +305,7 @@ impl Keys {
                 Some(ParsedKey::Connector(unescape(name)?, which))
             }
             ["workers", id] => Some(ParsedKey::Worker(unescape(id)?)),
+            ["writes", id] => Some(ParsedKey::OpenWrite(unescape(id)?)),
             _ => None,
         }
     }
@@ -267,6 +340,21 @@ mod tests {
         let longer =
             String::from_utf8(keys.table_meta(&TableRef::new("kyma", "s2", "t"))).expect("ascii");
         assert!(!longer.starts_with(&short));
+    }
+
+    #[test]
+    fn shard_keys_parse_and_never_read_as_a_table() {
+        let keys = Keys::new("/kyma");
+        let table = TableRef::new("pg_prod", "public", "users");
+        let key = keys.sync_shard_of(&table);
+        let shard = sync_shard("public", "users");
+        assert!(shard < SYNC_SHARDS);
+        assert_eq!(
+            keys.parse(&key),
+            Some(ParsedKey::SyncShard("pg_prod".into(), shard))
+        );
+        // A schema literally named `!sync` escapes to another segment.
+        assert_ne!(escape("!sync"), SHARDS_SEGMENT);
     }
 
     #[test]

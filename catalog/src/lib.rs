@@ -14,10 +14,12 @@ pub mod keys;
 pub mod kv;
 pub mod location;
 pub mod model;
+mod shards;
+mod tables;
 
 pub use catalog::{
     Catalog, CatalogChange, CatalogCommit, CatalogEvent, ClaimFence, CommitConflict, CommitOutcome,
-    ConnectorClaim, CursorAdvance, TableCommit, WorkerSession,
+    ConnectorClaim, CursorAdvance, TableCommit, WorkerSession, WriteRegistration,
 };
 pub use error::CatalogError;
 pub use kv::Revision;

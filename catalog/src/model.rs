@@ -377,8 +377,75 @@ pub struct TableState {
     pub meta: TableMeta,
     /// The current schema.
     pub schema: Versioned<TableSchema>,
-    /// The current snapshot pointer.
+    /// The current snapshot pointer. For a synced table its `mod_revision` is the revision of
+    /// the shard holding it (see [`crate::keys`]), which other tables of the shard move too.
     pub snapshot: Versioned<TableSnapshot>,
+    /// Where a synced table stands in its connector's sync (`None` for native tables).
+    pub sync: Option<TableSyncState>,
+}
+
+/// Where one synced table stands in its connector's sync: committed together with the
+/// table's data (and the connector's cursor), so that a crash never separates the two.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TableSyncState {
+    /// Pending, streaming or failed.
+    pub phase: SyncPhase,
+    /// The source position of the table's snapshot: the changes it contains. Changes at or
+    /// before it are never applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// `_kyma_seq` of the snapshot's rows (identifies the copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_seq: Option<u64>,
+    /// How many resync requests of the table have been served (see
+    /// [`ConnectorState::resync`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resyncs: u64,
+    /// Why the table failed, what to fix, and whether kyma retries by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<TableFailure>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The durable phase of a synced table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncPhase {
+    /// To be copied (new, in scope again, resync requested, or a copy was interrupted).
+    #[default]
+    Pending,
+    /// Copied; changes after its snapshot are applied.
+    Streaming,
+    /// Stopped on a definite error; the rest of the connector goes on.
+    Failed,
+}
+
+/// Why a synced table failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableFailure {
+    /// What went wrong.
+    pub reason: String,
+    /// What the operator should do.
+    pub fix: String,
+    /// Whether kyma retries by itself once the cause is gone (`false`: only a resync does).
+    pub retries: bool,
+}
+
+/// How the connector status and resync requests name a source table: `schema.table`, with a
+/// part that holds `.` or `"` double-quoted (inner quotes doubled), so that every name reads
+/// back unambiguously (MongoDB collection names may contain dots).
+pub fn table_key(schema: &str, table: &str) -> String {
+    let part = |p: &str| {
+        if p.contains(['.', '"']) {
+            format!("\"{}\"", p.replace('"', "\"\""))
+        } else {
+            p.to_owned()
+        }
+    };
+    format!("{}.{}", part(schema), part(table))
 }
 
 /// Source type of a connector.
@@ -580,6 +647,13 @@ pub struct TableSyncStatus {
     /// The last definite error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// With `last_error`: what the operator should do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+    /// With `last_error`: whether kyma retries by itself once the cause is gone (`false`:
+    /// only a resync of the table does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<bool>,
     /// Warnings such as a type that fell back to dynamic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -613,6 +687,14 @@ pub struct ConnectorStatus {
 pub struct SourceCursor {
     /// The source's position (LSN, GTID set, file:pos, resume token), opaque to the catalog.
     pub position: String,
+    /// The next `_kyma_seq` to assign: versions get their order from the pipeline, not from
+    /// the source position.
+    #[serde(default)]
+    pub next_seq: u64,
+    /// What the position is a position in (a replication slot and where it was created, a
+    /// server id): a worker refuses to resume on anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
     /// The commit that installed it.
     pub commit_id: Uuid,
     /// The worker epoch that committed it.
@@ -630,6 +712,19 @@ pub struct ConnectorHolder {
     pub epoch: u64,
     /// Claim time, Unix milliseconds.
     pub claimed_at_ms: i64,
+}
+
+/// A batch whose files are not committed yet and may be older than the garbage collector's
+/// grace (stored under its writer's lease): the collector keeps every file of its tables from
+/// `started_at_ms` on. See `kyma_table::gc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenWrite {
+    /// The ids of the tables it writes.
+    pub table_ids: Vec<Uuid>,
+    /// When it wrote its first file, Unix milliseconds.
+    pub started_at_ms: i64,
+    /// Who writes it (for people reading the catalog).
+    pub writer: String,
 }
 
 /// A live worker (stored under its lease).
@@ -656,6 +751,9 @@ pub struct ConnectorState {
     pub epoch: u64,
     /// Who holds it now.
     pub holder: Option<ConnectorHolder>,
+    /// Resync requests per table ([`table_key`]): the request count, which a table's
+    /// [`TableSyncState::resyncs`] reaches once the table was copied again.
+    pub resync: BTreeMap<String, u64>,
 }
 
 /// Current time in Unix milliseconds.

@@ -12,8 +12,9 @@ use kyma_catalog::kv::etcd::EtcdBackend;
 use kyma_catalog::kv::{KvBackend, Op, Txn};
 use kyma_catalog::{
     Catalog, CatalogChange, CatalogCommit, CatalogError, CatalogEvent, Column, CommitOutcome,
-    ConnectionSpec, ConnectorMode, ConnectorSpec, DesiredState, KymaType, SourceType, TableCommit,
-    TableOrigin, TableRef, TableState,
+    ConnectionSpec, ConnectorClaim, ConnectorMode, ConnectorSpec, DesiredState, KymaType,
+    OpenWrite, SourceType, SyncPhase, TableCommit, TableOrigin, TableRef, TableState,
+    TableSyncState, table_key,
 };
 use kyma_test_harness::{Etcd, unique_name};
 
@@ -125,6 +126,21 @@ async fn watch_until(
             .expect("watch delivered in time");
         seen.push(next.expect("watch still open").expect("watch event"));
     }
+}
+
+/// Two tables of `names` whose synced state lives in one shard.
+fn same_shard_pair(names: &[TableRef]) -> (TableRef, TableRef) {
+    let shard = |t: &TableRef| kyma_catalog::keys::sync_shard(&t.schema, &t.table);
+    names
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| {
+            names[i + 1..]
+                .iter()
+                .find(|b| shard(b) == shard(a))
+                .map(|b| (a.clone(), b.clone()))
+        })
+        .expect("300 tables in 64 shards share one")
 }
 
 mod cases {
@@ -423,6 +439,239 @@ mod cases {
                 .value
                 .version,
             1
+        );
+    }
+
+    pub async fn a_sync_commit_over_hundreds_of_tables_lands_at_once(f: Fixture) {
+        const TABLES: usize = 300;
+        let c = &f.catalog;
+        c.create_connector(&connector_spec("pg_wide"))
+            .await
+            .expect("connector");
+        let names: Vec<TableRef> = (0..TABLES)
+            .map(|i| TableRef::new("pg_wide", "public", format!("t{i}")))
+            .collect();
+        for t in &names {
+            let state = c
+                .create_table(
+                    t,
+                    TableOrigin::Synced {
+                        connector: "pg_wide".into(),
+                    },
+                    vec![Column::new("id", KymaType::Long)],
+                )
+                .await
+                .expect("synced table");
+            assert_eq!(state.sync, Some(TableSyncState::default()), "{t}");
+        }
+        let session = c
+            .start_session("wide", Duration::from_secs(10))
+            .await
+            .expect("session");
+        let claim = c
+            .claim_connector(&session, "pg_wide")
+            .await
+            .expect("claim")
+            .expect("free");
+        let revision = c.ping().await.expect("ping") + 1;
+        let mut watch = Box::pin(c.watch(revision).await.expect("watch"));
+        let (_, states) = c.tables(&names).await.expect("read");
+        let streaming = TableSyncState {
+            phase: SyncPhase::Streaming,
+            since: Some("0/10".into()),
+            ..TableSyncState::default()
+        };
+        let tables = states
+            .iter()
+            .map(|s| {
+                TableCommit::on(s, format!("m/{}", s.table.table), &[])
+                    .expect("on")
+                    .with_sync(streaming.clone())
+            })
+            .collect();
+        let mut commit = CatalogCommit::sync(&claim, "0/10", tables);
+        if let Some(cursor) = commit.cursor.as_mut() {
+            cursor.next_seq = 7;
+            cursor.source_id = Some("slot@0/10".into());
+        }
+        let CommitOutcome::Committed { revision } = c.commit(&commit).await.expect("commit") else {
+            panic!("the first commit conflicts");
+        };
+        let (_, after) = c.list_tables(Some("pg_wide")).await.expect("list");
+        assert_eq!(after.len(), TABLES);
+        for state in &after {
+            assert_eq!(state.snapshot.value.commit_id, Some(commit.commit_id));
+            assert_eq!(state.snapshot.value.version, 1);
+            assert_eq!(state.sync.as_ref(), Some(&streaming), "{}", state.table);
+        }
+        let cursor = c
+            .connector("pg_wide")
+            .await
+            .expect("read")
+            .cursor
+            .expect("cursor");
+        assert_eq!(
+            (cursor.value.next_seq, cursor.value.source_id.as_deref()),
+            (7, Some("slot@0/10"))
+        );
+        // One watch change reports every table the commit touched.
+        let mut seen = Vec::new();
+        watch_until(&mut watch, &mut seen, |s| {
+            s.iter().any(|ch| ch.revision == revision)
+        })
+        .await;
+        let change = seen
+            .iter()
+            .find(|ch| ch.revision == revision)
+            .expect("the commit");
+        for t in &names {
+            assert!(
+                change
+                    .events
+                    .contains(&CatalogEvent::TableChanged(t.clone())),
+                "{t} missing from {:?}",
+                change.events
+            );
+        }
+
+        // A compaction-like commit of one table (no cursor) and a sync commit of another
+        // table of the same shard: the later one rebases and neither loses the other's entry.
+        let (a, b) = same_shard_pair(&names);
+        let (_, base) = c.tables(&[a.clone(), b.clone()]).await.expect("read");
+        let compaction = CatalogCommit::tables(vec![
+            TableCommit::on(&base[0], "m/compacted", &[]).expect("on"),
+        ]);
+        assert!(matches!(
+            c.commit(&compaction).await.expect("compaction"),
+            CommitOutcome::Committed { .. }
+        ));
+        let claim = ConnectorClaim {
+            cursor: c.connector("pg_wide").await.expect("read").cursor,
+            ..claim
+        };
+        let stale = CatalogCommit::sync(
+            &claim,
+            "0/20",
+            vec![TableCommit::on(&base[1], "m/b/2", &[]).expect("on")],
+        );
+        let CommitOutcome::Conflict(conflict) = c.commit(&stale).await.expect("commit") else {
+            panic!("a commit on a stale shard landed");
+        };
+        let rebased = CatalogCommit::sync(
+            &claim,
+            "0/20",
+            vec![TableCommit::on(&conflict.tables[0], "m/b/2", &[]).expect("on")],
+        );
+        assert!(matches!(
+            c.commit(&rebased).await.expect("rebased"),
+            CommitOutcome::Committed { .. }
+        ));
+        let (_, now) = c.tables(&[a.clone(), b.clone()]).await.expect("read");
+        assert_eq!(
+            now[0].snapshot.value.manifest.as_deref(),
+            Some("m/compacted")
+        );
+        assert_eq!(now[1].snapshot.value.manifest.as_deref(), Some("m/b/2"));
+        assert_eq!(
+            now[1].sync.as_ref(),
+            Some(&streaming),
+            "kept by TableCommit::on"
+        );
+
+        // Dropping one synced table leaves its shard's other tables.
+        c.drop_table(&a).await.expect("drop");
+        assert!(matches!(c.table(&a).await, Err(CatalogError::NotFound(_))));
+        assert_eq!(
+            c.table(&b)
+                .await
+                .expect("read")
+                .snapshot
+                .value
+                .manifest
+                .as_deref(),
+            Some("m/b/2")
+        );
+    }
+
+    pub async fn resync_requests_count_up_per_table(f: Fixture) {
+        let c = &f.catalog;
+        assert!(matches!(
+            c.request_resync("nobody", "public.users").await,
+            Err(CatalogError::NotFound(_))
+        ));
+        c.create_connector(&connector_spec("pg_resync"))
+            .await
+            .expect("connector");
+        let users = table_key("public", "users");
+        let dotted = table_key("app", "orders.2024");
+        assert_eq!(dotted, "app.\"orders.2024\"");
+        assert_eq!(c.request_resync("pg_resync", &users).await.expect("1"), 1);
+        assert_eq!(c.request_resync("pg_resync", &users).await.expect("2"), 2);
+        assert_eq!(c.request_resync("pg_resync", &dotted).await.expect("1"), 1);
+        let state = c.connector("pg_resync").await.expect("read");
+        assert_eq!(state.resync, BTreeMap::from([(users, 2), (dotted, 1)]));
+    }
+
+    pub async fn an_open_write_lives_with_its_lease_and_a_lapsed_one_cannot_commit(f: Fixture) {
+        let c = &f.catalog;
+        let t = table("long_write");
+        let base = c
+            .create_table(&t, TableOrigin::Native, vec![])
+            .await
+            .expect("create");
+        let write = OpenWrite {
+            table_ids: vec![base.meta.id],
+            started_at_ms: 1,
+            writer: "w".into(),
+        };
+        let session = c
+            .start_session("writer", Duration::from_secs(10))
+            .await
+            .expect("session");
+        let registration = c
+            .register_write(session.lease(), &write)
+            .await
+            .expect("register");
+        assert_eq!(c.open_writes().await.expect("list"), vec![write.clone()]);
+        let mut commit =
+            CatalogCommit::tables(vec![TableCommit::on(&base, "m/1", &[]).expect("on")]);
+        commit.open_write = Some(registration);
+        assert!(matches!(
+            c.commit(&commit).await.expect("commit"),
+            CommitOutcome::Committed { .. }
+        ));
+        assert!(
+            c.open_writes().await.expect("list").is_empty(),
+            "the commit ends it"
+        );
+
+        // A registration whose lease is gone: its commit is refused, nothing changes.
+        let registration = c
+            .register_write(session.lease(), &write)
+            .await
+            .expect("register");
+        session.close().await.expect("revoke");
+        assert!(
+            c.open_writes().await.expect("list").is_empty(),
+            "gone with the lease"
+        );
+        let state = c.table(&t).await.expect("read");
+        let mut late =
+            CatalogCommit::tables(vec![TableCommit::on(&state, "m/2", &[]).expect("on")]);
+        late.open_write = Some(registration);
+        assert!(matches!(
+            c.commit(&late).await,
+            Err(CatalogError::WriteLapsed(_))
+        ));
+        assert_eq!(
+            c.table(&t)
+                .await
+                .expect("read")
+                .snapshot
+                .value
+                .manifest
+                .as_deref(),
+            Some("m/1")
         );
     }
 
@@ -746,6 +995,9 @@ macro_rules! conformance {
                 a_lapsed_lease_is_taken_over_and_the_old_worker_is_fenced,
                 a_watch_sees_every_commit_in_order,
                 leased_keys_vanish_with_their_lease,
+                a_sync_commit_over_hundreds_of_tables_lands_at_once,
+                resync_requests_count_up_per_table,
+                an_open_write_lives_with_its_lease_and_a_lapsed_one_cannot_commit,
             );
         }
     };

@@ -124,8 +124,11 @@ impl SyncBatch {
                     claim: fence.claim.clone(),
                     base_cursor_revision: fence.cursor_revision,
                     position: position.clone(),
+                    next_seq: 0,
+                    source_id: None,
                 }),
                 tables: commits,
+                open_write: None,
             };
             match self.catalog.commit(&commit).await? {
                 CommitOutcome::Committed { revision } => {

@@ -108,6 +108,8 @@ impl StatusBook {
                 rows_synced: 0,
                 bytes_synced: 0,
                 last_error: None,
+                fix: None,
+                retries: None,
                 warnings: Vec::new(),
             })
     }
