@@ -14,7 +14,11 @@
 //!
 //! 1. a writer commits within `G/2` of writing its first file (a [`crate::TableWriter`]
 //!    ingest, a sync batch, a compaction — which abandons past
-//!    [`crate::compaction::CompactionOptions::max_duration`]);
+//!    [`crate::compaction::CompactionOptions::max_duration`]), **or** registers its write in
+//!    the catalog ([`kyma_catalog::OpenWrite`], under its lease) before `G/2` has passed and
+//!    commits with the registration (the commit compares it, so a write whose registration
+//!    lapsed never commits). A long snapshot or a huge source transaction has no deadline:
+//!    sync batches register;
 //! 2. a query holds a snapshot (from reading the catalog's pointer to reading its last
 //!    extent) for at most `G/2`;
 //! 3. the clocks of this process, the object store and the committing processes (the
@@ -23,6 +27,8 @@
 //! # What is kept, per table the catalog has
 //!
 //! - every object modified within the grace;
+//! - every object of a table with a registered open write, modified at or after the write
+//!   started (less `G/2` for clock skew);
 //! - the current manifest and every extent it lists;
 //! - when the current snapshot was committed less than `G/2` ago (queries may still hold
 //!   older snapshots): every manifest of versions `m-1` and `m`, and every extent they list,
@@ -36,7 +42,9 @@
 //!
 //! - **Commits in flight.** A writer writes its files, then commits (a compare-and-swap on the
 //!   snapshot it built on). By (1) every file of a commit in flight is younger than `G/2`, so
-//!   it is kept. A commit installs only files it wrote itself and extents of the snapshot it
+//!   it is kept — or its write registered before `G/2` passed, so before this collection
+//!   read the registrations (which it does first), and its files are kept as long as the
+//!   registration lives; once the registration lapses the write can no longer commit. A commit installs only files it wrote itself and extents of the snapshot it
 //!   replaces, so an extent once absent from a table's current snapshot never returns: each
 //!   extent is live over one interval of snapshot versions.
 //! - **Queries in flight.** A query that may still run read its snapshot `v` less than `G/2`
@@ -123,6 +131,8 @@ pub struct GcSummary {
     pub dropped_tables_marked: u64,
     /// Dropped tables whose files are all gone now.
     pub dropped_tables_removed: u64,
+    /// Old objects outside the current manifests kept for a registered open write.
+    pub kept_for_open_writes: u64,
 }
 
 /// Deletes the files no snapshot needs any more (see the module docs for what is kept and
@@ -133,6 +143,14 @@ pub async fn collect_garbage(
     options: &GcOptions,
 ) -> Result<GcSummary, TableError> {
     let clock = Clock::new(options);
+    // Registrations first: a write older than the grace registered before this read.
+    let mut open_since: HashMap<Uuid, i64> = HashMap::new();
+    for write in catalog.open_writes().await? {
+        for id in write.table_ids {
+            let since = open_since.entry(id).or_insert(write.started_at_ms);
+            *since = (*since).min(write.started_at_ms);
+        }
+    }
     let (_, tables) = catalog.list_tables(None).await?;
     let live: HashMap<Uuid, TableState> = tables.into_iter().map(|t| (t.meta.id, t)).collect();
     let dirs = store
@@ -157,6 +175,7 @@ pub async fn collect_garbage(
         match live.get(&id) {
             Some(state) => {
                 let garbage = live_garbage(store, state, &objects, &clock, &mut summary).await?;
+                let garbage = spare_open_writes(garbage, open_since.get(&id), &clock, &mut summary);
                 delete(store, &garbage, &mut summary).await?;
             }
             None => collect_dropped(store, &dir, &objects, &clock, &mut summary).await?,
@@ -174,6 +193,8 @@ struct Clock {
     /// Queries may hold snapshots that were current at or after this (now minus half the
     /// grace).
     readers_since: i64,
+    /// The grace.
+    grace_ms: i64,
 }
 
 impl Clock {
@@ -187,6 +208,7 @@ impl Clock {
         Self {
             old_at_or_before: now.saturating_sub(grace),
             readers_since: now.saturating_sub(grace / 2),
+            grace_ms: grace,
         }
     }
 
@@ -314,6 +336,25 @@ async fn live_garbage<'a>(
             Kind::Unknown => false,
         })
         .collect())
+}
+
+/// `garbage` less the objects a registered open write of the table may have written: those
+/// modified at or after `since` (the write's start), less half the grace for clock skew.
+fn spare_open_writes<'a>(
+    garbage: Vec<&'a TableObject>,
+    since: Option<&i64>,
+    clock: &Clock,
+    summary: &mut GcSummary,
+) -> Vec<&'a TableObject> {
+    let Some(since) = since else {
+        return garbage;
+    };
+    let from = since.saturating_sub(clock.grace_ms / 2);
+    let (spared, garbage): (Vec<_>, Vec<_>) = garbage
+        .into_iter()
+        .partition(|o| o.kind == Kind::Extent && o.modified_ms() >= from);
+    summary.kept_for_open_writes += spared.len() as u64;
+    garbage
 }
 
 /// A table id the catalog lacks: marks it, or once the mark is older than the grace deletes

@@ -11,7 +11,10 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArra
 use arrow::array::{TimestampMicrosecondArray, new_null_array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
 use futures::TryStreamExt;
-use kyma_catalog::{Catalog, CatalogLocation, Column, KymaType, TableOrigin, TableRef};
+use kyma_catalog::{
+    Catalog, CatalogCommit, CatalogLocation, Column, CommitOutcome, KymaType, OpenWrite,
+    TableOrigin, TableRef,
+};
 use kyma_table::compaction::{CompactionOutcome, PreparedCompaction};
 use kyma_table::synced::{self, ChangeOp};
 use kyma_table::versions::key_versions;
@@ -742,4 +745,92 @@ async fn garbage_collection_deletes_unreferenced_files_only_after_the_grace() {
         .await
         .expect("gc");
     assert_eq!(fourth.deleted, 0, "{fourth:?}");
+}
+
+#[tokio::test]
+async fn garbage_collection_spares_a_registered_open_write_past_the_grace() {
+    let f = fixture("gcopen").await;
+    let id = f.catalog.table(&f.table).await.expect("table").meta.id;
+    let session = f
+        .catalog
+        .start_session("long-writer", Duration::from_secs(60))
+        .await
+        .expect("session");
+    let started_at_ms = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+    // Two writes that have not committed: one registered (a long sync batch), one not.
+    let mut writes = Vec::new();
+    for (key, name) in [(1, "registered"), (2, "unregistered")] {
+        let mut writer = TableWriter::open(&f.catalog, &f.store, &f.table, WriteOptions::default())
+            .await
+            .expect("open");
+        writer
+            .write(&batch(
+                &[v(key, key, ChangeOp::Insert, young(), Some(name))],
+                false,
+            ))
+            .await
+            .expect("write");
+        writes.push(writer.finish().await.expect("finish"));
+    }
+    let registration = f
+        .catalog
+        .register_write(
+            session.lease(),
+            &OpenWrite {
+                table_ids: vec![id],
+                started_at_ms,
+                writer: "test".into(),
+            },
+        )
+        .await
+        .expect("register");
+    let registered = writes[0].extents[0].path.clone();
+    let unregistered = writes[1].extents[0].path.clone();
+
+    // A collection long after the grace, while the registered write is still open, spares
+    // its extent (and, registered per table, the other one written since it started).
+    let past = GcOptions {
+        now: Some(SystemTime::now() + GcOptions::default().grace + Duration::from_secs(600)),
+        ..GcOptions::default()
+    };
+    let summary = collect_garbage(&f.catalog, &f.store, &past)
+        .await
+        .expect("gc");
+    assert_eq!(
+        (summary.deleted, summary.kept_for_open_writes),
+        (0, 2),
+        "{summary:?}"
+    );
+    let files = objects(&f, id).await;
+    assert!(files.contains(&registered) && files.contains(&unregistered));
+
+    // Its commit lands with the registration, and the table reads its row.
+    let state = f.catalog.table(&f.table).await.expect("table");
+    let mut commit = CatalogCommit::tables(vec![
+        writes[0]
+            .table_commit(&f.store, &state)
+            .await
+            .expect("manifest"),
+    ]);
+    commit.open_write = Some(registration);
+    assert!(matches!(
+        f.catalog.commit(&commit).await.expect("commit"),
+        CommitOutcome::Committed { .. }
+    ));
+    assert_eq!(raw_rows(&f).await.len(), 1);
+
+    // With no registration left, the next collection takes the write that never committed.
+    let summary = collect_garbage(&f.catalog, &f.store, &past)
+        .await
+        .expect("gc");
+    assert_eq!(summary.kept_for_open_writes, 0, "{summary:?}");
+    let files = objects(&f, id).await;
+    assert!(files.contains(&registered), "committed: {files:?}");
+    assert!(!files.contains(&unregistered), "garbage: {files:?}");
 }
