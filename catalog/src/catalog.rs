@@ -856,6 +856,26 @@ impl Catalog {
         Err(self.fenced(fence, &outcome.reads[0])?)
     }
 
+    /// A fenced catalog transaction: succeeds only while `fence` is the connector's current
+    /// claim ([`CatalogError::Fenced`] once another worker has claimed it, or it was
+    /// deleted). Workers run it right before every destructive step at the source.
+    pub async fn check_claim(&self, fence: &ClaimFence) -> Result<(), CatalogError> {
+        let epoch_key = self.keys.connector(&fence.connector, ConnectorKey::Epoch);
+        let txn = Txn {
+            compares: vec![Compare::mod_revision(
+                epoch_key.clone(),
+                fence.epoch_revision,
+            )],
+            on_success: Vec::new(),
+            read_on_failure: vec![epoch_key],
+        };
+        let outcome = self.kv.txn(txn).await?;
+        if outcome.succeeded {
+            return Ok(());
+        }
+        Err(self.fenced(fence, &outcome.reads[0])?)
+    }
+
     fn fenced(
         &self,
         fence: &ClaimFence,

@@ -22,6 +22,6 @@ pub use catalog::{
     ConnectorClaim, CursorAdvance, TableCommit, WorkerSession, WriteRegistration,
 };
 pub use error::CatalogError;
-pub use kv::Revision;
+pub use kv::{LeaseId, Revision};
 pub use location::CatalogLocation;
 pub use model::*;

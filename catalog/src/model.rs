@@ -448,6 +448,35 @@ pub fn table_key(schema: &str, table: &str) -> String {
     format!("{}.{}", part(schema), part(table))
 }
 
+/// The schema and table of a [`table_key`]; `None` when `key` is not one.
+pub fn parse_table_key(key: &str) -> Option<(String, String)> {
+    let (schema, rest) = parse_key_part(key)?;
+    let rest = rest.strip_prefix('.')?;
+    let (table, rest) = parse_key_part(rest)?;
+    rest.is_empty().then_some((schema, table))
+}
+
+/// One part of a table key and what follows it.
+fn parse_key_part(text: &str) -> Option<(String, &str)> {
+    let Some(quoted) = text.strip_prefix('"') else {
+        let end = text.find(['.', '"']).unwrap_or(text.len());
+        return Some((text[..end].to_owned(), &text[end..]));
+    };
+    let mut part = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c != '"' {
+            part.push(c);
+        } else if quoted[i + 1..].starts_with('"') {
+            part.push('"');
+            chars.next();
+        } else {
+            return Some((part, &quoted[i + 1..]));
+        }
+    }
+    None
+}
+
 /// Source type of a connector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -762,4 +791,31 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_keys_read_back_whatever_the_names() {
+        for (schema, table) in [
+            ("public", "users"),
+            ("app", "orders.2024"),
+            ("we.ird", "x\"y"),
+            ("a", ""),
+            ("\"", "."),
+        ] {
+            let key = table_key(schema, table);
+            assert_eq!(
+                parse_table_key(&key),
+                Some((schema.to_owned(), table.to_owned())),
+                "{key}"
+            );
+        }
+        assert_eq!(table_key("public", "users"), "public.users");
+        assert_eq!(parse_table_key("users"), None);
+        assert_eq!(parse_table_key("a.b.c"), None);
+        assert_eq!(parse_table_key("\"a.b"), None);
+    }
 }

@@ -1,5 +1,6 @@
-//! One sync batch: rows of any number of source transactions, over any number of tables,
-//! committed to the catalog together with the source cursor that covers them.
+//! One sync batch: rows of any number of source transactions (or one table's snapshot), over
+//! any number of tables, committed to the catalog together with the connector's cursor and
+//! the tables' sync states.
 //!
 //! # The exactly-once commit
 //!
@@ -7,7 +8,8 @@
 //!    so a batch, or a single huge source transaction, never has to fit in memory.
 //! 2. [`SyncBatch::commit`] closes the extents, stores a new manifest per table, then makes
 //!    one [`CatalogCommit`] that compares the connector's epoch (the fence), its cursor and
-//!    every touched table's snapshot, and installs the new cursor and snapshots together.
+//!    the shards of every touched table, and installs the new cursor, snapshots and sync
+//!    states together.
 //! 3. Only after that commit does the caller acknowledge the source.
 //!
 //! A crash before step 2 lands leaves unreferenced files (garbage-collected later) and the
@@ -15,11 +17,26 @@
 //! new cursor: the replay starts after it. A commit whose answer was lost is recognised by
 //! its `commit_id` in the cursor when retried. A snapshot changed by someone else (a
 //! compaction) is rebased on; an epoch changed by someone else fences this worker for good.
+//!
+//! # Batches older than the garbage collector's patience
+//!
+//! The collector deletes unreferenced files older than its grace `G` and counts on writers
+//! committing within `G/2` (see `kyma_table::gc`). A batch has no such deadline (a long
+//! table copy, a huge source transaction), so once it is [`SyncOptions::register_after`]
+//! old it registers itself ([`kyma_catalog::OpenWrite`], under the worker's lease): the
+//! collector keeps its tables' files from its start on, and the commit compares the
+//! registration — a worker that froze past its lease cannot commit files that may be gone.
+//! A batch past [`UNREGISTERED_LIMIT`] that never registered is refused at commit (only a
+//! process frozen for hours gets there) and replayed.
+//!
+//! [`SyncOptions::register_after`]: crate::SyncOptions::register_after
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use kyma_catalog::{
-    Catalog, CatalogCommit, ClaimFence, CommitOutcome, CursorAdvance, Revision, TableRef,
+    Catalog, CatalogCommit, ClaimFence, CommitOutcome, CursorAdvance, LeaseId, OpenWrite, Revision,
+    TableCommit, TableRef, TableState, TableSyncState, WriteRegistration,
 };
 use kyma_table::{ExtentStore, TableWriter, WriteOptions, WrittenExtents};
 use uuid::Uuid;
@@ -28,6 +45,9 @@ use crate::error::SyncError;
 
 /// Rebases a commit at most this many times (each means a compaction landed meanwhile).
 const MAX_REBASES: usize = 16;
+/// A batch this old that never registered is not committed: the garbage collector (whose
+/// writers must commit within half its default grace of 6 h) may have taken its files.
+pub const UNREGISTERED_LIMIT: Duration = Duration::from_secs(2 * 3600);
 
 /// Where the connector's cursor stands: the claim and the cursor revision commits compare.
 #[derive(Debug, Clone)]
@@ -38,6 +58,17 @@ pub struct CursorFence {
     pub cursor_revision: Revision,
 }
 
+/// The cursor a batch installs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorValue {
+    /// The source position the batch covers.
+    pub position: String,
+    /// The next `_kyma_seq` after the batch.
+    pub next_seq: u64,
+    /// What the position is a position in.
+    pub source_id: Option<String>,
+}
+
 /// Rows written and not yet committed.
 #[derive(Debug)]
 pub struct SyncBatch {
@@ -46,6 +77,9 @@ pub struct SyncBatch {
     options: WriteOptions,
     writers: BTreeMap<TableRef, TableWriter>,
     rows: u64,
+    opened_at: Instant,
+    started_at_ms: i64,
+    registration: Option<WriteRegistration>,
 }
 
 /// What a committed batch did.
@@ -68,6 +102,9 @@ impl SyncBatch {
             options,
             writers: BTreeMap::new(),
             rows: 0,
+            opened_at: Instant::now(),
+            started_at_ms: now_ms(),
+            registration: None,
         }
     }
 
@@ -99,36 +136,70 @@ impl SyncBatch {
         Ok(())
     }
 
-    /// Commits everything written, and the cursor `position`, in one catalog commit fenced
-    /// by `fence`; on success the fence's cursor revision moves to the commit.
+    /// Registers the batch as an open write of `tables` (ids) under `lease` once it is
+    /// `after` old (see the module docs); does nothing before, or when registered already.
+    pub async fn keep_safe(
+        &mut self,
+        lease: LeaseId,
+        writer: &str,
+        tables: &[Uuid],
+        after: Duration,
+    ) -> Result<(), SyncError> {
+        if self.registration.is_some() || self.opened_at.elapsed() < after {
+            return Ok(());
+        }
+        let write = OpenWrite {
+            table_ids: tables.to_vec(),
+            started_at_ms: self.started_at_ms,
+            writer: writer.to_owned(),
+        };
+        self.registration = Some(self.catalog.register_write(lease, &write).await?);
+        tracing::info!(writer, age = ?self.opened_at.elapsed(), "a long sync batch registered its open write");
+        Ok(())
+    }
+
+    /// Commits everything written, the cursor `cursor` and the tables' new sync `states`
+    /// (tables with a new state but no rows get a state-only commit) in one catalog commit
+    /// fenced by `fence`; on success the fence's cursor revision moves to the commit.
     pub async fn commit(
         self,
         fence: &mut CursorFence,
-        position: String,
+        cursor: CursorValue,
+        states: &BTreeMap<TableRef, TableSyncState>,
     ) -> Result<CommittedBatch, SyncError> {
+        if self.registration.is_none() && self.opened_at.elapsed() >= UNREGISTERED_LIMIT {
+            return Err(SyncError::Transient(format!(
+                "a batch of connector `{}` is {:?} old and never registered: its files may have been garbage-collected, so it is written again",
+                fence.claim.connector,
+                self.opened_at.elapsed()
+            )));
+        }
         let mut written: Vec<WrittenExtents> = Vec::with_capacity(self.writers.len());
         for writer in self.writers.into_values() {
             written.push(writer.finish().await?);
         }
-        let tables: Vec<TableRef> = written.iter().map(|w| w.table.clone()).collect();
+        let mut tables: Vec<TableRef> = written.iter().map(|w| w.table.clone()).collect();
+        tables.extend(
+            states
+                .keys()
+                .filter(|t| !tables.contains(t))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         let commit_id = Uuid::now_v7();
-        let (_, mut states) = self.catalog.tables(&tables).await?;
+        let (_, mut bases) = self.catalog.tables(&tables).await?;
         for rebases in 0..MAX_REBASES {
-            let mut commits = Vec::with_capacity(written.len());
-            for (extents, state) in written.iter().zip(&states) {
-                commits.push(extents.table_commit(&self.store, state).await?);
-            }
             let commit = CatalogCommit {
                 commit_id,
                 cursor: Some(CursorAdvance {
                     claim: fence.claim.clone(),
                     base_cursor_revision: fence.cursor_revision,
-                    position: position.clone(),
-                    next_seq: 0,
-                    source_id: None,
+                    position: cursor.position.clone(),
+                    next_seq: cursor.next_seq,
+                    source_id: cursor.source_id.clone(),
                 }),
-                tables: commits,
-                open_write: None,
+                tables: table_commits(&self.store, &written, &bases, states).await?,
+                open_write: self.registration.clone(),
             };
             match self.catalog.commit(&commit).await? {
                 CommitOutcome::Committed { revision } => {
@@ -149,7 +220,7 @@ impl SyncBatch {
                         });
                     }
                     tracing::debug!(connector = %fence.claim.connector, "sync commit rebasing on a concurrent table commit");
-                    states = conflict.tables;
+                    bases = conflict.tables;
                 }
             }
         }
@@ -158,4 +229,43 @@ impl SyncBatch {
             fence.claim.connector
         )))
     }
+
+    /// Drops the batch's registration, if it made one (its files are garbage now).
+    pub async fn abandon(self) {
+        if let Some(registration) = &self.registration
+            && let Err(e) = self.catalog.release_write(registration).await
+        {
+            tracing::debug!(error = %e, "the abandoned batch's registration stays until its lease ends");
+        }
+    }
+}
+
+/// Each table's part of the commit, on `bases` (in the order: `written`, then the tables with
+/// a state change only).
+async fn table_commits(
+    store: &ExtentStore,
+    written: &[WrittenExtents],
+    bases: &[TableState],
+    states: &BTreeMap<TableRef, TableSyncState>,
+) -> Result<Vec<TableCommit>, SyncError> {
+    let mut commits = Vec::with_capacity(bases.len());
+    for (i, base) in bases.iter().enumerate() {
+        let commit = match written.get(i) {
+            Some(extents) => extents.table_commit(store, base).await?,
+            None => TableCommit::state_only(base, base.sync.clone().unwrap_or_default()),
+        };
+        commits.push(match states.get(&base.table) {
+            Some(state) => commit.with_sync(state.clone()),
+            None => commit,
+        });
+    }
+    Ok(commits)
+}
+
+/// The wall clock in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

@@ -34,6 +34,7 @@ impl From<ConnectorError> for SyncError {
     fn from(e: ConnectorError) -> Self {
         match e {
             ConnectorError::Catalog(e) => e.into(),
+            ConnectorError::Fenced { connector, .. } => SyncError::Fenced { connector },
             e if e.is_retryable() => SyncError::Transient(e.to_string()),
             e => SyncError::Definite(e.to_string()),
         }
@@ -44,6 +45,8 @@ impl From<CatalogError> for SyncError {
     fn from(e: CatalogError) -> Self {
         match e {
             CatalogError::Fenced { connector, .. } => SyncError::Fenced { connector },
+            // The batch is written again from the cursor: nothing to fix.
+            e @ CatalogError::WriteLapsed(_) => SyncError::Transient(e.to_string()),
             e if e.is_retryable() => SyncError::Transient(e.to_string()),
             e => SyncError::Definite(e.to_string()),
         }

@@ -3,8 +3,9 @@
 //! A worker registers itself in the catalog under a lease that it keeps alive. Its
 //! supervisor polls the connectors: every connector in mode `sync` or `both` that an
 //! operator wants running and that no live worker holds is claimed (at a new, higher fencing
-//! epoch, under the worker's lease) and synced on a task of its own
-//! ([`postgres::PgConnectorSync`]). A worker that dies loses its claims when its lease lapses,
+//! epoch, under the worker's lease) and synced on a task of its own by the one sync pipeline
+//! ([`pipeline::ConnectorSync`]), whatever the source: the worker knows sources only through
+//! `kyma_connectors::registry` and `kyma_connectors::sync`. A worker that dies loses its claims when its lease lapses,
 //! and another worker takes over from the committed cursor; a worker that was only paused
 //! finds its next commit fenced and stops. A worker that outlives its lease (it was paused,
 //! or cut off from the catalog for longer than the lease) stops its connectors and registers
@@ -13,29 +14,30 @@
 //! Errors: transient ones (source or catalog unreachable, connection lost) are retried with
 //! backoff from the last commit; definite ones (a setting to fix, a dropped slot) put the
 //! connector's `last_error` in its status and are retried slowly, so fixing the cause
-//! resumes the sync without a restart.
+//! resumes the sync without a restart. A connector deleted while a worker runs it is stopped
+//! and its source objects torn down (registration's delete does so too, for connectors no
+//! worker runs).
 
 pub mod batch;
 pub mod error;
 pub mod metrics;
-pub mod postgres;
-mod toast;
+pub mod pipeline;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kyma_catalog::{
-    Catalog, CatalogError, ConnectorClaim, ConnectorSpec, ConnectorState, DesiredState, SourceType,
-    WorkerSession,
+    Catalog, CatalogError, ConnectorClaim, ConnectorSpec, ConnectorState, ConnectorStatus,
+    DesiredState, LeaseId, WorkerSession,
 };
-use kyma_connectors::SecretResolver;
+use kyma_connectors::{SecretResolver, registry};
 use kyma_table::ExtentStore;
 use tokio::sync::watch;
 
 pub use error::SyncError;
 pub use metrics::SyncMetrics;
-pub use postgres::{SyncContext, SyncOptions};
+pub use pipeline::{ConnectorSync, SyncContext, SyncOptions};
 
 /// How often the supervisor looks for connectors to claim or stop.
 const POLL_EVERY: Duration = Duration::from_millis(500);
@@ -140,13 +142,15 @@ fn current(session: &CurrentSession) -> Arc<WorkerSession> {
 struct Running {
     spec: ConnectorSpec,
     stop: watch::Sender<bool>,
+    /// Its resync requests, as the catalog has them.
+    requests: watch::Sender<BTreeMap<String, u64>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 fn wanted(state: &ConnectorState) -> bool {
     state.spec.mode.syncs()
         && state.desired == DesiredState::Running
-        && state.spec.source_type == SourceType::Postgres
+        && registry::kind(state.spec.source_type).is_ok()
 }
 
 /// Supervises under the current session; when its lease lapses, registers again (the
@@ -209,6 +213,15 @@ async fn supervise_session(
             }
         };
         running.retain(|_, r| !r.task.is_finished());
+        for (name, r) in &running {
+            if let Some(state) = connectors.iter().find(|c| &c.spec.name == name) {
+                r.requests.send_if_modified(|requests| {
+                    let changed = *requests != state.resync;
+                    requests.clone_from(&state.resync);
+                    changed
+                });
+            }
+        }
         let by_name: HashMap<&str, &ConnectorState> = connectors
             .iter()
             .map(|c| (c.spec.name.as_str(), c))
@@ -251,11 +264,12 @@ async fn supervise_session(
                 Ok(Some(claim)) => {
                     tracing::info!(connector = %name, epoch = claim.fence.epoch, "claimed");
                     let (stop_tx, stop_rx) = watch::channel(false);
+                    let (requests, requests_rx) = watch::channel(state.resync.clone());
                     let task = tokio::spawn(run_connector(
                         ctx.clone(),
                         state.spec.clone(),
                         claim,
-                        state.status.clone(),
+                        (session.lease(), state.status.clone(), requests_rx),
                         stop_rx,
                     ));
                     running.insert(
@@ -263,6 +277,7 @@ async fn supervise_session(
                         Running {
                             spec: state.spec.clone(),
                             stop: stop_tx,
+                            requests,
                             task,
                         },
                     );
@@ -282,23 +297,24 @@ async fn supervise_session(
     lost
 }
 
+/// What a claimed connector's run starts from: the lease it was claimed under, its status
+/// and its resync requests.
+type RunStart = (
+    LeaseId,
+    ConnectorStatus,
+    watch::Receiver<BTreeMap<String, u64>>,
+);
+
 /// Runs one claimed connector until told to stop or fenced; retries failed runs.
 async fn run_connector(
     ctx: SyncContext,
     spec: ConnectorSpec,
     claim: ConnectorClaim,
-    status: kyma_catalog::ConnectorStatus,
+    (lease, status, requests): RunStart,
     mut stop: watch::Receiver<bool>,
 ) {
     let name = spec.name.clone();
-    let mut sync = match postgres::PgConnectorSync::new(ctx.clone(), spec, claim.clone(), status) {
-        Ok(sync) => sync,
-        Err(e) => {
-            tracing::error!(connector = %name, error = %e, "cannot resume the connector");
-            let _ = ctx.catalog.release_connector(&claim).await;
-            return;
-        }
-    };
+    let mut sync = ConnectorSync::new(ctx.clone(), spec, claim.clone(), lease, status, requests);
     let mut attempt: u32 = 0;
     loop {
         let started = std::time::Instant::now();
@@ -334,24 +350,19 @@ async fn run_connector(
     }
 }
 
-/// Drops a deleted connector's replication slot and publication at the source (best
-/// effort: a slot left behind would keep the source's WAL forever, so failures are logged).
+/// Tears a deleted connector's objects down at the source (best effort: a slot left behind
+/// would keep the source's WAL forever, so failures are logged).
 async fn drop_source_objects(ctx: &SyncContext, spec: &ConnectorSpec) {
-    let result = async {
-        let client = kyma_connectors::postgres::connect(&spec.connection, &ctx.secrets).await?;
-        kyma_connectors::postgres::sync::drop_source_objects(
-            &client,
-            &kyma_connectors::postgres::sync::SyncNames::of(&spec.name),
-        )
-        .await
-    }
-    .await;
+    let result = match registry::kind(spec.source_type) {
+        Ok(kind) => kind.change_source(spec, &ctx.secrets).teardown().await,
+        Err(e) => Err(e),
+    };
     match result {
         Ok(()) => {
-            tracing::info!(connector = %spec.name, "dropped the deleted connector's slot and publication")
+            tracing::info!(connector = %spec.name, "tore the deleted connector's source objects down")
         }
         Err(e) => {
-            tracing::warn!(connector = %spec.name, error = %e, "cannot drop the deleted connector's slot and publication; drop them at the source")
+            tracing::warn!(connector = %spec.name, error = %e, "cannot tear the deleted connector's source objects down; drop its replication slot and publication at the source")
         }
     }
 }

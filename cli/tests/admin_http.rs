@@ -149,13 +149,20 @@ async fn connector_admin_over_http() {
         .call(reqwest::Method::GET, "/v1/connectors/pg_prod", None)
         .await;
     assert_eq!(status, 200, "{one}");
-    let (status, _) = api
+    let (status, refused) = api
         .post(
             "/v1/connectors/pg_prod/tables/public.users/resync",
             &json!({}),
         )
         .await;
-    assert_eq!(status, 501);
+    assert_eq!(
+        status, 400,
+        "a federation connector has nothing to resync: {refused}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&refused).expect("json")["error"]["field"],
+        "mode"
+    );
 
     for shown in [&created, &one, &paused] {
         assert!(!shown.contains(password), "{shown}");

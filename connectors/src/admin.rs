@@ -5,13 +5,13 @@
 
 use kyma_catalog::{
     Catalog, CatalogError, ConnectorHolder, ConnectorSpec, ConnectorState, ConnectorStatus,
-    DesiredState, SourceType, validate_identifier,
+    DesiredState, TableRef, parse_table_key, validate_identifier,
 };
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::ConnectorError;
-use crate::postgres;
+use crate::registry;
 use crate::secrets::SecretResolver;
 
 /// Catalog names that connectors cannot take.
@@ -70,24 +70,11 @@ impl ConnectorAdmin {
     /// source with the secret, then stores it (running).
     pub async fn create(&self, body: &Value) -> Result<ConnectorView, ConnectorError> {
         let spec = parse_spec(body)?;
-        let warnings = match spec.source_type {
-            SourceType::Postgres => {
-                let info = postgres::probe(&spec.connection, &spec.scope, &self.secrets).await?;
-                tracing::info!(connector = %spec.name, server_version = %info.server_version, "source reached");
-                info.warnings
-            }
-            other => {
-                return Err(ConnectorError::invalid(
-                    "type",
-                    format!(
-                        "{} connectors are not available in this kyma yet; postgres is",
-                        serde_json::to_string(&other)
-                            .unwrap_or_default()
-                            .trim_matches('"')
-                    ),
-                ));
-            }
-        };
+        let info = registry::kind(spec.source_type)?
+            .probe(&spec, &self.secrets)
+            .await?;
+        tracing::info!(connector = %spec.name, server_version = %info.server_version, "source reached");
+        let warnings = info.warnings;
         let status = ConnectorStatus {
             warnings,
             ..ConnectorStatus::default()
@@ -118,12 +105,84 @@ impl ConnectorAdmin {
             .collect())
     }
 
-    /// Removes a connector (its synced tables stay until dropped).
-    pub async fn delete(&self, name: &str) -> Result<(), ConnectorError> {
+    /// Removes a connector (its synced tables stay until dropped) and tears down what it
+    /// owns at the source (a sync connector's replication slot and publication), also when
+    /// no worker runs it (paused, or no worker up). The catalog delete comes first, so a
+    /// worker still running it is fenced before its source objects go. A teardown that fails
+    /// (the source is unreachable) does not undo the delete: its reason comes back as a
+    /// warning naming what to drop by hand.
+    pub async fn delete(&self, name: &str) -> Result<Vec<String>, ConnectorError> {
+        let state = self
+            .catalog
+            .connector(name)
+            .await
+            .map_err(|e| not_found(name, e))?;
         self.catalog
             .delete_connector(name)
             .await
-            .map_err(|e| not_found(name, e))
+            .map_err(|e| not_found(name, e))?;
+        if !state.spec.mode.syncs() {
+            return Ok(Vec::new());
+        }
+        let torn_down = match registry::kind(state.spec.source_type) {
+            Ok(kind) => {
+                kind.change_source(&state.spec, &self.secrets)
+                    .teardown()
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        Ok(match torn_down {
+            Ok(()) => {
+                tracing::info!(connector = %name, "tore the deleted connector's source objects down");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(connector = %name, error = %e, "cannot tear the deleted connector's source objects down");
+                vec![format!(
+                    "the connector is deleted, but its replication objects at the source could not be dropped ({e}); a CDC worker retries if it still runs it, else drop them at the source"
+                )]
+            }
+        })
+    }
+
+    /// Asks the connector's CDC worker to copy `table` (`schema.table`, as the status names
+    /// it) again: its rows are replaced by a new snapshot and streaming goes on from it.
+    /// Returns the request's number (the table's state counts the requests served).
+    pub async fn resync(&self, name: &str, table: &str) -> Result<u64, ConnectorError> {
+        let state = self
+            .catalog
+            .connector(name)
+            .await
+            .map_err(|e| not_found(name, e))?;
+        if !state.spec.mode.syncs() {
+            return Err(ConnectorError::invalid(
+                "mode",
+                format!(
+                    "connector `{name}` does not sync (mode federation), so it has no synced table to resync"
+                ),
+            ));
+        }
+        let (schema, table_name) = parse_table_key(table).ok_or_else(|| {
+            ConnectorError::invalid(
+                "table",
+                format!("`{table}` is not a table name: write schema.table as the connector status shows it"),
+            )
+        })?;
+        let synced = TableRef::new(name, &schema, &table_name);
+        match self.catalog.table(&synced).await {
+            Ok(_) => {}
+            Err(CatalogError::NotFound(_)) => {
+                return Err(ConnectorError::invalid(
+                    "table",
+                    format!(
+                        "connector `{name}` has no synced table {table}; its tables are listed in its status"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(self.catalog.request_resync(name, table).await?)
     }
 
     /// Pauses or resumes a connector; returns it as it is now.
@@ -222,11 +281,7 @@ pub fn parse_spec(body: &Value) -> Result<ConnectorSpec, ConnectorError> {
     }
     let spec: ConnectorSpec = serde_json::from_value(body.clone())
         .map_err(|e| ConnectorError::invalid("body", format!("{e}")))?;
-    let schemes: &[&str] = match spec.source_type {
-        SourceType::Postgres => &["postgres", "postgresql"],
-        SourceType::Mysql => &["mysql", "mariadb"],
-        SourceType::Mongodb => &["mongodb", "mongodb+srv"],
-    };
+    let schemes = registry::url_schemes(spec.source_type);
     let scheme = spec.connection.url.split_once("://").map(|(s, _)| s);
     if !scheme.is_some_and(|s| schemes.contains(&s)) {
         return Err(ConnectorError::invalid(

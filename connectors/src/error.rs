@@ -31,6 +31,15 @@ pub enum ConnectorError {
     /// The catalog failed (its own retryability applies).
     #[error(transparent)]
     Catalog(CatalogError),
+    /// Another worker holds the connector now (or it was deleted): a destructive step at the
+    /// source was not taken.
+    #[error("connector `{connector}` is held by another worker now; {step} was not done")]
+    Fenced {
+        /// The connector.
+        connector: String,
+        /// The step that was about to run.
+        step: String,
+    },
 }
 
 impl ConnectorError {
@@ -41,7 +50,8 @@ impl ConnectorError {
             ConnectorError::Catalog(e) => e.is_retryable(),
             ConnectorError::Invalid { .. }
             | ConnectorError::Source(_)
-            | ConnectorError::NotFound(_) => false,
+            | ConnectorError::NotFound(_)
+            | ConnectorError::Fenced { .. } => false,
         }
     }
 

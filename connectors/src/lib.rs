@@ -1,11 +1,13 @@
 //! kyma's connectors (SPEC §4): registration and validation, secrets resolved at connect time,
-//! and one module per source. Postgres comes first; its federation and sync build on
-//! [`postgres::connect`].
+//! the registry of source kinds ([`registry`]), the seam between a source's change log and
+//! the sync pipeline ([`sync`]), and one module per source (Postgres first).
 
 pub mod admin;
 mod error;
 pub mod postgres;
+pub mod registry;
 pub mod secrets;
+pub mod sync;
 
 pub use admin::{ConnectorAdmin, ConnectorView};
 pub use error::ConnectorError;

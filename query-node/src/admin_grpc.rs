@@ -48,6 +48,7 @@ fn status_of(e: ConnectorError) -> Status {
         }
         ConnectorError::Source(_) => Status::failed_precondition(message),
         ConnectorError::NotFound(_) => Status::not_found(message),
+        ConnectorError::Fenced { .. } => Status::aborted(message),
         ConnectorError::Catalog(c) if c.is_retryable() => Status::unavailable(message),
         ConnectorError::Catalog(_) => Status::internal(message),
     }
@@ -194,11 +195,12 @@ impl ConnectorAdminRpc for AdminService {
         &self,
         request: Request<proto::DeleteConnectorRequest>,
     ) -> Result<Response<proto::DeleteConnectorResponse>, Status> {
-        self.admin
+        let warnings = self
+            .admin
             .delete(&request.into_inner().name)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(proto::DeleteConnectorResponse {}))
+        Ok(Response::new(proto::DeleteConnectorResponse { warnings }))
     }
 
     async fn pause_connector(
@@ -222,10 +224,13 @@ impl ConnectorAdminRpc for AdminService {
         request: Request<proto::ResyncTableRequest>,
     ) -> Result<Response<proto::ResyncTableResponse>, Status> {
         let request = request.into_inner();
-        self.admin.get(&request.name).await.map_err(status_of)?;
-        Err(Status::unimplemented(format!(
-            "resync of {} needs sync, which this kyma does not run yet",
-            request.table
-        )))
+        let number = self
+            .admin
+            .resync(&request.name, &request.table)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(proto::ResyncTableResponse {
+            request: number,
+        }))
     }
 }

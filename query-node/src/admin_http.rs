@@ -5,9 +5,9 @@
 //! | `POST /v1/connectors` | register (body as in SPEC §4) → 201 and the connector |
 //! | `GET /v1/connectors` | list → `{"connectors": [...]}` |
 //! | `GET /v1/connectors/{name}` | one, with status |
-//! | `DELETE /v1/connectors/{name}` | remove → 204 |
+//! | `DELETE /v1/connectors/{name}` | remove, tearing down its source objects → 204 (200 with `{"warnings": [...]}` when the teardown failed) |
 //! | `POST /v1/connectors/{name}/pause`, `.../resume` | set the desired state |
-//! | `POST /v1/connectors/{name}/tables/{schema}.{table}/resync` | not yet: 501 until sync exists |
+//! | `POST /v1/connectors/{name}/tables/{schema}.{table}/resync` | copy one synced table again → 202 `{"connector", "table", "request"}` |
 //!
 //! Errors are `{"error": {"code", "field", "message"}}`: 400 for bad input and for a source
 //! that cannot be reached or refuses the credentials (the field names what to fix), 404 for
@@ -73,6 +73,9 @@ fn failure(e: &ConnectorError) -> Response {
         ConnectorError::NotFound(_) => {
             error_body(StatusCode::NOT_FOUND, "not_found", None, &message)
         }
+        ConnectorError::Fenced { .. } => {
+            error_body(StatusCode::CONFLICT, "conflict", None, &message)
+        }
         ConnectorError::Catalog(c) if c.is_retryable() => error_body(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -121,7 +124,8 @@ async fn one(State(admin): State<ConnectorAdmin>, Path(name): Path<String>) -> R
 
 async fn remove(State(admin): State<ConnectorAdmin>, Path(name): Path<String>) -> Response {
     match admin.delete(&name).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(warnings) if warnings.is_empty() => StatusCode::NO_CONTENT.into_response(),
+        Ok(warnings) => json(StatusCode::OK, &serde_json::json!({ "warnings": warnings })),
         Err(e) => failure(&e),
     }
 }
@@ -144,13 +148,10 @@ async fn resync(
     State(admin): State<ConnectorAdmin>,
     Path((name, table)): Path<(String, String)>,
 ) -> Response {
-    if let Err(e) = admin.get(&name).await {
-        return failure(&e);
-    }
-    error_body(
-        StatusCode::NOT_IMPLEMENTED,
-        "unimplemented",
-        None,
-        &format!("resync of {table} needs sync, which this kyma does not run yet"),
+    answer(
+        StatusCode::ACCEPTED,
+        admin.resync(&name, &table).await.map(
+            |request| serde_json::json!({"connector": name, "table": table, "request": request}),
+        ),
     )
 }

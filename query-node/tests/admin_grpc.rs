@@ -139,8 +139,9 @@ async fn connector_lifecycle_and_bad_input_over_grpc() {
             table: "public.users".into(),
         })
         .await
-        .expect_err("no sync yet");
-    assert_eq!(resync.code(), Code::Unimplemented);
+        .expect_err("a federation connector has nothing to resync");
+    assert_eq!(resync.code(), Code::InvalidArgument);
+    assert!(resync.message().starts_with("mode:"), "{resync:?}");
     client
         .delete_connector(DeleteConnectorRequest {
             name: "pg_prod".into(),

@@ -258,27 +258,16 @@ pub struct SnapshotMeta<'a> {
 
 /// Synced rows of a batch of snapshot rows (the source columns, of kyma types): the columns
 /// as they are, then the system columns of a first version (`insert`), `_kyma_pk` derived
-/// from the columns at `key` (indices, in key order).
+/// from the `key` columns (the key's values in key order, one per row of `batch`).
 pub fn snapshot_rows(
     batch: &RecordBatch,
-    key: &[usize],
+    key: &[ArrayRef],
     meta: SnapshotMeta<'_>,
 ) -> Result<RecordBatch, TableError> {
     let rows = batch.num_rows();
-    let keys: Vec<&ArrayRef> = key
-        .iter()
-        .map(|&i| {
-            batch.columns().get(i).ok_or_else(|| {
-                TableError::from(arrow::error::ArrowError::InvalidArgumentError(format!(
-                    "key column {i} is not in a snapshot batch of {} columns",
-                    batch.num_columns()
-                )))
-            })
-        })
-        .collect::<Result<_, _>>()?;
     let mut pk = KymaColumnBuilder::new(KymaType::String, rows);
     for row in 0..rows {
-        let parts: Vec<Option<KymaValueRef<'_>>> = keys
+        let parts: Vec<Option<KymaValueRef<'_>>> = key
             .iter()
             .map(|k| KymaValueRef::at(k.as_ref(), row))
             .collect();
@@ -358,7 +347,7 @@ mod tests {
         .expect("source rows");
         let snapshot = snapshot_rows(
             &source,
-            &[0, 1],
+            &source.columns()[..2],
             SnapshotMeta {
                 lsn: "0/1",
                 at_micros: 5,

@@ -182,13 +182,32 @@ impl<'a> SyncSetup<'a> {
             .into_iter()
             .find(|t| t.schema == schema && t.name == table)
             .expect("source table");
-        let session = SnapshotSession::open(client, None, "0/0".into(), 0)
-            .await
-            .expect("session");
+        let key: Vec<usize> = source
+            .key
+            .iter()
+            .map(|k| {
+                source
+                    .columns
+                    .iter()
+                    .position(|(c, _)| &c.name == k)
+                    .expect("key column")
+            })
+            .collect();
+        let session = SnapshotSession::open(client, None).await.expect("session");
         let mut rows = Rows::new();
         let mut batches = pin!(session.copy_table(&source, 4096).await.expect("copy"));
         while let Some(batch) = batches.next().await {
-            collect(&batch.expect("batch"), &mut rows);
+            let batch = batch.expect("batch");
+            let keys: Vec<_> = key.iter().map(|&i| batch.column(i).clone()).collect();
+            let meta = synced::SnapshotMeta {
+                lsn: "",
+                at_micros: 0,
+                seq: 0,
+            };
+            collect(
+                &synced::snapshot_rows(&batch, &keys, meta).expect("keys"),
+                &mut rows,
+            );
         }
         rows
     }

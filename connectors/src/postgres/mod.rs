@@ -31,7 +31,7 @@ pub use pool::{PgPool, PooledClient};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kyma_catalog::{ConnectionSpec, ScopeSpec, TlsMode};
+use kyma_catalog::{ConnectionSpec, ConnectorSpec, ScopeSpec, TlsMode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -40,18 +40,34 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::ConnectorError;
+use crate::registry::{SourceInfo, SourceKind};
 use crate::secrets::SecretResolver;
+use crate::sync::ChangeSource;
 
 /// How long connecting may take before the source counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the preflight probe learned about the source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceInfo {
-    /// `server_version` as the server reports it.
-    pub server_version: String,
-    /// Columns in scope whose types kyma does not map (they read as `dynamic`).
-    pub warnings: Vec<String>,
+/// Postgres in the registry of source kinds.
+#[derive(Debug)]
+pub struct PostgresKind;
+
+#[async_trait::async_trait]
+impl SourceKind for PostgresKind {
+    async fn probe(
+        &self,
+        spec: &ConnectorSpec,
+        secrets: &SecretResolver,
+    ) -> Result<SourceInfo, ConnectorError> {
+        probe(&spec.connection, &spec.scope, secrets).await
+    }
+
+    fn change_source(
+        &self,
+        spec: &ConnectorSpec,
+        secrets: &SecretResolver,
+    ) -> Box<dyn ChangeSource> {
+        Box::new(sync::PgChangeSource::new(spec, secrets))
+    }
 }
 
 /// Connects to the source of `spec`; the connection runs on a background task until the
@@ -122,7 +138,10 @@ pub async fn probe(
         })
         .collect();
     Ok(SourceInfo {
-        server_version: row.get(0),
+        server_version: row.try_get(0).map_err(|e| ConnectorError::Unreachable {
+            field: "connection.url".into(),
+            reason: format!("the server answered the probe in an unexpected form: {e}"),
+        })?,
         warnings,
     })
 }

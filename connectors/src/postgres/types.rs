@@ -171,26 +171,61 @@ pub async fn source_columns(
             field: "connection.url".into(),
             reason: format!("reading the source's columns failed: {e}"),
         })?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|row| {
-            let letter = |i: usize| row.get::<_, String>(i).chars().next().unwrap_or(' ');
-            SourceColumn {
-                schema: row.get(0),
-                table: row.get(1),
-                name: row.get(2),
-                pg_type: PgType {
-                    name: row.get(3),
-                    kind: letter(4),
-                    category: letter(5),
-                    typmod: row.get(6),
-                },
-                not_null: row.get(7),
-                collation: row.get(8),
-                deterministic: row.get(9),
-            }
+            Ok(SourceColumn {
+                schema: row.try_get(0).map_err(unreadable)?,
+                table: row.try_get(1).map_err(unreadable)?,
+                name: row.try_get(2).map_err(unreadable)?,
+                pg_type: pg_type(row, 3)?,
+                not_null: row.try_get(7).map_err(unreadable)?,
+                collation: row.try_get(8).map_err(unreadable)?,
+                deterministic: row.try_get(9).map_err(unreadable)?,
+            })
         })
-        .collect())
+        .collect()
+}
+
+/// The type with OID `oid` and modifier `typmod` (a domain unwrapped to its base type), as a
+/// replication stream's relation message names it.
+pub async fn type_of_oid(
+    client: &tokio_postgres::Client,
+    oid: u32,
+    typmod: i32,
+) -> Result<PgType, ConnectorError> {
+    const QUERY: &str = "
+        SELECT COALESCE(bt.typname, t.typname)::text,
+               COALESCE(bt.typtype, t.typtype)::text,
+               COALESCE(bt.typcategory, t.typcategory)::text,
+               CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE $2 END
+          FROM pg_catalog.pg_type t
+          LEFT JOIN pg_catalog.pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype
+         WHERE t.oid = $1";
+    let row = client
+        .query_one(QUERY, &[&oid, &typmod])
+        .await
+        .map_err(|e| crate::postgres::sync::classify("reading a column type", &e))?;
+    pg_type(&row, 0)
+}
+
+/// The [`PgType`] in columns `at..at + 4` of `row` (name, kind, category, modifier).
+fn pg_type(row: &tokio_postgres::Row, at: usize) -> Result<PgType, ConnectorError> {
+    let letter = |i: usize| -> Result<char, ConnectorError> {
+        let text: String = row.try_get(at + i).map_err(unreadable)?;
+        Ok(text.chars().next().unwrap_or(' '))
+    };
+    Ok(PgType {
+        name: row.try_get(at).map_err(unreadable)?,
+        kind: letter(1)?,
+        category: letter(2)?,
+        typmod: row.try_get(at + 3).map_err(unreadable)?,
+    })
+}
+
+fn unreadable(e: tokio_postgres::Error) -> ConnectorError {
+    ConnectorError::Source(format!(
+        "the source's catalog answered in an unexpected form: {e}"
+    ))
 }
 
 #[cfg(test)]

@@ -1,412 +1,274 @@
-//! Postgres sync: what a CDC worker needs from a Postgres source (SPEC §6).
+//! Postgres sync: the [`ChangeSource`] of a Postgres connector (SPEC §6; the contract is
+//! [`crate::sync`]).
 //!
 //! # Design
 //!
 //! A connector in mode `sync` or `both` owns one **publication** and one **logical
 //! replication slot** (pgoutput) at the source, both named after the connector
-//! ([`SyncNames`]). The publication lists the in-scope tables that have a primary key, by
-//! name: a table without one is refused for sync (`"table has no primary key"`) and is never
-//! published, since publishing it would make the application's own UPDATEs and DELETEs on
-//! it fail at the source.
+//! ([`SyncNames`]). The publication lists the tables the pipeline syncs (in scope, with a
+//! primary key), by name: a table without a primary key is never published, since
+//! publishing it would make the application's own UPDATEs and DELETEs on it fail.
 //!
-//! **Snapshot, then stream, with no gap and no duplicate** ([`snapshot`]): the slot is
-//! created on a replication connection with `EXPORT_SNAPSHOT`; a second, ordinary connection
-//! imports that snapshot (`SET TRANSACTION SNAPSHOT`) and copies every table with binary
-//! `COPY` while the replication connection waits. The snapshot sees exactly the transactions
-//! committed before the slot's consistent point, and the slot streams exactly those
-//! committed after it, so streaming starts at the consistent point.
+//! - **Positions** are LSNs (`16/B374D848`). A transaction's position is its commit LSN;
+//!   the stream resumes after its end LSN. [`PgChangeSource::covers`]: a transaction is in
+//!   data taken at a mark when its commit LSN is before the mark — for a snapshot taken at a
+//!   slot's consistent point, exactly the transactions the snapshot sees.
+//! - **The first snapshot** ([`ChangeSource::prepare`] without a cursor): the slot is
+//!   created on a replication connection with `EXPORT_SNAPSHOT`, and an ordinary connection
+//!   imports that snapshot and copies tables with binary `COPY` while the replication
+//!   connection stays idle ([`snapshot`]). **Later snapshots** (a table added to the scope,
+//!   a resync, a copy a crash interrupted) come from a *temporary* slot created the same
+//!   way: it exports a snapshot at its own consistent point and disappears with its
+//!   connection, while the connector's slot stays where the cursor is.
+//! - **The stream** ([`stream`], on [`replication`]): pgoutput protocol 1 with streaming
+//!   off, read on a task of its own that keeps answering keepalives while the pipeline
+//!   writes and commits. The replication session pins TimeZone, DateStyle, IntervalStyle and
+//!   extra_float_digits ([`setup::replication_conninfo`]), so text values read the same
+//!   whatever the server's defaults; [`text`] turns them into kyma values equal to what the
+//!   snapshot copies.
+//! - **Fencing**: every destructive step — changing the publication, dropping or creating
+//!   the slot, ending the slot's current reader — runs right after [`Fence::check`]. The
+//!   slot's identity (name and creation LSN) is recorded with the cursor, and resuming is
+//!   refused when the slot is gone or its confirmed position is past the cursor (it was
+//!   created again: the pipeline acknowledges only committed positions, so a slot of its own
+//!   is never ahead), instead of streaming on and silently skipping what lies between.
 //!
-//! **Replication** ([`replication`]): pg_walstream runs the replication protocol and
-//! decodes pgoutput (text values, decoded by [`text`]); it runs on its own task, which keeps
-//! answering keepalives while the worker writes and commits. The worker acknowledges a
-//! position (flush LSN) only after the catalog commit that covers it; when it has nothing
-//! uncommitted it acknowledges the server's position on idle, so an idle slot still advances.
-//!
-//! **Cursor**: the committed position is the end LSN of the last transaction a commit
-//! covers (`X/Y`). Restarting streams from it; a transaction ending at or before it is
-//! skipped, so a batch replayed after a crash is never applied twice.
-//!
-//! Preflight ([`preflight`]) refuses, naming the setting: `wal_level` other than `logical`,
-//! a role without `REPLICATION`, no free replication slot.
+//! Preflight ([`setup::preflight`]) refuses, naming the setting: `wal_level` other than
+//! `logical`, a role without `REPLICATION`, too few free replication slots.
 
 pub mod replication;
+pub mod setup;
 pub mod snapshot;
+pub mod stream;
 pub mod text;
 
-use kyma_catalog::{ConnectionSpec, ScopeSpec, TlsMode};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use async_trait::async_trait;
+use kyma_catalog::ConnectorSpec;
+
+pub use setup::{
+    SlotState, SyncNames, SyncTable, classify, discover_tables, drop_source_objects, format_lsn,
+    parse_lsn, preflight, replication_conninfo, slot_state,
+};
+
+use self::replication::{PgReplicationStream, SlotCreation};
+use self::snapshot::PgSnapshot;
+use self::stream::PgChangeStream;
 use crate::error::ConnectorError;
-use crate::postgres::quote_ident;
-use crate::postgres::types::{Mapped, SourceColumn, kyma_type, source_columns};
+use crate::postgres::connect;
 use crate::secrets::SecretResolver;
+use crate::sync::{
+    ChangeSource, ChangeStream, Fence, Prepared, Resume, Snapshot, SourcePosition, SourceTable,
+    TableId,
+};
 
-/// Why a table is refused for sync when it has no primary key (SPEC §3).
-pub const NO_PRIMARY_KEY: &str = "table has no primary key";
-
-/// The source objects a connector owns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncNames {
-    /// The logical replication slot.
-    pub slot: String,
-    /// The publication.
-    pub publication: String,
+/// The change log of one Postgres connector (see the module docs).
+pub struct PgChangeSource {
+    spec: ConnectorSpec,
+    secrets: SecretResolver,
+    names: SyncNames,
+    client: Option<tokio_postgres::Client>,
+    tables: Arc<BTreeMap<TableId, SyncTable>>,
 }
 
-impl SyncNames {
-    /// The names for connector `connector`: `kyma_` + its name reduced to `[a-z0-9_]` + a
-    /// hash of the full name (so two names reducing alike still differ), at most 63 bytes.
-    pub fn of(connector: &str) -> Self {
-        let mut reduced: String = connector
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        reduced.truncate(40);
-        // FNV-1a: stable across builds and platforms.
-        let hash = connector.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        let name = format!("kyma_{reduced}_{:08x}", hash & 0xffff_ffff);
+impl std::fmt::Debug for PgChangeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgChangeSource")
+            .field("connector", &self.spec.name)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgChangeSource {
+    /// The source of connector `spec`; connects on first use.
+    pub fn new(spec: &ConnectorSpec, secrets: &SecretResolver) -> Self {
         Self {
-            slot: name.clone(),
-            publication: name,
+            names: SyncNames::of(&spec.name),
+            spec: spec.clone(),
+            secrets: secrets.clone(),
+            client: None,
+            tables: Arc::default(),
         }
     }
-}
 
-/// A source table in scope, as sync sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncTable {
-    /// Its schema.
-    pub schema: String,
-    /// Its name.
-    pub name: String,
-    /// Its columns with their kyma mapping, in column order.
-    pub columns: Vec<(SourceColumn, Mapped)>,
-    /// Its primary key columns in key order (empty: no primary key).
-    pub key: Vec<String>,
-    /// The planner's row estimate (`pg_class.reltuples`), for progress.
-    pub estimated_rows: u64,
-}
-
-impl SyncTable {
-    /// `schema.table`, as the connector status names it.
-    pub fn qualified(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
-    }
-
-    /// The table as quoted SQL.
-    pub fn sql_name(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-/// Every ordinary table in `scope`, with columns, primary key and row estimate, sorted by
-/// name.
-pub async fn discover_tables(
-    client: &tokio_postgres::Client,
-    scope: &ScopeSpec,
-) -> Result<Vec<SyncTable>, ConnectorError> {
-    const TABLES: &str = "
-        SELECT n.nspname, c.relname, GREATEST(c.reltuples, 0)::int8,
-               COALESCE((SELECT array_agg(a.attname::text ORDER BY k.ord)
-                           FROM pg_catalog.pg_index i
-                           CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                           JOIN pg_catalog.pg_attribute a
-                             ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                          WHERE i.indrelid = c.oid AND i.indisprimary), '{}')
-          FROM pg_catalog.pg_class c
-          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind = 'r'
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg_toast%'
-           AND (cardinality($1::text[]) = 0 OR n.nspname = ANY($1::text[]))
-         ORDER BY n.nspname, c.relname";
-    let rows = client
-        .query(TABLES, &[&scope.include_schemas])
-        .await
-        .map_err(|e| classify("listing the source's tables", &e))?;
-    let columns = source_columns(client, &scope.include_schemas).await?;
-    let mut tables = Vec::new();
-    for row in rows {
-        let (schema, name): (String, String) = (row.get(0), row.get(1));
-        if !scope.covers(&schema, &name) {
-            continue;
+    /// An ordinary connection (reconnecting when the last one broke).
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, ConnectorError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(connect(&self.spec.connection, &self.secrets).await?);
         }
-        let estimated: i64 = row.get(2);
-        let table_columns = columns
-            .iter()
-            .filter(|c| c.schema == schema && c.table == name)
-            .map(|c| (c.clone(), kyma_type(&c.name, &c.pg_type, scope)))
-            .collect();
-        tables.push(SyncTable {
-            schema,
-            name,
-            columns: table_columns,
-            key: row.get(3),
-            estimated_rows: u64::try_from(estimated).unwrap_or(0),
-        });
+        self.client
+            .as_ref()
+            .ok_or_else(|| ConnectorError::Source("no connection to the source".into()))
     }
-    Ok(tables)
-}
 
-/// Checks that the source can be synced at all, naming the setting to fix when it cannot:
-/// `wal_level = logical`, a role with `REPLICATION` (or superuser), and a free replication
-/// slot unless the connector's exists already.
-pub async fn preflight(
-    client: &tokio_postgres::Client,
-    names: &SyncNames,
-) -> Result<(), ConnectorError> {
-    const CHECK: &str = "
-        SELECT current_setting('wal_level'),
-               current_user::text,
-               (SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
-               current_setting('max_replication_slots')::int,
-               (SELECT count(*)::int FROM pg_catalog.pg_replication_slots),
-               EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)";
-    let row = client
-        .query_one(CHECK, &[&names.slot])
-        .await
-        .map_err(|e| classify("checking the source's replication settings", &e))?;
-    let wal_level: String = row.get(0);
-    if wal_level != "logical" {
-        return Err(ConnectorError::invalid(
-            "wal_level",
-            format!(
-                "the source runs with wal_level = {wal_level}; sync needs wal_level = logical (set it in postgresql.conf and restart the server)"
-            ),
-        ));
+    /// The confirmed position of a slot that was just created: its consistent point.
+    async fn consistent_point(&mut self, slot: &str) -> Result<SourcePosition, ConnectorError> {
+        let client = self.client().await?;
+        let lsn = slot_state(client, slot)
+            .await?
+            .and_then(|s| s.confirmed_flush)
+            .ok_or_else(|| ConnectorError::Unreachable {
+                field: "connection.url".into(),
+                reason: format!("the new replication slot {slot} has no position yet"),
+            })?;
+        Ok(SourcePosition(format_lsn(lsn)))
     }
-    let user: String = row.get(1);
-    if !row.get::<_, Option<bool>>(2).unwrap_or(false) {
-        return Err(ConnectorError::invalid(
-            "connection.url",
-            format!(
-                "role `{user}` cannot replicate; grant it with ALTER ROLE {} REPLICATION",
-                quote_ident(&user)
-            ),
-        ));
+
+    /// A snapshot exported by `slot` (just created), copied through a new connection.
+    async fn open_snapshot(
+        &mut self,
+        slot: SlotCreation,
+        name: &str,
+    ) -> Result<Box<dyn Snapshot>, ConnectorError> {
+        let position = self.consistent_point(name).await?;
+        let reader = connect(&self.spec.connection, &self.secrets).await?;
+        let snapshot = PgSnapshot::open(slot, reader, position, self.tables.clone()).await?;
+        Ok(Box::new(snapshot))
     }
-    let (max, used, ours): (i32, i32, bool) = (row.get(3), row.get(4), row.get(5));
-    if !ours && used >= max {
-        return Err(ConnectorError::invalid(
-            "max_replication_slots",
-            format!(
-                "all {max} replication slots of the source are in use; raise max_replication_slots or drop an unused slot"
-            ),
-        ));
-    }
-    Ok(())
-}
 
-/// Creates or updates the connector's publication so that it lists exactly `tables`.
-pub async fn ensure_publication(
-    client: &tokio_postgres::Client,
-    names: &SyncNames,
-    tables: &[&SyncTable],
-) -> Result<(), ConnectorError> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
-            &[&names.publication],
-        )
-        .await
-        .map_err(|e| classify("reading the source's publications", &e))?
-        .is_some();
-    let list: Vec<String> = tables.iter().map(|t| t.sql_name()).collect();
-    let publication = quote_ident(&names.publication);
-    let sql = match (exists, list.is_empty()) {
-        (false, true) => format!("CREATE PUBLICATION {publication}"),
-        (false, false) => format!(
-            "CREATE PUBLICATION {publication} FOR TABLE {}",
-            list.join(", ")
-        ),
-        (true, true) => {
-            // An empty publication: drop every table from it.
-            format!("DROP PUBLICATION {publication}; CREATE PUBLICATION {publication}")
-        }
-        (true, false) => format!(
-            "ALTER PUBLICATION {publication} SET TABLE {}",
-            list.join(", ")
-        ),
-    };
-    client.batch_execute(&sql).await.map_err(|e| {
-        if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-            ConnectorError::invalid(
-                "connection.url",
-                format!(
-                    "the role cannot create publication {}: it must own the synced tables (or be superuser): {e}",
-                    names.publication
-                ),
-            )
-        } else {
-            classify("creating the publication", &e)
-        }
-    })
-}
-
-/// A replication slot as the source reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotState {
-    /// `confirmed_flush_lsn`.
-    pub confirmed_flush: Option<u64>,
-    /// The backend streaming from it now, if any.
-    pub active_pid: Option<i32>,
-}
-
-/// The connector's slot, if it exists.
-pub async fn slot_state(
-    client: &tokio_postgres::Client,
-    names: &SyncNames,
-) -> Result<Option<SlotState>, ConnectorError> {
-    let row = client
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text, active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-            &[&names.slot],
-        )
-        .await
-        .map_err(|e| classify("reading the replication slot", &e))?;
-    Ok(row.map(|row| SlotState {
-        confirmed_flush: row
-            .get::<_, Option<String>>(0)
-            .and_then(|l| pg_walstream::parse_lsn(&l).ok()),
-        active_pid: row.get(1),
-    }))
-}
-
-/// Ends the backend streaming from the connector's slot (a fenced worker's walsender, which
-/// would keep the slot busy) and drops the slot when `drop` is set.
-pub async fn release_slot(
-    client: &tokio_postgres::Client,
-    names: &SyncNames,
-    drop: bool,
-) -> Result<(), ConnectorError> {
-    for _ in 0..50 {
-        let Some(state) = slot_state(client, names).await? else {
-            return Ok(());
-        };
-        match state.active_pid {
-            Some(pid) => {
-                client
-                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .map_err(|e| classify("ending the slot's previous reader", &e))?;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            None if drop => {
-                client
-                    .execute("SELECT pg_drop_replication_slot($1)", &[&names.slot])
-                    .await
-                    .map_err(|e| classify("dropping the old replication slot", &e))?;
-                return Ok(());
-            }
-            None => return Ok(()),
-        }
-    }
-    Err(ConnectorError::Unreachable {
-        field: "connection.url".into(),
-        reason: format!(
-            "replication slot {} stays in use by another reader",
-            names.slot
-        ),
-    })
-}
-
-/// Drops the connector's slot (ending its reader first) and publication.
-pub async fn drop_source_objects(
-    client: &tokio_postgres::Client,
-    names: &SyncNames,
-) -> Result<(), ConnectorError> {
-    release_slot(client, names, true).await?;
-    client
-        .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            quote_ident(&names.publication)
-        ))
-        .await
-        .map_err(|e| classify("dropping the publication", &e))
-}
-
-/// A keyword/value connection string for a replication connection to the source of `spec`
-/// (pg_walstream's format). Holds the password: never log it.
-pub fn replication_conninfo(
-    spec: &ConnectionSpec,
-    secrets: &SecretResolver,
-) -> Result<String, ConnectorError> {
-    let config: tokio_postgres::Config = spec.url.parse().map_err(|e| {
-        ConnectorError::invalid(
-            "connection.url",
-            format!("not a Postgres URL (postgres://USER@HOST:PORT/DB): {e}"),
-        )
-    })?;
-    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    let host = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    /// Creates the connector's slot (dropping one an abandoned attempt left) and returns its
+    /// first snapshot.
+    async fn create_slot(&mut self, fence: &dyn Fence) -> Result<Prepared, ConnectorError> {
+        let slot = self.names.slot.clone();
+        fence
+            .check(&format!(
+                "dropping replication slot {slot} left by an earlier attempt"
+            ))
+            .await?;
+        let names = self.names.clone();
+        setup::release_slot(self.client().await?, &names, true).await?;
+        fence
+            .check(&format!("creating replication slot {slot}"))
+            .await?;
+        let conninfo = replication_conninfo(&self.spec.connection, &self.secrets)?;
+        let creation = SlotCreation::create(&conninfo, &self.names).await?;
+        let snapshot = self.open_snapshot(creation, &slot).await?;
+        Ok(Prepared {
+            source_id: format!("{slot}@{}", snapshot.position()),
+            initial: Some(snapshot),
         })
-        .next()
-        .unwrap_or_else(|| "localhost".into());
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres");
-    let dbname = config.get_dbname().unwrap_or(user);
-    let sslmode = match spec.tls {
-        TlsMode::Disable => "disable",
-        TlsMode::Prefer => "prefer",
-        TlsMode::Required => "require",
-        TlsMode::VerifyFull => "verify-full",
-    };
-    let mut info = format!(
-        "host={} port={port} user={} dbname={} replication=database sslmode={sslmode} application_name=kyma-sync connect_timeout=10",
-        quote(&host),
-        quote(user),
-        quote(dbname)
-    );
-    if let Some(name) = &spec.secret_ref {
-        info.push_str(&format!(
-            " password={}",
-            quote(secrets.resolve(name)?.expose())
-        ));
     }
-    Ok(info)
-}
 
-/// Classifies a source error: a lost connection, a server shutting down or restarting, or
-/// one that cannot accept connections yet is transient; anything else is definite.
-pub fn classify(what: &str, e: &tokio_postgres::Error) -> ConnectorError {
-    let transient = e.is_closed()
-        || e.code().is_none()
-        || e.code().is_some_and(|c| {
-            let code = c.code();
-            code.starts_with("08") || code.starts_with("57P") || code == "53300"
-        });
-    if transient {
-        ConnectorError::Unreachable {
-            field: "connection.url".into(),
-            reason: format!("{what}: {e}"),
+    /// Checks that the connector's slot is the one `resume` is a position in, and frees it
+    /// from a previous reader.
+    async fn resume_slot(
+        &mut self,
+        resume: &Resume,
+        fence: &dyn Fence,
+    ) -> Result<Prepared, ConnectorError> {
+        let slot = self.names.slot.clone();
+        let cursor = parse_lsn(&resume.position.0)?;
+        let recreate = "delete the connector and register it again to copy every table again";
+        if let Some(recorded) = &resume.source_id
+            && recorded.split('@').next() != Some(slot.as_str())
+        {
+            return Err(ConnectorError::Source(format!(
+                "kyma's cursor is a position in replication slot {recorded}, but the connector's slot is {slot}; {recreate}"
+            )));
         }
-    } else {
-        ConnectorError::Source(format!("{what}: {e}"))
+        let Some(state) = slot_state(self.client().await?, &slot).await? else {
+            return Err(ConnectorError::Source(format!(
+                "replication slot {slot} was dropped at the source, so changes after {} are lost to kyma; {recreate}",
+                resume.position
+            )));
+        };
+        if let Some(confirmed) = state.confirmed_flush
+            && confirmed > cursor
+        {
+            return Err(ConnectorError::Source(format!(
+                "replication slot {slot} is at {}, past kyma's cursor {}: it was dropped and created again, and the changes between are lost to kyma; {recreate}",
+                format_lsn(confirmed),
+                resume.position
+            )));
+        }
+        if let Some(pid) = state.active_pid {
+            fence
+                .check(&format!(
+                    "ending the reader of replication slot {slot} (pid {pid})"
+                ))
+                .await?;
+            let names = self.names.clone();
+            setup::release_slot(self.client().await?, &names, false).await?;
+        }
+        Ok(Prepared {
+            source_id: resume.source_id.clone().unwrap_or(slot),
+            initial: None,
+        })
     }
 }
 
-/// Formats an LSN as Postgres does (`16/B374D848`).
-pub fn format_lsn(lsn: u64) -> String {
-    pg_walstream::format_lsn(lsn)
+#[async_trait]
+impl ChangeSource for PgChangeSource {
+    async fn preflight(&mut self) -> Result<(), ConnectorError> {
+        let names = self.names.clone();
+        preflight(self.client().await?, &names).await
+    }
+
+    async fn discover(&mut self) -> Result<Vec<SourceTable>, ConnectorError> {
+        let scope = self.spec.scope.clone();
+        let tables = discover_tables(self.client().await?, &scope).await?;
+        let neutral = tables.iter().map(SyncTable::to_source).collect();
+        self.tables = Arc::new(tables.into_iter().map(|t| (t.id(), t)).collect());
+        Ok(neutral)
+    }
+
+    async fn prepare(
+        &mut self,
+        tables: &[&SourceTable],
+        resume: Option<&Resume>,
+        fence: &dyn Fence,
+    ) -> Result<Prepared, ConnectorError> {
+        let catalog = self.tables.clone();
+        let published: Vec<&SyncTable> = tables.iter().filter_map(|t| catalog.get(&t.id)).collect();
+        let names = self.names.clone();
+        setup::ensure_publication(self.client().await?, &names, &published, fence).await?;
+        match resume {
+            None => self.create_slot(fence).await,
+            Some(resume) => self.resume_slot(resume, fence).await,
+        }
+    }
+
+    async fn snapshot(&mut self, _fence: &dyn Fence) -> Result<Box<dyn Snapshot>, ConnectorError> {
+        // A temporary slot touches nothing of the connector's: no fence is needed.
+        let name = temporary_slot_name(&self.names);
+        let conninfo = replication_conninfo(&self.spec.connection, &self.secrets)?;
+        let creation = SlotCreation::temporary(&conninfo, &name, &self.names).await?;
+        self.open_snapshot(creation, &name).await
+    }
+
+    async fn stream(
+        &mut self,
+        from: &SourcePosition,
+    ) -> Result<Box<dyn ChangeStream>, ConnectorError> {
+        let conninfo = replication_conninfo(&self.spec.connection, &self.secrets)?;
+        let stream =
+            PgReplicationStream::resume(&conninfo, &self.names, parse_lsn(&from.0)?).await?;
+        let types = connect(&self.spec.connection, &self.secrets).await?;
+        Ok(Box::new(PgChangeStream::new(
+            stream,
+            types,
+            self.spec.scope.clone(),
+        )))
+    }
+
+    fn covers(&self, mark: &SourcePosition, txn: &SourcePosition) -> Result<bool, ConnectorError> {
+        Ok(parse_lsn(&txn.0)? < parse_lsn(&mark.0)?)
+    }
+
+    async fn teardown(&mut self) -> Result<(), ConnectorError> {
+        let names = self.names.clone();
+        drop_source_objects(self.client().await?, &names).await
+    }
 }
 
-/// Parses an LSN (`16/B374D848`).
-pub fn parse_lsn(text: &str) -> Result<u64, ConnectorError> {
-    pg_walstream::parse_lsn(text)
-        .map_err(|e| ConnectorError::Source(format!("`{text}` is not an LSN: {e}")))
+/// A temporary slot's name: the connector's slot name and a random suffix (at most 63
+/// bytes of `[a-z0-9_]`), so that concurrent snapshots never collide.
+fn temporary_slot_name(names: &SyncNames) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}_c{}", names.slot, &suffix[..6])
 }
 
 #[cfg(test)]
@@ -414,19 +276,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sync_names_are_valid_slot_names_and_differ_for_names_that_reduce_alike() {
-        let a = SyncNames::of("PG-Prod");
-        let b = SyncNames::of("pg_prod");
-        assert_ne!(a.slot, b.slot);
-        for names in [&a, &b, &SyncNames::of(&"x".repeat(300))] {
-            assert!(names.slot.len() <= 63, "{names:?}");
+    fn temporary_slot_names_are_valid_and_distinct() {
+        let names = SyncNames::of(&"x".repeat(300));
+        let (a, b) = (temporary_slot_name(&names), temporary_slot_name(&names));
+        assert_ne!(a, b);
+        for name in [a, b] {
+            assert!(name.len() <= 63, "{name}");
             assert!(
-                names
-                    .slot
-                    .bytes()
+                name.bytes()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'),
-                "{names:?}"
+                "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_transaction_is_covered_when_it_commits_before_the_mark() {
+        let source = PgChangeSource::new(
+            &serde_json::from_value(serde_json::json!({
+                "name": "pg", "type": "postgres", "mode": "sync",
+                "connection": {"url": "postgres://u@h/db"}}))
+            .expect("spec"),
+            &SecretResolver::new("/nonexistent"),
+        );
+        let p = |s: &str| SourcePosition(s.into());
+        assert!(source.covers(&p("0/20"), &p("0/1F")).expect("lsn"));
+        assert!(!source.covers(&p("0/20"), &p("0/20")).expect("lsn"));
+        assert!(source.covers(&p("x"), &p("0/1")).is_err());
     }
 }

@@ -20,7 +20,7 @@ use pg_walstream::{
 };
 use tokio::sync::mpsc;
 
-use super::SyncNames;
+use super::setup::SyncNames;
 use crate::error::ConnectorError;
 
 /// How long without a message before the stream reports itself idle.
@@ -43,7 +43,8 @@ pub enum ReplicationMessage {
 /// A replication connection that has created the connector's slot and holds its exported
 /// snapshot until [`SlotCreation::start`].
 pub struct SlotCreation {
-    stream: LogicalReplicationStream,
+    /// The connection that created the slot: its snapshot lives while it stays idle.
+    _connection: LogicalReplicationStream,
     snapshot: String,
 }
 
@@ -55,12 +56,31 @@ impl std::fmt::Debug for SlotCreation {
     }
 }
 
-fn config(names: &SyncNames, export: bool) -> ReplicationStreamConfig {
+/// How a replication connection treats its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotUse {
+    /// Stream an existing slot.
+    Stream,
+    /// Create the connector's slot, exporting its snapshot.
+    CreateExporting,
+    /// Create a temporary slot (gone with the connection), exporting its snapshot.
+    CreateTemporary,
+}
+
+fn config(slot: &str, publication: &str, slot_use: SlotUse) -> ReplicationStreamConfig {
     let options = ReplicationSlotOptions {
-        snapshot: Some(if export { "export" } else { "nothing" }.to_owned()),
+        snapshot: Some(
+            if slot_use == SlotUse::Stream {
+                "nothing"
+            } else {
+                "export"
+            }
+            .to_owned(),
+        ),
+        temporary: slot_use == SlotUse::CreateTemporary,
         ..ReplicationSlotOptions::default()
     };
-    ReplicationStreamConfig::builder(names.slot.clone(), names.publication.clone())
+    ReplicationStreamConfig::builder(slot.to_owned(), publication.to_owned())
         .with_protocol_version(1)
         .with_streaming_mode(StreamingMode::Off)
         .with_feedback_interval(Duration::from_secs(1))
@@ -88,35 +108,61 @@ fn replication_error(what: &str, e: &ReplicationError) -> ConnectorError {
 }
 
 impl SlotCreation {
-    /// Creates the slot (it must not exist) with an exported snapshot.
+    /// Creates the connector's slot (it must not exist) with an exported snapshot.
     pub async fn create(conninfo: &str, names: &SyncNames) -> Result<Self, ConnectorError> {
-        let mut stream = LogicalReplicationStream::new(conninfo, config(names, true))
+        Self::new(
+            conninfo,
+            config(&names.slot, &names.publication, SlotUse::CreateExporting),
+            &names.slot,
+        )
+        .await
+    }
+
+    /// Creates temporary slot `slot` with an exported snapshot: a consistent point to copy
+    /// tables at while the connector's own slot stays where it is. The slot goes with the
+    /// connection.
+    pub async fn temporary(
+        conninfo: &str,
+        slot: &str,
+        names: &SyncNames,
+    ) -> Result<Self, ConnectorError> {
+        Self::new(
+            conninfo,
+            config(slot, &names.publication, SlotUse::CreateTemporary),
+            slot,
+        )
+        .await
+    }
+
+    async fn new(
+        conninfo: &str,
+        config: ReplicationStreamConfig,
+        slot: &str,
+    ) -> Result<Self, ConnectorError> {
+        let mut stream = LogicalReplicationStream::new(conninfo, config)
             .await
             .map_err(|e| replication_error("opening a replication connection", &e))?;
         stream
             .ensure_replication_slot()
             .await
-            .map_err(|e| replication_error("creating the replication slot", &e))?;
+            .map_err(|e| replication_error("creating a replication slot", &e))?;
         let snapshot = stream
             .exported_snapshot_name()
             .map(str::to_owned)
             .ok_or_else(|| {
                 ConnectorError::Source(format!(
-                    "replication slot {} existed already, so it exported no snapshot",
-                    names.slot
+                    "replication slot {slot} existed already, so it exported no snapshot"
                 ))
             })?;
-        Ok(Self { stream, snapshot })
+        Ok(Self {
+            _connection: stream,
+            snapshot,
+        })
     }
 
-    /// The exported snapshot's name (valid until [`SlotCreation::start`]).
+    /// The exported snapshot's name (valid while this connection stays idle).
     pub fn snapshot(&self) -> &str {
         &self.snapshot
-    }
-
-    /// Starts streaming from `start_lsn` (the consistent point); the snapshot ends.
-    pub async fn start(self, start_lsn: u64) -> Result<PgReplicationStream, ConnectorError> {
-        PgReplicationStream::spawn(self.stream, start_lsn).await
     }
 }
 
@@ -149,9 +195,12 @@ impl PgReplicationStream {
         names: &SyncNames,
         start_lsn: u64,
     ) -> Result<Self, ConnectorError> {
-        let stream = LogicalReplicationStream::new(conninfo, config(names, false))
-            .await
-            .map_err(|e| replication_error("opening a replication connection", &e))?;
+        let stream = LogicalReplicationStream::new(
+            conninfo,
+            config(&names.slot, &names.publication, SlotUse::Stream),
+        )
+        .await
+        .map_err(|e| replication_error("opening a replication connection", &e))?;
         Self::spawn(stream, start_lsn).await
     }
 

@@ -1,44 +1,47 @@
-//! The initial snapshot: every synced table copied at the slot's consistent point.
+//! Snapshots: tables copied at a replication slot's consistent point.
 //!
-//! [`SnapshotSession`] imports the snapshot the slot exported into a `REPEATABLE READ`
-//! transaction on an ordinary connection; [`SnapshotSession::copy_table`] then streams one
-//! table with binary `COPY` through the same typed relation federation reads
-//! ([`select_expr`]), so memory stays bounded by one batch whatever the table's size. Rows
-//! get the system columns of a first version: `insert`, the consistent point as `_kyma_lsn`,
-//! the snapshot time as `_kyma_event_at`, and `_kyma_seq` 0 (older than every streamed
-//! change, see [`kyma_table::synced`]).
+//! A slot created with `EXPORT_SNAPSHOT` exports the snapshot of its consistent point for as
+//! long as the replication connection that created it stays idle. [`SnapshotSession`]
+//! imports it into a `REPEATABLE READ` transaction on an ordinary connection, and
+//! [`SnapshotSession::copy_table`] streams one table with binary `COPY` through the same
+//! typed relation federation reads ([`select_expr`]), so memory stays bounded by one batch
+//! whatever the table's size. The snapshot sees exactly the transactions that committed
+//! before the consistent point; the slot — the connector's own, or a temporary one created
+//! only for its snapshot — streams exactly those that commit after it.
+//!
+//! [`PgSnapshot`] is such a snapshot as the sync pipeline uses it: it holds the replication
+//! connection that exported it (dropping it ends the snapshot, and drops a temporary slot).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use kyma_catalog::Column;
-use kyma_table::synced::{self, SnapshotMeta};
 use kyma_table::types::arrow_type;
 
-use super::{SyncTable, classify};
+use super::replication::SlotCreation;
+use super::setup::{SyncTable, classify};
 use crate::error::ConnectorError;
 use crate::postgres::copy::CopyBinaryDecoder;
 use crate::postgres::types::select_expr;
+use crate::sync::{Snapshot, SourcePosition, SourceTable, TableId};
 
-/// An ordinary connection holding the exported snapshot open.
+/// An ordinary connection holding an exported snapshot open.
 #[derive(Debug)]
 pub struct SnapshotSession {
     client: tokio_postgres::Client,
-    lsn: String,
-    at_micros: i64,
 }
 
 impl SnapshotSession {
     /// Opens a `REPEATABLE READ` transaction on `client`, in UTC, importing snapshot `name`
-    /// (exported at `lsn`) when given; without one it reads the source as it is now (a
-    /// checker comparing the source with kyma).
+    /// when given; without one it reads the source as it is now (a checker comparing the
+    /// source with kyma).
     pub async fn open(
         client: tokio_postgres::Client,
         name: Option<&str>,
-        lsn: String,
-        at_micros: i64,
     ) -> Result<Self, ConnectorError> {
         let import = name
             .map(|name| format!("; SET TRANSACTION SNAPSHOT '{}'", name.replace('\'', "''")))
@@ -50,15 +53,11 @@ impl SnapshotSession {
             ))
             .await
             .map_err(|e| classify("importing the slot's snapshot", &e))?;
-        Ok(Self {
-            client,
-            lsn,
-            at_micros,
-        })
+        Ok(Self { client })
     }
 
-    /// Streams every row of `table` as batches of at most `batch_rows` rows, source columns
-    /// then system columns. Calls `progress` with the bytes of each chunk received.
+    /// Streams every row of `table` as batches of at most `batch_rows` rows: its columns, of
+    /// their kyma types, in order.
     pub async fn copy_table(
         &self,
         table: &SyncTable,
@@ -70,22 +69,6 @@ impl SnapshotSession {
             .iter()
             .map(|(c, m)| select_expr(c, m.ty))
             .collect();
-        let key: Vec<usize> = table
-            .key
-            .iter()
-            .map(|k| {
-                table
-                    .columns
-                    .iter()
-                    .position(|(c, _)| &c.name == k)
-                    .ok_or_else(|| {
-                        ConnectorError::Source(format!(
-                            "{}: key column `{k}` is not among its columns",
-                            table.qualified()
-                        ))
-                    })
-            })
-            .collect::<Result<_, _>>()?;
         let sql = format!("SELECT {} FROM {}", selected.join(", "), table.sql_name());
         let what = format!("copying {}", table.qualified());
         let statement = self
@@ -98,14 +81,10 @@ impl SnapshotSession {
             .iter()
             .map(|c| c.type_().clone())
             .collect();
-        let source: Vec<Column> = table
+        let fields: Vec<Field> = table
             .columns
             .iter()
-            .map(|(c, m)| Column::new(&c.name, m.ty))
-            .collect();
-        let fields: Vec<Field> = source
-            .iter()
-            .map(|c| Field::new(&c.name, arrow_type(c.ty), true))
+            .map(|(c, m)| Field::new(&c.name, arrow_type(m.ty), true))
             .collect();
         let mut decoder = CopyBinaryDecoder::new(Arc::new(Schema::new(fields)), &wire, batch_rows)?;
         let copy = self
@@ -113,32 +92,20 @@ impl SnapshotSession {
             .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
             .await
             .map_err(|e| classify(&what, &e))?;
-        let lsn = self.lsn.clone();
-        let at_micros = self.at_micros;
-        let complete = move |batch: &RecordBatch| {
-            let meta = SnapshotMeta {
-                lsn: &lsn,
-                at_micros,
-                seq: 0,
-            };
-            synced::snapshot_rows(batch, &key, meta)
-                .map_err(|e| ConnectorError::Source(format!("building snapshot rows: {e}")))
-        };
         let chunks = Box::pin(copy).map_err(move |e| classify(&what, &e));
         let mut ended = false;
         Ok(chunks
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .map(move |chunk| -> Result<Vec<RecordBatch>, ConnectorError> {
-                let batches = match chunk {
-                    Some(chunk) => decoder.push(&chunk?)?,
+                match chunk {
+                    Some(chunk) => decoder.push(&chunk?),
                     None if !ended => {
                         ended = true;
-                        decoder.finish()?.into_iter().collect()
+                        Ok(decoder.finish()?.into_iter().collect())
                     }
-                    None => Vec::new(),
-                };
-                batches.iter().map(&complete).collect()
+                    None => Ok(Vec::new()),
+                }
             })
             .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
             .try_flatten())
@@ -150,5 +117,70 @@ impl SnapshotSession {
             .batch_execute("COMMIT")
             .await
             .map_err(|e| classify("ending the snapshot", &e))
+    }
+}
+
+/// A snapshot exported by a slot, for the sync pipeline.
+pub struct PgSnapshot {
+    /// Keeps the exporting replication connection open (and idle) while the snapshot is read.
+    slot: SlotCreation,
+    session: SnapshotSession,
+    position: SourcePosition,
+    /// The tables as discovered, with their Postgres types (the copy selects by them).
+    tables: Arc<BTreeMap<TableId, SyncTable>>,
+}
+
+impl std::fmt::Debug for PgSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSnapshot")
+            .field("slot", &self.slot)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgSnapshot {
+    /// The snapshot `slot` exported at `position`, read through `client`.
+    pub async fn open(
+        slot: SlotCreation,
+        client: tokio_postgres::Client,
+        position: SourcePosition,
+        tables: Arc<BTreeMap<TableId, SyncTable>>,
+    ) -> Result<Self, ConnectorError> {
+        let session = SnapshotSession::open(client, Some(slot.snapshot())).await?;
+        Ok(Self {
+            slot,
+            session,
+            position,
+            tables,
+        })
+    }
+}
+
+#[async_trait]
+impl Snapshot for PgSnapshot {
+    fn position(&self) -> &SourcePosition {
+        &self.position
+    }
+
+    async fn copy<'a>(
+        &'a mut self,
+        table: &'a SourceTable,
+        batch_rows: usize,
+    ) -> Result<BoxStream<'a, Result<RecordBatch, ConnectorError>>, ConnectorError> {
+        let source = self.tables.get(&table.id).ok_or_else(|| {
+            ConnectorError::Source(format!(
+                "{} is not among the tables this snapshot was prepared for",
+                table.id
+            ))
+        })?;
+        Ok(Box::pin(self.session.copy_table(source, batch_rows).await?))
+    }
+
+    async fn close(self: Box<Self>) -> Result<(), ConnectorError> {
+        let this = *self;
+        this.session.close().await?;
+        drop(this.slot);
+        Ok(())
     }
 }

@@ -1,9 +1,10 @@
-//! pgoutput's text values → kyma Arrow columns.
+//! pgoutput's text values → kyma values.
 //!
-//! The replication stream carries each value in its type's text output (the walsender runs
-//! with DateStyle ISO). Every conversion here yields exactly what the snapshot reads through
-//! [`crate::postgres::types::select_expr`] for the same value, so a row has one form whether
-//! it arrived by snapshot or by stream:
+//! The replication stream carries each value in its type's text output, under the session
+//! settings the replication connection pins (TimeZone UTC, DateStyle ISO, extra_float_digits
+//! 3: see `setup::replication_conninfo`). Every conversion here yields exactly what the
+//! snapshot reads through [`crate::postgres::types::select_expr`] for the same value, so a
+//! row has one form whether it arrived by snapshot or by stream:
 //!
 //! - `float4` is parsed as a float and widened (as `::float8` does), not re-read as a double;
 //! - `timestamp` is UTC, `timestamptz` honours its offset, `date` is midnight UTC and
@@ -12,12 +13,9 @@
 //!   arrays become the JSON `to_jsonb` gives (numbers and booleans typed, the rest strings);
 //!   any other type without a mapping becomes its text as a JSON string, as `to_jsonb` does.
 
-use arrow::array::RecordBatch;
-use kyma_catalog::{Column, KymaType};
+use kyma_catalog::KymaType;
 use kyma_table::KymaValue;
-use kyma_table::synced::SyncedRowsBuilder;
 
-use crate::error::ConnectorError;
 use crate::postgres::types::PgType;
 
 /// How one column's text is read.
@@ -93,96 +91,6 @@ impl TextFormat {
             KymaType::Dynamic if matches!(name, "json" | "jsonb") => TextFormat::Json,
             KymaType::Dynamic => TextFormat::JsonString,
         }
-    }
-}
-
-/// One column of a synced table as the stream fills it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamColumn {
-    /// The column's name.
-    pub name: String,
-    /// Its kyma type.
-    pub ty: KymaType,
-    /// How its text is read.
-    pub format: TextFormat,
-}
-
-pub use kyma_table::synced::RowMeta;
-
-/// Collects rows of one synced table (source columns then system columns) into Arrow
-/// batches, from the source's text values.
-#[derive(Debug)]
-pub struct RowsBuilder {
-    formats: Vec<StreamColumn>,
-    rows: SyncedRowsBuilder,
-}
-
-impl RowsBuilder {
-    /// A builder for rows of `columns` (the source's, without system columns).
-    pub fn new(columns: Vec<StreamColumn>) -> Result<Self, ConnectorError> {
-        let table_columns: Vec<Column> =
-            columns.iter().map(|c| Column::new(&c.name, c.ty)).collect();
-        let rows = SyncedRowsBuilder::new(table_columns)
-            .map_err(|e| ConnectorError::Source(format!("a source table's columns: {e}")))?;
-        Ok(Self {
-            formats: columns,
-            rows,
-        })
-    }
-
-    /// The source columns.
-    pub fn columns(&self) -> &[StreamColumn] {
-        &self.formats
-    }
-
-    /// Rows collected since the last [`RowsBuilder::finish`].
-    pub fn rows(&self) -> usize {
-        self.rows.rows()
-    }
-
-    /// Approximate bytes of the collected values.
-    pub fn bytes(&self) -> usize {
-        self.rows.bytes()
-    }
-
-    /// Adds a row: `values[i]` is the text of source column `i` (`None`: NULL).
-    pub fn push(
-        &mut self,
-        values: &[Option<&[u8]>],
-        meta: &RowMeta<'_>,
-        table: &str,
-    ) -> Result<(), ConnectorError> {
-        let parsed: Vec<Option<KymaValue>> = self
-            .formats
-            .iter()
-            .zip(values)
-            .map(|(column, value)| {
-                value
-                    .map(|text| {
-                        parse_text(column.format, column.ty, text).map_err(|reason| {
-                            ConnectorError::Source(format!(
-                                "{table}: column `{}` holds a value kyma cannot read as {}: {reason}",
-                                column.name, column.ty
-                            ))
-                        })
-                    })
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
-        let refs: Vec<_> = parsed
-            .iter()
-            .map(|v| v.as_ref().map(KymaValue::as_ref))
-            .collect();
-        self.rows
-            .push(&refs, meta)
-            .map_err(|reason| ConnectorError::Source(format!("{table}: {reason}")))
-    }
-
-    /// The collected rows as a batch; the builder starts empty again.
-    pub fn finish(&mut self) -> Result<RecordBatch, ConnectorError> {
-        self.rows
-            .finish()
-            .map_err(|e| ConnectorError::Source(format!("building a batch of rows: {e}")))
     }
 }
 

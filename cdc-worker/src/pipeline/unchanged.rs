@@ -1,12 +1,14 @@
-//! Unchanged TOAST values: updates whose new row leaves columns out.
+//! Values an update left unchanged: updates whose new row leaves columns out.
 //!
-//! Postgres stores large values out of line (TOAST), and when an UPDATE does not change such
-//! a value, pgoutput sends the column as "unchanged" (`'u'`) instead of the value — unless
-//! the table's REPLICA IDENTITY is FULL, when the old row carries it and the worker takes it
-//! from there. kyma never stores such a column as NULL or as a placeholder: its value is the
-//! one the key's previous version holds, and kyma holds that version — in a committed extent,
-//! or in one the current batch wrote (every version reaches kyma whole: a snapshot row or an
-//! INSERT carries all values, and each later UPDATE is resolved in turn).
+//! Sources do not always send every value of an updated row: Postgres leaves out TOAST values
+//! the UPDATE did not change (unless REPLICA IDENTITY is FULL, when the old row carries them
+//! and the pipeline takes them from there), MySQL with minimal row images leaves out every
+//! unchanged column, a MongoDB update description names only the changed fields. The source
+//! marks such values [`Cell::Unchanged`](kyma_connectors::sync::Cell). kyma never stores
+//! them as NULL or as a placeholder: the value is the one the key's previous version holds,
+//! and kyma holds that version — in a committed extent, or in one the current batch wrote
+//! (every version reaches kyma whole: a snapshot row or an insert carries all values, and
+//! each later update is resolved in turn).
 //!
 //! # How
 //!
@@ -29,13 +31,11 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::{cast, interleave};
 use arrow::datatypes::Int64Type;
 use arrow::error::ArrowError;
-use kyma_catalog::{Catalog, TableRef};
-use kyma_connectors::ConnectorError;
-use kyma_connectors::postgres::sync::text::{RowMeta, RowsBuilder, StreamColumn};
-use kyma_table::ExtentStore;
-use kyma_table::synced::ChangeOp;
+use kyma_catalog::{Catalog, Column, TableRef};
+use kyma_table::synced::{ChangeOp, RowMeta, SyncedRowsBuilder};
 use kyma_table::versions::key_versions;
 use kyma_table::writer::current_manifest;
+use kyma_table::{ExtentStore, KymaValueRef};
 
 use crate::batch::SyncBatch;
 use crate::error::SyncError;
@@ -49,22 +49,22 @@ struct Held {
     prior_pk: String,
     /// Its `_kyma_seq`.
     seq: i64,
-    /// The stream columns (indices) the update left unchanged, ascending.
+    /// The columns (indices) the update left unchanged, ascending.
     unchanged: Vec<usize>,
 }
 
 /// Updates of one table waiting for their unchanged values (see the module docs).
 #[derive(Debug)]
 pub(crate) struct HeldUpdates {
-    rows: RowsBuilder,
+    rows: SyncedRowsBuilder,
     held: Vec<Held>,
 }
 
 impl HeldUpdates {
     /// No held update, for rows of `columns`.
-    pub(crate) fn new(columns: Vec<StreamColumn>) -> Result<Self, ConnectorError> {
+    pub(crate) fn new(columns: Vec<Column>) -> Result<Self, SyncError> {
         Ok(Self {
-            rows: RowsBuilder::new(columns)?,
+            rows: SyncedRowsBuilder::new(columns)?,
             held: Vec::new(),
         })
     }
@@ -78,13 +78,12 @@ impl HeldUpdates {
     /// from the previous version of key `prior_pk`.
     pub(crate) fn push(
         &mut self,
-        values: &[Option<&[u8]>],
+        values: &[Option<KymaValueRef<'_>>],
         meta: &RowMeta<'_>,
-        table: &str,
         prior_pk: String,
         unchanged: Vec<usize>,
-    ) -> Result<(), ConnectorError> {
-        self.rows.push(values, meta, table)?;
+    ) -> Result<(), String> {
+        self.rows.push(values, meta)?;
         self.held.push(Held {
             pk: meta.pk.to_owned(),
             prior_pk,
@@ -95,7 +94,7 @@ impl HeldUpdates {
     }
 
     /// Forgets the held updates (the table was truncated, or failed).
-    pub(crate) fn discard(&mut self) -> Result<(), ConnectorError> {
+    pub(crate) fn discard(&mut self) -> Result<(), SyncError> {
         self.rows.finish()?;
         self.held.clear();
         Ok(())
@@ -120,7 +119,7 @@ impl HeldUpdates {
         }
         let rows = self.rows.finish()?;
         let held = std::mem::take(&mut self.held);
-        let columns: Vec<StreamColumn> = self.rows.columns().to_vec();
+        let columns: Vec<Column> = self.rows.columns().to_vec();
 
         // Every extent that may hold a previous version: the committed ones (unless this
         // batch truncated the table) and the batch's own.
@@ -168,7 +167,7 @@ impl HeldUpdates {
                     .first()
                     .map_or("", |&i| columns[i].name.as_str());
                 format!(
-                    "an update of key {} left the TOAST value of column `{column}` unchanged, but {what}; re-snapshot the table (delete and re-register the connector)",
+                    "an update of key {} left the value of column `{column}` unchanged, but {what}",
                     h.pk
                 )
             };
@@ -204,7 +203,7 @@ impl HeldUpdates {
         }
 
         let arrow = |e: ArrowError| {
-            SyncError::Definite(format!("resolving unchanged TOAST values of {table}: {e}"))
+            SyncError::Definite(format!("resolving unchanged values of {table}: {e}"))
         };
         let mut arrays: Vec<ArrayRef> = rows.columns().to_vec();
         for (position, &c) in wanted.iter().enumerate() {

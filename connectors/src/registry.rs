@@ -1,0 +1,64 @@
+//! The registry of source kinds: the one place that knows which [`SourceType`]s exist and
+//! what each can do. Everything else — registration, the CDC worker, connector deletion —
+//! asks here instead of matching on the type.
+
+use async_trait::async_trait;
+use kyma_catalog::{ConnectorSpec, SourceType};
+
+use crate::error::ConnectorError;
+use crate::postgres;
+use crate::secrets::SecretResolver;
+use crate::sync::ChangeSource;
+
+/// What registration learns from a source before it stores a connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// The server's version, as it reports it.
+    pub server_version: String,
+    /// Columns in scope whose types kyma does not map (they read as `dynamic`).
+    pub warnings: Vec<String>,
+}
+
+/// One kind of source.
+#[async_trait]
+pub trait SourceKind: Send + Sync {
+    /// Reaches the source with the connector's settings and secret and checks what
+    /// registration needs (naming the field or setting at fault).
+    async fn probe(
+        &self,
+        spec: &ConnectorSpec,
+        secrets: &SecretResolver,
+    ) -> Result<SourceInfo, ConnectorError>;
+
+    /// The change log of connector `spec`, for sync.
+    fn change_source(
+        &self,
+        spec: &ConnectorSpec,
+        secrets: &SecretResolver,
+    ) -> Box<dyn ChangeSource>;
+}
+
+/// The URL schemes a connector of `source_type` takes (the first is the one to suggest).
+pub fn url_schemes(source_type: SourceType) -> &'static [&'static str] {
+    match source_type {
+        SourceType::Postgres => &["postgres", "postgresql"],
+        SourceType::Mysql => &["mysql", "mariadb"],
+        SourceType::Mongodb => &["mongodb", "mongodb+srv"],
+    }
+}
+
+/// The kind of `source_type`, or why this kyma cannot run it.
+pub fn kind(source_type: SourceType) -> Result<&'static dyn SourceKind, ConnectorError> {
+    match source_type {
+        SourceType::Postgres => Ok(&postgres::PostgresKind),
+        SourceType::Mysql | SourceType::Mongodb => Err(ConnectorError::invalid(
+            "type",
+            format!(
+                "{} connectors are not available in this kyma yet; postgres is",
+                serde_json::to_string(&source_type)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+            ),
+        )),
+    }
+}
