@@ -25,9 +25,10 @@ install_debian_packages() {
   as_root rm -f /usr/sbin/policy-rc.d
 }
 
-# What building kyma needs.
+# What building kyma needs (libpq: the Postgres replication connection, which must carry the
+# session settings kyma pins; see connectors/src/postgres/sync/setup.rs).
 install_build_deps() {
-  install_debian_packages protobuf-compiler libprotobuf-dev ca-certificates
+  install_debian_packages protobuf-compiler libprotobuf-dev ca-certificates libpq-dev pkg-config
 }
 
 # What the tests need: real servers, and the S3-compatible server from crates.io.

@@ -152,9 +152,9 @@ impl<'a> SyncSetup<'a> {
                 .connector(connector)
                 .await
                 .is_ok_and(|c| c.cursor.is_some());
-            // A new slot starts at its consistent point: only once the snapshot is committed
-            // does a confirmed position mean the rows are in kyma.
-            if done == "t" && committed {
+            // A new slot starts at its consistent point: only once every table's copy is
+            // committed does a confirmed position mean the rows are in kyma.
+            if done == "t" && committed && self.all_copied(connector).await {
                 return;
             }
             assert!(
@@ -165,6 +165,21 @@ impl<'a> SyncSetup<'a> {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether every synced table of `connector` is out of its `pending` phase (copied, or
+    /// failed).
+    pub async fn all_copied(&self, connector: &str) -> bool {
+        self.catalog
+            .list_tables(Some(connector))
+            .await
+            .is_ok_and(|(_, tables)| {
+                tables.iter().all(|t| {
+                    t.sync
+                        .as_ref()
+                        .is_some_and(|s| s.phase != kyma_catalog::SyncPhase::Pending)
+                })
+            })
     }
 
     /// The URL of the source database.
@@ -268,6 +283,15 @@ impl<'a> SyncSetup<'a> {
             .map(|(pk, (_, _, values))| (pk, values))
             .collect();
         (rows, duplicates)
+    }
+
+    /// How many rows (versions and tombstones) kyma stores for `table`.
+    pub async fn kyma_versions(&self, table: &TableRef) -> u64 {
+        let state = self.catalog.table(table).await.expect("kyma table");
+        current_manifest(&self.store, &state)
+            .await
+            .expect("manifest")
+            .rows()
     }
 
     /// Asserts that kyma's table equals the source's, row by row, on the source's columns,

@@ -374,9 +374,15 @@ pub async fn drop_source_objects(
 
 /// The session settings of every replication connection: the walsender writes each value in
 /// its type's text output under these, and the text decoder ([`super::text`]) reads exactly
-/// this form — whatever the server's, the database's or the role's defaults are.
+/// this form — whatever the server's, the database's or the role's defaults are. They travel
+/// in the startup packet (libpq's `options`), where they take precedence over every default.
+/// (pg_walstream is built on libpq for this: its own wire client drops `options`.)
 const REPLICATION_SESSION: &str =
     "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3";
+
+/// The CA bundle `verify-full` replication connections check the server against (libpq has no
+/// notion of the system's roots before version 16).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A keyword/value connection string for a replication connection to the source of `spec`
 /// (pg_walstream's format). Holds the password: never log it.
@@ -417,6 +423,9 @@ pub fn replication_conninfo(
         quote(dbname),
         quote(REPLICATION_SESSION)
     );
+    if spec.tls == TlsMode::VerifyFull {
+        info.push_str(&format!(" sslrootcert={}", quote(SYSTEM_ROOTS)));
+    }
     if let Some(name) = &spec.secret_ref {
         info.push_str(&format!(
             " password={}",
@@ -459,6 +468,32 @@ pub fn parse_lsn(text: &str) -> Result<u64, ConnectorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_replication_session_pins_the_settings_the_decoder_reads() {
+        let spec = ConnectionSpec {
+            url: "postgres://app@db.example:5433/shop".into(),
+            secret_ref: None,
+            tls: TlsMode::VerifyFull,
+            pool_size: 1,
+        };
+        let info =
+            replication_conninfo(&spec, &SecretResolver::new("/nonexistent")).expect("conninfo");
+        assert!(
+            info.contains(&format!("options='{REPLICATION_SESSION}'")),
+            "{info}"
+        );
+        assert!(REPLICATION_SESSION.contains("TimeZone=UTC"));
+        assert!(REPLICATION_SESSION.contains("DateStyle=ISO"));
+        assert!(
+            info.contains("host='db.example' port=5433 user='app' dbname='shop'"),
+            "{info}"
+        );
+        assert!(
+            info.contains("sslmode=verify-full") && info.contains("sslrootcert="),
+            "{info}"
+        );
+    }
 
     #[test]
     fn sync_names_are_valid_slot_names_and_differ_for_names_that_reduce_alike() {
