@@ -535,19 +535,12 @@ fn kyma_rows(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
     rows
 }
 
-async fn postgres_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Cell>> {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("Postgres refused {sql}: {e}"));
-    messages
+/// Postgres' own answer to `sql` on `db` (in a UTC session).
+fn postgres_rows(pg: &Postgres, db: &str, sql: &str) -> Vec<Vec<Cell>> {
+    pg.rows(db, sql)
+        .unwrap_or_else(|e| panic!("Postgres refused {sql}: {e}"))
         .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => {
-                Some((0..row.len()).map(|i| cell(row.get(i))).collect())
-            }
-            _ => None,
-        })
+        .map(|row| row.iter().map(|c| cell(c.as_deref())).collect())
         .collect()
 }
 
@@ -620,18 +613,6 @@ async fn register(node: &common::ServedNode, name: &str, url: String) {
     .await;
 }
 
-async fn source_client(pg: &Postgres, db: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.url(db), tokio_postgres::NoTls)
-        .await
-        .expect("direct connection");
-    tokio::spawn(connection);
-    client
-        .batch_execute("SET TimeZone = 'UTC'")
-        .await
-        .expect("UTC");
-    client
-}
-
 async fn run_kyma(
     flight: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
@@ -660,8 +641,6 @@ async fn corpus_matches_postgres_with_the_promised_pushdown() {
     ingest(&mut flight, "otel_logs", true, vec![otel_logs()])
         .await
         .expect("native otel_logs");
-    let direct = source_client(pg, &db).await;
-
     assert!(
         CORPUS.len() >= 40,
         "the corpus has {} queries",
@@ -676,8 +655,7 @@ async fn corpus_matches_postgres_with_the_promised_pushdown() {
                 continue;
             }
         };
-        let expected =
-            postgres_rows(&direct, case.postgres.unwrap_or(&strip_catalogs(case.kyma))).await;
+        let expected = postgres_rows(pg, &db, case.postgres.unwrap_or(&strip_catalogs(case.kyma)));
         let got = kyma_rows(&batches);
         let (got, expected) = if case.ordered {
             (got, expected)
@@ -710,7 +688,7 @@ async fn corpus_matches_postgres_with_the_promised_pushdown() {
         failures.join("\n\n")
     );
 
-    let kept = postgres_rows(&direct, "SELECT keep FROM y").await;
+    let kept = postgres_rows(pg, &db, "SELECT keep FROM y");
     assert_eq!(kept.len(), 1, "the hostile table name dropped nothing");
 }
 
@@ -776,26 +754,21 @@ async fn connectors_come_and_go_without_restart_and_every_query_is_logged() {
 
     // Sequential queries reuse one pooled connection: a fully read result stream hands it
     // back.
-    let direct = source_client(pg, &db).await;
-    let backends = async || {
+    let backends = || {
         postgres_rows(
-            &direct,
+            pg,
+            &db,
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'kyma-federation'",
         )
-        .await
     };
-    let first = backends().await;
+    let first = backends();
     assert_eq!(first.len(), 1, "one pooled connection after one query");
     for _ in 0..3 {
         query(&mut flight, "SELECT id FROM live.public.t1 WHERE id < 3")
             .await
             .expect("federated query");
     }
-    assert_eq!(
-        backends().await,
-        first,
-        "the same connection served every query"
-    );
+    assert_eq!(backends(), first, "the same connection served every query");
 
     // A table created at the source after registration answers at once.
     pg.psql(
