@@ -631,6 +631,48 @@ async fn run_kyma(
     Ok((batches, summary))
 }
 
+/// Runs `case` on kyma and on Postgres (database `db`); records every difference in the
+/// answers and every unmet expectation of the summary in `failures`.
+async fn check_case(
+    flight: &mut FlightSqlServiceClient<Channel>,
+    pg: &Postgres,
+    db: &str,
+    case: &Case,
+    failures: &mut Vec<String>,
+) {
+    let (batches, summary) = match run_kyma(flight, case.kyma).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            failures.push(e);
+            return;
+        }
+    };
+    let expected = postgres_rows(pg, db, case.postgres.unwrap_or(&strip_catalogs(case.kyma)));
+    let got = kyma_rows(&batches);
+    let (got, expected) = if case.ordered {
+        (got, expected)
+    } else {
+        (sorted(got), sorted(expected))
+    };
+    let equal = got.len() == expected.len()
+        && got
+            .iter()
+            .zip(&expected)
+            .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)));
+    if !equal {
+        failures.push(format!(
+            "{}: kyma returned {} rows, Postgres {}\nkyma: {:?}\npostgres: {:?}\nsummary: {}",
+            case.kyma,
+            got.len(),
+            expected.len(),
+            got.iter().take(5).collect::<Vec<_>>(),
+            expected.iter().take(5).collect::<Vec<_>>(),
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        ));
+    }
+    check_summary(case.kyma, &summary, case.expect, failures);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_matches_postgres_with_the_promised_pushdown() {
     let pg = Postgres::shared();
@@ -648,37 +690,7 @@ async fn corpus_matches_postgres_with_the_promised_pushdown() {
     );
     let mut failures = Vec::new();
     for case in CORPUS {
-        let (batches, summary) = match run_kyma(&mut flight, case.kyma).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        let expected = postgres_rows(pg, &db, case.postgres.unwrap_or(&strip_catalogs(case.kyma)));
-        let got = kyma_rows(&batches);
-        let (got, expected) = if case.ordered {
-            (got, expected)
-        } else {
-            (sorted(got), sorted(expected))
-        };
-        let equal = got.len() == expected.len()
-            && got
-                .iter()
-                .zip(&expected)
-                .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)));
-        if !equal {
-            failures.push(format!(
-                "{}: kyma returned {} rows, Postgres {}\nkyma: {:?}\npostgres: {:?}\nsummary: {}",
-                case.kyma,
-                got.len(),
-                expected.len(),
-                got.iter().take(5).collect::<Vec<_>>(),
-                expected.iter().take(5).collect::<Vec<_>>(),
-                serde_json::to_string_pretty(&summary).unwrap_or_default()
-            ));
-        }
-        check_summary(case.kyma, &summary, case.expect, &mut failures);
+        check_case(&mut flight, pg, &db, case, &mut failures).await;
     }
     assert!(
         failures.is_empty(),
@@ -923,4 +935,66 @@ async fn an_unreachable_source_is_unavailable_naming_the_connector_and_recovers(
         strings(&query(&mut flight, sql).await.expect("up again"), 0),
         ["2"]
     );
+}
+
+/// The join of `sales.public.users` and `orders` of another connector, as Postgres runs it in
+/// one database.
+const JOIN_ACROSS_CONNECTORS: &str =
+    "SELECT u.name, o.amount FROM users u JOIN orders o ON u.id = o.user_id WHERE o.amount > 400";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_across_connectors_is_pushed_when_they_share_a_database_and_not_otherwise() {
+    let pg = Postgres::shared();
+    let db = source_database(pg);
+    let copy = unique_name("fed_copy");
+    pg.psql(
+        "postgres",
+        &format!("CREATE DATABASE \"{copy}\" TEMPLATE \"{db}\""),
+    )
+    .expect("a copy of the source database");
+    let node = standalone(GrpcOptions::default()).await;
+    register(&node, "sales", pg.url(&db)).await;
+    register(&node, "sales_again", pg.url(&db)).await;
+    register(&node, "archive", pg.url(&copy)).await;
+    let mut flight = client(node.addr).await;
+
+    let same_database = case_pg(
+        "SELECT u.name, o.amount FROM sales.public.users u JOIN sales_again.public.orders o \
+         ON u.id = o.user_id WHERE o.amount > 400",
+        JOIN_ACROSS_CONNECTORS,
+        false,
+        &[
+            Pushed("join", "Inner"),
+            Pushed("scan", "sales_again.public.orders"),
+            SqlHas("JOIN"),
+            Scans(1),
+        ],
+    );
+    let other_database = case_pg(
+        "SELECT u.name, o.amount FROM sales.public.users u JOIN archive.public.orders o \
+         ON u.id = o.user_id WHERE o.amount > 400",
+        JOIN_ACROSS_CONNECTORS,
+        false,
+        &[
+            NotPushed("join", "cross-source join of `sales` and `archive`"),
+            Pushed("filter", "amount > 400"),
+            SqlLacks("JOIN"),
+            Scans(2),
+        ],
+    );
+    let mut failures = Vec::new();
+    for case in [&same_database, &other_database] {
+        check_case(&mut flight, pg, &db, case, &mut failures).await;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // EXPLAIN shows the one source query of the pushed join.
+    let explain = query(&mut flight, &format!("EXPLAIN {}", same_database.kyma))
+        .await
+        .expect("explain");
+    let scans: usize = strings(&explain, 1)
+        .iter()
+        .map(|plan| plan.matches("FederatedScan: source=sales sql=").count())
+        .sum();
+    assert_eq!(scans, 1, "{:?}", strings(&explain, 1));
 }
