@@ -300,3 +300,102 @@ fn date_trunc(call: &ScalarFunction, schema: &DFSchema) -> Result<FunctionResult
     }
     Ok(FunctionResult::LikeArgument(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::functions::datetime::expr_fn::date_trunc;
+    use datafusion::functions::string::expr_fn::lower;
+    use datafusion::prelude::{cast, col, lit};
+    use kyma_connectors::postgres::types::PgType;
+
+    use super::*;
+    use crate::federation::capabilities::check_filter;
+
+    fn text_column(collation: &str, deterministic: bool) -> SourceColumn {
+        SourceColumn {
+            schema: "public".into(),
+            table: "users".into(),
+            name: "name".into(),
+            pg_type: PgType {
+                name: "text".into(),
+                kind: 'b',
+                category: 'S',
+                typmod: -1,
+            },
+            not_null: false,
+            collation: collation.into(),
+            deterministic,
+        }
+    }
+
+    /// `name` text under `collation`, `age` int, `score` double, `at` a UTC timestamp.
+    fn check(filter: Expr, collation: &str) -> Result<(), String> {
+        let schema = DFSchema::try_from(Schema::new(vec![
+            Field::new("name", DataType::Utf8, true),
+            Field::new("age", DataType::Int32, true),
+            Field::new("score", DataType::Float64, true),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+        ]))
+        .map_err(|e| e.to_string())?;
+        let semantics = [
+            column_semantics(&text_column(collation, true), KymaType::String),
+            Semantics::COMPARABLE,
+            Semantics::COMPARABLE,
+            Semantics::COMPARABLE,
+        ];
+        check_filter(&filter, &schema, &semantics, &PgCapabilities)
+    }
+
+    #[test]
+    fn text_compares_at_the_source_only_under_its_collation_rules() {
+        let icu = column_semantics(&text_column("und-x-icu", true), KymaType::String);
+        assert!(icu.eq && !icu.order, "ICU text: equality, not byte order");
+        let c = column_semantics(&text_column("C", true), KymaType::String);
+        assert!(c.eq && c.order, "C text: both");
+        let nondeterministic = column_semantics(&text_column("ci", false), KymaType::String);
+        assert!(!nondeterministic.eq && !nondeterministic.order);
+        assert_eq!(
+            column_semantics(&text_column("C", true), KymaType::Dynamic),
+            Semantics::OPAQUE
+        );
+    }
+
+    #[test]
+    fn what_postgres_computes_as_datafusion_is_pushed() {
+        let pushed = [
+            col("name").eq(lit("bob")).and(col("age").lt(lit(30))),
+            col("name").like(lit("a%")),
+            col("name").in_list(vec![lit("a"), lit("b")], false),
+            cast(col("age"), DataType::Float64).gt(lit(1.5)),
+            date_trunc(lit("month"), col("at")).is_not_null(),
+        ];
+        for filter in pushed {
+            assert_eq!(check(filter.clone(), "C"), Ok(()), "{filter}");
+        }
+    }
+
+    #[test]
+    fn what_postgres_computes_differently_is_not_pushed_and_says_why() {
+        let refused = [
+            (col("name").lt(lit("m")), "collation `und-x-icu`"),
+            (lower(col("name")).eq(lit("bob")), "maps case"),
+            (col("name").ilike(lit("a%")), "ILIKE"),
+            ((col("age") + lit(1)).gt(lit(30)), "operator `+`"),
+            (col("name").eq(lit("a\0b")), "literal"),
+            (cast(col("score"), DataType::Int32).eq(lit(1)), "cast"),
+            (
+                date_trunc(lit("decade"), col("at")).is_not_null(),
+                "literal unit",
+            ),
+        ];
+        for (filter, reason) in refused {
+            let error = check(filter.clone(), "und-x-icu").expect_err(&filter.to_string());
+            assert!(error.contains(reason), "{filter}: {error}");
+        }
+    }
+}

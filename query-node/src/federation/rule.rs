@@ -29,7 +29,7 @@ use datafusion::common::{DataFusionError, NullEquality, Result, ScalarValue, pla
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
     Aggregate, Expr, Extension, Filter, Join, Limit, LogicalPlan, LogicalPlanBuilder, Projection,
-    Sort, TableScanBuilder,
+    Sort, TableScan, TableScanBuilder,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
@@ -202,7 +202,7 @@ fn visit_filter_split(
 }
 
 /// A scan of a source table: a candidate when pushdown is on; otherwise a whole-row source
-/// query with the projection applied in kyma.
+/// query.
 fn visit_scan(
     plan: LogicalPlan,
     table: &FederatedTable,
@@ -210,20 +210,26 @@ fn visit_scan(
     let LogicalPlan::TableScan(scan) = plan else {
         return plan_err!("not a scan");
     };
-    if table.pushdown {
-        let indices: Vec<usize> = scan
-            .projection
-            .clone()
-            .unwrap_or_else(|| (0..table.meta.arrow.fields().len()).collect());
-        let candidate = Candidate {
-            source: table.source.clone(),
-            semantics: indices
-                .iter()
-                .map(|&i| table.meta.semantics[i].clone())
-                .collect(),
-        };
-        return Ok((LogicalPlan::TableScan(scan), Some(candidate)));
+    if !table.pushdown {
+        return whole_rows(scan, table).map(|plan| (plan, None));
     }
+    let indices: Vec<usize> = scan
+        .projection
+        .clone()
+        .unwrap_or_else(|| (0..table.meta.arrow.fields().len()).collect());
+    let candidate = Candidate {
+        source: table.source.clone(),
+        semantics: indices
+            .iter()
+            .map(|&i| table.meta.semantics[i].clone())
+            .collect(),
+    };
+    Ok((LogicalPlan::TableScan(scan), Some(candidate)))
+}
+
+/// With pushdown off: the source query reads whole rows; the scan's projection and limit
+/// run in kyma, and the summary says so.
+fn whole_rows(scan: TableScan, table: &FederatedTable) -> Result<LogicalPlan> {
     let reason = "pushdown is off on this query node (--federation-pushdown=false)";
     let mut not_pushed = Vec::new();
     if scan.projection.is_some() {
@@ -259,7 +265,7 @@ fn visit_scan(
         Some(fetch) => projected.limit(0, Some(fetch))?,
         None => projected,
     };
-    Ok((projected.build()?, None))
+    projected.build()
 }
 
 /// Whether `plan` (whose inputs are given as candidates or not) can join its candidate
