@@ -112,11 +112,6 @@ impl<C: Connect> Pool<C> {
         })
     }
 
-    /// How connections are made.
-    pub fn connector(&self) -> &C {
-        &self.connect
-    }
-
     /// A connection: an idle one, or a new one when none is usable. Waits while `pool_size`
     /// connections are on loan.
     pub async fn get(self: &Arc<Self>) -> Result<Pooled<C>, ConnectorError> {

@@ -22,18 +22,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Expr, ExprSchemable, JoinType, Operator};
-use datafusion::physical_plan::metrics::Count;
 use datafusion::sql::sqlparser::dialect::{
     Dialect as ParserDialect, PostgreSqlDialect as PgParserDialect,
 };
 use datafusion::sql::unparser::dialect::{Dialect as UnparserDialect, PostgreSqlDialect};
-use futures::stream::BoxStream;
 use kyma_catalog::{ConnectorSpec, KymaType, SourceType};
 use kyma_connectors::pool::{Pool, PoolLimits};
 use kyma_connectors::postgres::types::{self, SourceColumn};
@@ -41,7 +38,7 @@ use kyma_connectors::postgres::{PgConnect, PgPool, query, quote_ident};
 use kyma_connectors::{ConnectorError, SecretResolver};
 
 use super::capabilities::{AggregateResult, Capabilities, FunctionResult, Semantics, shown};
-use super::source::{FederatedColumn, FederatedSource, SourceIdentity};
+use super::source::{FederatedColumn, FederatedSource, QueryOutput, RecordBatches, SourceIdentity};
 use super::sql::{SqlColumn, SqlDialect, SqlExecutor, SqlFederation, SqlTable};
 
 /// The federated source of Postgres connector `spec`; connects lazily.
@@ -116,13 +113,12 @@ impl SqlExecutor for PgExecutor {
         Ok(tables)
     }
 
-    fn execute(
-        &self,
-        sql: String,
-        schema: SchemaRef,
-        batch_rows: usize,
-        received: Count,
-    ) -> BoxStream<'static, Result<RecordBatch, ConnectorError>> {
+    fn execute(&self, sql: String, output: QueryOutput) -> RecordBatches {
+        let QueryOutput {
+            schema,
+            batch_rows,
+            received,
+        } = output;
         query::copy_query(self.pool.clone(), sql, schema, batch_rows, move |bytes| {
             received.add(bytes)
         })

@@ -32,7 +32,7 @@ use datafusion::physical_plan::{
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::TryStreamExt;
 
-use super::source::{FederatedSource, SourceError, SourceQuery};
+use super::source::{FederatedSource, QueryOutput, SourceError, SourceQuery};
 use super::summary::SourceSummary;
 
 /// The name of the metric counting bytes received from the source.
@@ -200,7 +200,14 @@ impl ExecutionPlan for FederatedScanExec {
         let connector = self.source.name().to_owned();
         let stream = self
             .source
-            .execute(&self.query, self.schema.clone(), batch_rows, bytes)
+            .execute(
+                &self.query,
+                QueryOutput {
+                    schema: self.schema.clone(),
+                    batch_rows,
+                    received: bytes,
+                },
+            )
             .map_err(move |e| SourceError::datafusion(&connector, e))
             .inspect_ok(move |batch| rows.add(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(

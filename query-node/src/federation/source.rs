@@ -98,15 +98,22 @@ pub trait FederatedSource: fmt::Debug + Send + Sync + 'static {
     /// and whose scans are all of sources with this one's identity).
     fn compile(&self, subtree: &LogicalPlan) -> Result<SourceQuery>;
 
-    /// Runs `query` (compiled by this source), streaming batches of `schema` of up to
-    /// `batch_rows` rows and adding every byte received to `received`.
-    fn execute(
-        &self,
-        query: &SourceQuery,
-        schema: SchemaRef,
-        batch_rows: usize,
-        received: Count,
-    ) -> BoxStream<'static, Result<RecordBatch, ConnectorError>>;
+    /// Runs `query` (compiled by this source), streaming its rows as `output` asks.
+    fn execute(&self, query: &SourceQuery, output: QueryOutput) -> RecordBatches;
+}
+
+/// The rows of a source query, as they arrive.
+pub type RecordBatches = BoxStream<'static, Result<RecordBatch, ConnectorError>>;
+
+/// What a source query's rows become.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    /// The batches' schema: the compiled subtree's output.
+    pub schema: SchemaRef,
+    /// Rows per batch, at most.
+    pub batch_rows: usize,
+    /// Every byte received from the source is added here (`source_bytes`).
+    pub received: Count,
 }
 
 /// Where a source's queries run: two sources of equal identity are the same source and

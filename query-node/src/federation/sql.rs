@@ -15,24 +15,23 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, Projection};
-use datafusion::physical_plan::metrics::Count;
 use datafusion::sql::sqlparser::ast::{self, VisitMut, VisitorMut};
 use datafusion::sql::sqlparser::dialect::Dialect as ParserDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::unparser::Unparser;
 use datafusion::sql::unparser::dialect::Dialect as UnparserDialect;
-use futures::stream::BoxStream;
 use kyma_catalog::ConnectorSpec;
 use kyma_connectors::ConnectorError;
 
 use super::capabilities::Capabilities;
-use super::source::{FederatedColumn, FederatedSource, SourceIdentity, SourceQuery, SourceTable};
+use super::source::{
+    FederatedColumn, FederatedSource, QueryOutput, RecordBatches, SourceIdentity, SourceQuery,
+    SourceTable,
+};
 use super::table::federated_table;
 
 /// How a SQL source spells things.
@@ -72,15 +71,8 @@ pub trait SqlExecutor: fmt::Debug + Send + Sync + 'static {
     /// The tables in the scope of `spec`, each column with its typed expression.
     async fn discover(&self, spec: &ConnectorSpec) -> Result<Vec<SqlTable>, ConnectorError>;
 
-    /// Runs `sql`, streaming batches of `schema` of up to `batch_rows` rows and adding every
-    /// byte received to `received`.
-    fn execute(
-        &self,
-        sql: String,
-        schema: SchemaRef,
-        batch_rows: usize,
-        received: Count,
-    ) -> BoxStream<'static, Result<RecordBatch, ConnectorError>>;
+    /// Runs `sql`, streaming its rows as `output` asks.
+    fn execute(&self, sql: String, output: QueryOutput) -> RecordBatches;
 }
 
 /// A source table as a SQL source describes it.
@@ -159,16 +151,10 @@ impl<D: SqlDialect, E: SqlExecutor> FederatedSource for SqlFederation<D, E> {
         generate_sql(subtree, &self.dialect).map(SourceQuery::Sql)
     }
 
-    fn execute(
-        &self,
-        query: &SourceQuery,
-        schema: SchemaRef,
-        batch_rows: usize,
-        received: Count,
-    ) -> BoxStream<'static, Result<RecordBatch, ConnectorError>> {
+    fn execute(&self, query: &SourceQuery, output: QueryOutput) -> RecordBatches {
+        // A SQL source compiles only SQL; a new kind of query must be refused here.
         let SourceQuery::Sql(sql) = query;
-        self.executor
-            .execute(sql.clone(), schema, batch_rows, received)
+        self.executor.execute(sql.clone(), output)
     }
 }
 
