@@ -171,33 +171,26 @@ pub async fn source_columns(
             field: "connection.url".into(),
             reason: format!("reading the source's columns failed: {e}"),
         })?;
-    rows.iter().map(source_column).collect()
-}
-
-/// One row of the catalog query of [`source_columns`].
-fn source_column(row: &tokio_postgres::Row) -> Result<SourceColumn, ConnectorError> {
-    let unreadable = |e: tokio_postgres::Error| {
-        ConnectorError::Source(format!("the source's catalog answered unexpectedly: {e}"))
-    };
-    let letter = |i: usize| {
-        row.try_get::<_, String>(i)
-            .map(|s| s.chars().next().unwrap_or(' '))
-            .map_err(unreadable)
-    };
-    Ok(SourceColumn {
-        schema: row.try_get(0).map_err(unreadable)?,
-        table: row.try_get(1).map_err(unreadable)?,
-        name: row.try_get(2).map_err(unreadable)?,
-        pg_type: PgType {
-            name: row.try_get(3).map_err(unreadable)?,
-            kind: letter(4)?,
-            category: letter(5)?,
-            typmod: row.try_get(6).map_err(unreadable)?,
-        },
-        not_null: row.try_get(7).map_err(unreadable)?,
-        collation: row.try_get(8).map_err(unreadable)?,
-        deterministic: row.try_get(9).map_err(unreadable)?,
-    })
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let letter = |i: usize| row.get::<_, String>(i).chars().next().unwrap_or(' ');
+            SourceColumn {
+                schema: row.get(0),
+                table: row.get(1),
+                name: row.get(2),
+                pg_type: PgType {
+                    name: row.get(3),
+                    kind: letter(4),
+                    category: letter(5),
+                    typmod: row.get(6),
+                },
+                not_null: row.get(7),
+                collation: row.get(8),
+                deterministic: row.get(9),
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
