@@ -39,8 +39,9 @@ use kyma_table::writer::columns_of;
 use kyma_table::{ExtentStore, TableError};
 
 use crate::dynamic_sql::{DynamicFunctions, DynamicPlanner};
-use crate::federation::pushdown::{FederationPushdown, SourceSummary, summaries};
+use crate::federation::rule::FederationPushdown;
 use crate::federation::scan::KymaQueryPlanner;
+use crate::federation::summary::{SourceSummary, summaries};
 use crate::federation::{FederatedSources, FederationOptions, KymaCatalogList};
 use crate::provider::{
     DEFAULT_SCHEMA, KYMA_CATALOG, KymaCatalogProvider, NodeTables, count_batch, resolve, to_df,

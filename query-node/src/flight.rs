@@ -57,8 +57,8 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{IngestMode, Outcome, QueryEngine, QueryRows};
-use crate::federation::postgres::SourceError;
 use crate::federation::scan::source_bytes;
+use crate::federation::source::SourceError;
 use crate::metrics::QueryMetrics;
 use crate::provider::{DEFAULT_SCHEMA, KYMA_CATALOG, count_batch};
 use crate::queries::{QueryLog, QueryRecord};

@@ -18,7 +18,7 @@ use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::federation::pushdown::SourceSummary;
+use crate::federation::summary::SourceSummary;
 
 /// The schema that holds system tables.
 pub const SYSTEM_SCHEMA: &str = "system";

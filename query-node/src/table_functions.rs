@@ -39,7 +39,6 @@ use kyma_catalog::{ConnectorMode, TableOrigin, TableRef};
 
 use crate::engine::normalize;
 use crate::federation::FederatedSources;
-use crate::federation::postgres::PgTable;
 use crate::provider::{KYMA_CATALOG, KymaTable, NodeTables, resolve};
 
 /// The name `raw()` is registered under.
@@ -139,7 +138,7 @@ impl TableFunctionImpl for LiveFunction {
                 spelled(spec.source_type)
             );
         };
-        let Some(meta) = source.loaded_table(&table.schema, &table.table) else {
+        let Some(provider) = source.loaded_table(&table.schema, &table.table) else {
             return plan_err!(
                 "{LIVE}(): connector `{}` has no table `{}.{}` in its scope at the source",
                 spec.name,
@@ -149,7 +148,7 @@ impl TableFunctionImpl for LiveFunction {
         };
         // The same provider as the plain name of a federated table: the federation rule
         // (which recognises its scans by the provider) pushes work to the source alike.
-        Ok(Arc::new(PgTable { source, meta }))
+        Ok(Arc::new(provider))
     }
 }
 

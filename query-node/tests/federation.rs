@@ -535,19 +535,12 @@ fn kyma_rows(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
     rows
 }
 
-async fn postgres_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Cell>> {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("Postgres refused {sql}: {e}"));
-    messages
+/// Postgres' own answer to `sql` on `db` (in a UTC session).
+fn postgres_rows(pg: &Postgres, db: &str, sql: &str) -> Vec<Vec<Cell>> {
+    pg.rows(db, sql)
+        .unwrap_or_else(|e| panic!("Postgres refused {sql}: {e}"))
         .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => {
-                Some((0..row.len()).map(|i| cell(row.get(i))).collect())
-            }
-            _ => None,
-        })
+        .map(|row| row.iter().map(|c| cell(c.as_deref())).collect())
         .collect()
 }
 
@@ -620,18 +613,6 @@ async fn register(node: &common::ServedNode, name: &str, url: String) {
     .await;
 }
 
-async fn source_client(pg: &Postgres, db: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.url(db), tokio_postgres::NoTls)
-        .await
-        .expect("direct connection");
-    tokio::spawn(connection);
-    client
-        .batch_execute("SET TimeZone = 'UTC'")
-        .await
-        .expect("UTC");
-    client
-}
-
 async fn run_kyma(
     flight: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
@@ -650,6 +631,48 @@ async fn run_kyma(
     Ok((batches, summary))
 }
 
+/// Runs `case` on kyma and on Postgres (database `db`); records every difference in the
+/// answers and every unmet expectation of the summary in `failures`.
+async fn check_case(
+    flight: &mut FlightSqlServiceClient<Channel>,
+    pg: &Postgres,
+    db: &str,
+    case: &Case,
+    failures: &mut Vec<String>,
+) {
+    let (batches, summary) = match run_kyma(flight, case.kyma).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            failures.push(e);
+            return;
+        }
+    };
+    let expected = postgres_rows(pg, db, case.postgres.unwrap_or(&strip_catalogs(case.kyma)));
+    let got = kyma_rows(&batches);
+    let (got, expected) = if case.ordered {
+        (got, expected)
+    } else {
+        (sorted(got), sorted(expected))
+    };
+    let equal = got.len() == expected.len()
+        && got
+            .iter()
+            .zip(&expected)
+            .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)));
+    if !equal {
+        failures.push(format!(
+            "{}: kyma returned {} rows, Postgres {}\nkyma: {:?}\npostgres: {:?}\nsummary: {}",
+            case.kyma,
+            got.len(),
+            expected.len(),
+            got.iter().take(5).collect::<Vec<_>>(),
+            expected.iter().take(5).collect::<Vec<_>>(),
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        ));
+    }
+    check_summary(case.kyma, &summary, case.expect, failures);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_matches_postgres_with_the_promised_pushdown() {
     let pg = Postgres::shared();
@@ -660,8 +683,6 @@ async fn corpus_matches_postgres_with_the_promised_pushdown() {
     ingest(&mut flight, "otel_logs", true, vec![otel_logs()])
         .await
         .expect("native otel_logs");
-    let direct = source_client(pg, &db).await;
-
     assert!(
         CORPUS.len() >= 40,
         "the corpus has {} queries",
@@ -669,38 +690,7 @@ async fn corpus_matches_postgres_with_the_promised_pushdown() {
     );
     let mut failures = Vec::new();
     for case in CORPUS {
-        let (batches, summary) = match run_kyma(&mut flight, case.kyma).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        let expected =
-            postgres_rows(&direct, case.postgres.unwrap_or(&strip_catalogs(case.kyma))).await;
-        let got = kyma_rows(&batches);
-        let (got, expected) = if case.ordered {
-            (got, expected)
-        } else {
-            (sorted(got), sorted(expected))
-        };
-        let equal = got.len() == expected.len()
-            && got
-                .iter()
-                .zip(&expected)
-                .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)));
-        if !equal {
-            failures.push(format!(
-                "{}: kyma returned {} rows, Postgres {}\nkyma: {:?}\npostgres: {:?}\nsummary: {}",
-                case.kyma,
-                got.len(),
-                expected.len(),
-                got.iter().take(5).collect::<Vec<_>>(),
-                expected.iter().take(5).collect::<Vec<_>>(),
-                serde_json::to_string_pretty(&summary).unwrap_or_default()
-            ));
-        }
-        check_summary(case.kyma, &summary, case.expect, &mut failures);
+        check_case(&mut flight, pg, &db, case, &mut failures).await;
     }
     assert!(
         failures.is_empty(),
@@ -710,7 +700,7 @@ async fn corpus_matches_postgres_with_the_promised_pushdown() {
         failures.join("\n\n")
     );
 
-    let kept = postgres_rows(&direct, "SELECT keep FROM y").await;
+    let kept = postgres_rows(pg, &db, "SELECT keep FROM y");
     assert_eq!(kept.len(), 1, "the hostile table name dropped nothing");
 }
 
@@ -776,26 +766,21 @@ async fn connectors_come_and_go_without_restart_and_every_query_is_logged() {
 
     // Sequential queries reuse one pooled connection: a fully read result stream hands it
     // back.
-    let direct = source_client(pg, &db).await;
-    let backends = async || {
+    let backends = || {
         postgres_rows(
-            &direct,
+            pg,
+            &db,
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'kyma-federation'",
         )
-        .await
     };
-    let first = backends().await;
+    let first = backends();
     assert_eq!(first.len(), 1, "one pooled connection after one query");
     for _ in 0..3 {
         query(&mut flight, "SELECT id FROM live.public.t1 WHERE id < 3")
             .await
             .expect("federated query");
     }
-    assert_eq!(
-        backends().await,
-        first,
-        "the same connection served every query"
-    );
+    assert_eq!(backends(), first, "the same connection served every query");
 
     // A table created at the source after registration answers at once.
     pg.psql(
@@ -950,4 +935,66 @@ async fn an_unreachable_source_is_unavailable_naming_the_connector_and_recovers(
         strings(&query(&mut flight, sql).await.expect("up again"), 0),
         ["2"]
     );
+}
+
+/// The join of `sales.public.users` and `orders` of another connector, as Postgres runs it in
+/// one database.
+const JOIN_ACROSS_CONNECTORS: &str =
+    "SELECT u.name, o.amount FROM users u JOIN orders o ON u.id = o.user_id WHERE o.amount > 400";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_across_connectors_is_pushed_when_they_share_a_database_and_not_otherwise() {
+    let pg = Postgres::shared();
+    let db = source_database(pg);
+    let copy = unique_name("fed_copy");
+    pg.psql(
+        "postgres",
+        &format!("CREATE DATABASE \"{copy}\" TEMPLATE \"{db}\""),
+    )
+    .expect("a copy of the source database");
+    let node = standalone(GrpcOptions::default()).await;
+    register(&node, "sales", pg.url(&db)).await;
+    register(&node, "sales_again", pg.url(&db)).await;
+    register(&node, "archive", pg.url(&copy)).await;
+    let mut flight = client(node.addr).await;
+
+    let same_database = case_pg(
+        "SELECT u.name, o.amount FROM sales.public.users u JOIN sales_again.public.orders o \
+         ON u.id = o.user_id WHERE o.amount > 400",
+        JOIN_ACROSS_CONNECTORS,
+        false,
+        &[
+            Pushed("join", "Inner"),
+            Pushed("scan", "sales_again.public.orders"),
+            SqlHas("JOIN"),
+            Scans(1),
+        ],
+    );
+    let other_database = case_pg(
+        "SELECT u.name, o.amount FROM sales.public.users u JOIN archive.public.orders o \
+         ON u.id = o.user_id WHERE o.amount > 400",
+        JOIN_ACROSS_CONNECTORS,
+        false,
+        &[
+            NotPushed("join", "cross-source join of `sales` and `archive`"),
+            Pushed("filter", "amount > 400"),
+            SqlLacks("JOIN"),
+            Scans(2),
+        ],
+    );
+    let mut failures = Vec::new();
+    for case in [&same_database, &other_database] {
+        check_case(&mut flight, pg, &db, case, &mut failures).await;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // EXPLAIN shows the one source query of the pushed join.
+    let explain = query(&mut flight, &format!("EXPLAIN {}", same_database.kyma))
+        .await
+        .expect("explain");
+    let scans: usize = strings(&explain, 1)
+        .iter()
+        .map(|plan| plan.matches("FederatedScan: source=sales sql=").count())
+        .sum();
+    assert_eq!(scans, 1, "{:?}", strings(&explain, 1));
 }

@@ -22,11 +22,12 @@
 
 pub mod copy;
 pub mod pool;
+pub mod query;
 pub mod sync;
 pub mod types;
 
 pub use copy::CopyBinaryDecoder;
-pub use pool::{PgPool, PooledClient};
+pub use pool::{PgConnect, PgPool, PooledClient};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,20 +1,30 @@
-//! Federation (SPEC §5): every registered Postgres connector in mode `federation` is a
-//! DataFusion catalog named after it, and queries over it run at the source as far as that is
-//! safe. A connector in mode `both` reads its synced tables by name and federates through
-//! `live()` ([`crate::table_functions`]).
+//! Federation (SPEC §5): every registered connector in mode `federation` whose source kyma
+//! federates is a DataFusion catalog named after it, and queries over it run at the source as
+//! far as that is safe. A connector in mode `both` reads its synced tables by name and
+//! federates through `live()` ([`crate::table_functions`]).
 //!
 //! - [`KymaCatalogList`] resolves catalog names: `kyma` (native tables) and, through the
 //!   watched catalog view, each connector — a connector registered or deleted on any node
 //!   shows up here without a restart. A connector in mode `sync` or `both` is the catalog of
 //!   its synced tables ([`crate::provider::KymaCatalogProvider::synced`]); one in mode
-//!   `federation` the catalog of its source's tables.
-//! - [`postgres`]: a connector's schemas and tables, read from the source and cached.
-//! - [`pushdown`]: what goes to the source, the SQL, and the `pushdown_summary`.
-//! - [`scan`]: the federated scan node and its execution.
+//!   `federation` the catalog of its source's tables ([`catalog`]).
+//! - [`source`]: the seam every source implements ([`FederatedSource`]), and how "the same
+//!   source" is decided. [`FederatedSources`] builds one per connector, by source type, in
+//!   one place ([`implementation`]).
+//! - [`capabilities`], [`rule`], [`summary`], [`scan`], [`table`]: what may run at a source,
+//!   the optimizer rule that moves it there, the `pushdown_summary`, the scan node, the table
+//!   provider — the same for every source.
+//! - [`sql`]: what SQL sources share; [`postgres`]: Postgres.
 
+pub mod capabilities;
+pub mod catalog;
 pub mod postgres;
-pub mod pushdown;
+pub mod rule;
 pub mod scan;
+pub mod source;
+pub mod sql;
+pub mod summary;
+pub mod table;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +35,8 @@ use kyma_connectors::SecretResolver;
 
 use crate::provider::{KymaCatalogProvider, NodeTables};
 use crate::view::CatalogView;
-use postgres::{PgCatalogProvider, PgSource};
+use catalog::{FederatedCatalog, FederatedCatalogProvider};
+use source::FederatedSource;
 
 /// How a node federates.
 #[derive(Debug, Clone)]
@@ -52,11 +63,24 @@ impl Default for FederationOptions {
 pub struct FederatedSources {
     view: CatalogView,
     options: FederationOptions,
-    built: Mutex<HashMap<String, Arc<PgSource>>>,
+    built: Mutex<HashMap<String, Arc<FederatedCatalog>>>,
 }
 
+/// Builds the federated source of a connector.
+pub type Implementation = fn(ConnectorSpec, SecretResolver) -> Arc<dyn FederatedSource>;
+
+/// The federated implementation of a source type, if kyma federates it: the one place a
+/// source type picks its implementation.
+pub fn implementation(source_type: SourceType) -> Option<Implementation> {
+    match source_type {
+        SourceType::Postgres => Some(postgres::source),
+        SourceType::Mysql | SourceType::Mongodb => None,
+    }
+}
+
+/// Whether `spec` is federated: its mode reads the source and kyma federates its type.
 fn federated(spec: &ConnectorSpec) -> bool {
-    spec.source_type == SourceType::Postgres && spec.mode != ConnectorMode::Sync
+    spec.mode != ConnectorMode::Sync && implementation(spec.source_type).is_some()
 }
 
 impl FederatedSources {
@@ -84,8 +108,8 @@ impl FederatedSources {
             .collect()
     }
 
-    /// The source of connector `name`, if it is a federated one.
-    pub fn source(&self, name: &str) -> Option<Arc<PgSource>> {
+    /// The source of connector `name` with its tables, if it is a federated one.
+    pub fn source(&self, name: &str) -> Option<Arc<FederatedCatalog>> {
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         // Deleted connectors' pools go (their idle connections close).
         built.retain(|name, _| self.view.connector(name).is_some());
@@ -95,7 +119,11 @@ impl FederatedSources {
         {
             return Some(source.clone());
         }
-        let source = PgSource::new(spec, self.options.secrets.clone(), self.options.pushdown);
+        let build = implementation(spec.source_type)?;
+        let source = FederatedCatalog::new(
+            build(spec, self.options.secrets.clone()),
+            self.options.pushdown,
+        );
         // Load the table list now, so that listing (GetTables, information_schema) sees it.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let warming = source.clone();
@@ -188,8 +216,8 @@ impl CatalogProviderList for KymaCatalogList {
                 name,
             )));
         }
-        self.sources
-            .source(name)
-            .map(|source| Arc::new(PgCatalogProvider::new(source)) as Arc<dyn CatalogProvider>)
+        self.sources.source(name).map(|source| {
+            Arc::new(FederatedCatalogProvider::new(source)) as Arc<dyn CatalogProvider>
+        })
     }
 }

@@ -1,239 +1,146 @@
-//! A Postgres connector as a DataFusion catalog: `pg_prod.public.users`.
+//! Postgres behind the federation seam: a [`SqlFederation`] of the Postgres dialect and an
+//! executor over the connector's pool. The only module of the query node that knows
+//! Postgres.
 //!
-//! The tables in scope and their columns come from the source's catalog
-//! (`kyma_connectors::postgres::types::source_columns`) and are cached for
-//! [`METADATA_TTL`]; a lookup of a table the cache does not know, or of a stale entry,
-//! re-reads the source, so a table created (or altered) after registration is queryable
-//! without a restart. Listing (`schema_names`, `table_names`) answers from the cache.
-//!
-//! Every table is read through its *typed relation*: a `SELECT` that casts each column to
-//! its kyma type (`types::select_expr`) — `uuid` as text, `numeric(10,2)` as double,
-//! `timestamp` as UTC. Pushed-down SQL reads from that relation, so the source filters,
-//! sorts and aggregates exactly the values kyma would see; Postgres inlines the subquery.
+//! - **Tables**: every column of the tables in scope, from the source's catalog
+//!   (`kyma_connectors::postgres::types::source_columns`), mapped to its kyma type. Each
+//!   table is read through its *typed relation*, a `SELECT` that casts each column to its
+//!   kyma type (`types::select_expr`): `uuid` as text, `numeric(10,2)` as double, `timestamp`
+//!   as UTC. So the source filters, sorts and aggregates exactly the values kyma would see;
+//!   Postgres inlines the subquery.
+//! - **Semantics**: numbers, booleans and timestamps compare as in kyma. Text compares as in
+//!   kyma only under a deterministic collation, and sorts as in kyma only under a byte-order
+//!   one such as `C`. Dynamic and vector data are never compared at the source.
+//! - **Capabilities** ([`PgCapabilities`]): comparisons and AND/OR, LIKE, COALESCE and
+//!   `date_trunc` with a literal unit, widening integer casts, COUNT/SUM/AVG/MIN/MAX, inner
+//!   and outer joins. LOWER/UPPER and ILIKE are not pushed: Postgres maps case by the
+//!   collation's locale and DataFusion by Unicode. Text literals holding NUL are not (Postgres
+//!   text cannot hold it).
+//! - **Execution**: `kyma_connectors::postgres::query::copy_query` (prepare, then binary
+//!   COPY), on pooled connections whose session is pinned to UTC, ISO dates, standard
+//!   strings and read-only transactions.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::DataType;
 use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
-use datafusion::common::{DFSchema, DataFusionError, Result, TableReference};
-use datafusion::datasource::provider_as_source;
-use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableProviderFilterPushDown, TableType};
-use datafusion::physical_plan::ExecutionPlan;
-use kyma_catalog::{ConnectorSpec, KymaType};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::{Expr, ExprSchemable, JoinType, Operator};
+use datafusion::sql::sqlparser::dialect::{
+    Dialect as ParserDialect, PostgreSqlDialect as PgParserDialect,
+};
+use datafusion::sql::unparser::dialect::{Dialect as UnparserDialect, PostgreSqlDialect};
+use kyma_catalog::{ConnectorSpec, KymaType, SourceType};
+use kyma_connectors::pool::{Pool, PoolLimits};
 use kyma_connectors::postgres::types::{self, SourceColumn};
-use kyma_connectors::postgres::{PgPool, quote_ident};
+use kyma_connectors::postgres::{PgConnect, PgPool, query, quote_ident};
 use kyma_connectors::{ConnectorError, SecretResolver};
 
-use super::pushdown::{self, Semantics};
-use super::scan::FederatedScanExec;
+use super::capabilities::{AggregateResult, Capabilities, FunctionResult, Semantics, shown};
+use super::source::{FederatedColumn, FederatedSource, QueryOutput, RecordBatches, SourceIdentity};
+use super::sql::{SqlColumn, SqlDialect, SqlExecutor, SqlFederation, SqlTable};
 
-/// How long a source's table list and columns are trusted before a lookup re-reads them.
-const METADATA_TTL: Duration = Duration::from_secs(30);
+/// The federated source of Postgres connector `spec`; connects lazily.
+pub fn source(spec: ConnectorSpec, secrets: SecretResolver) -> Arc<dyn FederatedSource> {
+    let connect = PgConnect::new(spec.connection.clone(), secrets);
+    let identity = connect
+        .endpoint()
+        .map(|e| SourceIdentity::new(SourceType::Postgres, e, spec.connection.tls));
+    let pool = Pool::new(connect, spec.connection.pool_size, PoolLimits::default());
+    Arc::new(SqlFederation::new(
+        spec,
+        identity,
+        PgDialect,
+        PgExecutor { pool },
+    ))
+}
 
-/// One Postgres connector as the query node uses it: its pool and its cached tables.
+/// Postgres SQL.
+#[derive(Debug, Clone, Copy)]
+pub struct PgDialect;
+
+static UNPARSER: PostgreSqlDialect = PostgreSqlDialect {};
+static PARSER: PgParserDialect = PgParserDialect {};
+
+impl SqlDialect for PgDialect {
+    fn unparser(&self) -> &dyn UnparserDialect {
+        &UNPARSER
+    }
+
+    fn parser(&self) -> &dyn ParserDialect {
+        &PARSER
+    }
+
+    fn quote_ident(&self, name: &str) -> String {
+        quote_ident(name)
+    }
+
+    fn capabilities(&self) -> &dyn Capabilities {
+        &PgCapabilities
+    }
+}
+
+/// Reads Postgres' catalog and runs queries on the connector's pool.
 #[derive(Debug)]
-pub struct PgSource {
-    spec: ConnectorSpec,
+struct PgExecutor {
     pool: Arc<PgPool>,
-    pushdown: bool,
-    cache: RwLock<TableCache>,
-    loading: tokio::sync::Mutex<()>,
 }
 
-#[derive(Debug, Default)]
-struct TableCache {
-    loaded_at: Option<Instant>,
-    tables: BTreeMap<(String, String), Arc<PgTableMeta>>,
-}
+#[async_trait]
+impl SqlExecutor for PgExecutor {
+    async fn discover(&self, spec: &ConnectorSpec) -> Result<Vec<SqlTable>, ConnectorError> {
+        let client = self.pool.get().await?;
+        let columns = types::source_columns(&client, &spec.scope.include_schemas).await?;
+        drop(client);
+        let mut tables: Vec<SqlTable> = Vec::new();
+        for column in columns {
+            if !spec.scope.covers(&column.schema, &column.table) {
+                continue;
+            }
+            let typed = typed_column(spec, &column);
+            match tables.last_mut() {
+                Some(t) if t.schema == column.schema && t.table == column.table => {
+                    t.columns.push(typed);
+                }
+                _ => tables.push(SqlTable {
+                    schema: column.schema,
+                    table: column.table,
+                    columns: vec![typed],
+                }),
+            }
+        }
+        Ok(tables)
+    }
 
-/// One source table: its columns, their kyma types and how pushdown may treat them.
-#[derive(Debug)]
-pub struct PgTableMeta {
-    /// Source schema.
-    pub schema: String,
-    /// Source table.
-    pub table: String,
-    /// The Arrow schema kyma reads it as.
-    pub arrow: SchemaRef,
-    /// Per column: what the source may compare or sort on it.
-    pub semantics: Vec<Semantics>,
-    /// The typed relation (see the module doc).
-    pub relation_sql: String,
-}
-
-impl PgSource {
-    /// The source of `spec`; connects lazily.
-    pub fn new(spec: ConnectorSpec, secrets: SecretResolver, pushdown: bool) -> Arc<Self> {
-        Arc::new(Self {
-            pool: PgPool::new(spec.connection.clone(), secrets),
-            spec,
-            pushdown,
-            cache: RwLock::new(TableCache::default()),
-            loading: tokio::sync::Mutex::new(()),
+    fn execute(&self, sql: String, output: QueryOutput) -> RecordBatches {
+        let QueryOutput {
+            schema,
+            batch_rows,
+            received,
+        } = output;
+        query::copy_query(self.pool.clone(), sql, schema, batch_rows, move |bytes| {
+            received.add(bytes)
         })
     }
-
-    /// The connector's name (its catalog name).
-    pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
-    /// The registration it was built from.
-    pub fn spec(&self) -> &ConnectorSpec {
-        &self.spec
-    }
-
-    /// Whether this node pushes work to the source (off: every scan reads whole rows).
-    pub fn pushdown(&self) -> bool {
-        self.pushdown
-    }
-
-    /// The connection pool.
-    pub fn pool(&self) -> &Arc<PgPool> {
-        &self.pool
-    }
-
-    fn cache(&self) -> std::sync::RwLockReadGuard<'_, TableCache> {
-        self.cache.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Schemas with tables in scope, as last loaded.
-    pub fn schema_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.cache().tables.keys().map(|(s, _)| s.clone()).collect();
-        names.dedup();
-        names
-    }
-
-    /// Tables of `schema` in scope, as last loaded.
-    pub fn table_names(&self, schema: &str) -> Vec<String> {
-        self.cache()
-            .tables
-            .keys()
-            .filter(|(s, _)| s == schema)
-            .map(|(_, t)| t.clone())
-            .collect()
-    }
-
-    fn fresh(&self) -> bool {
-        self.cache()
-            .loaded_at
-            .is_some_and(|at| at.elapsed() < METADATA_TTL)
-    }
-
-    /// Re-reads the tables in scope from the source (one load at a time; a caller that
-    /// waited for another's load uses it).
-    pub async fn refresh(&self) -> Result<(), ConnectorError> {
-        let started = Instant::now();
-        let _loading = self.loading.lock().await;
-        if self.cache().loaded_at.is_some_and(|at| at >= started) {
-            return Ok(());
-        }
-        let client = self.pool.get().await?;
-        let columns = types::source_columns(&client, &self.spec.scope.include_schemas).await?;
-        drop(client);
-        let mut grouped: BTreeMap<(String, String), Vec<SourceColumn>> = BTreeMap::new();
-        for column in columns {
-            if self.spec.scope.covers(&column.schema, &column.table) {
-                grouped
-                    .entry((column.schema.clone(), column.table.clone()))
-                    .or_default()
-                    .push(column);
-            }
-        }
-        let tables = grouped
-            .into_iter()
-            .map(|(key, columns)| {
-                let meta = self.table_meta(&key.0, &key.1, &columns);
-                (key, Arc::new(meta))
-            })
-            .collect();
-        *self.cache.write().unwrap_or_else(|p| p.into_inner()) = TableCache {
-            loaded_at: Some(Instant::now()),
-            tables,
-        };
-        Ok(())
-    }
-
-    fn table_meta(&self, schema: &str, table: &str, columns: &[SourceColumn]) -> PgTableMeta {
-        let mut fields = Vec::with_capacity(columns.len());
-        let mut semantics = Vec::with_capacity(columns.len());
-        let mut selects = Vec::with_capacity(columns.len());
-        for column in columns {
-            let mapped = types::kyma_type(&column.name, &column.pg_type, &self.spec.scope);
-            if let Some(warning) = &mapped.warning {
-                tracing::warn!(connector = %self.spec.name, table = %format!("{schema}.{table}"), "{warning}");
-            }
-            fields.push(Field::new(
-                &column.name,
-                kyma_table::types::arrow_type(mapped.ty),
-                !column.not_null,
-            ));
-            semantics.push(column_semantics(column, mapped.ty));
-            selects.push(format!(
-                "{} AS {}",
-                types::select_expr(column, mapped.ty),
-                quote_ident(&column.name)
-            ));
-        }
-        PgTableMeta {
-            schema: schema.to_owned(),
-            table: table.to_owned(),
-            arrow: Arc::new(Schema::new(fields)),
-            semantics,
-            relation_sql: format!(
-                "SELECT {} FROM {}.{}",
-                selects.join(", "),
-                quote_ident(schema),
-                quote_ident(table)
-            ),
-        }
-    }
-
-    /// The table as last loaded, however long ago (for callers that cannot wait on the
-    /// source; [`Self::table`] loaded it just before).
-    pub fn loaded_table(&self, schema: &str, table: &str) -> Option<Arc<PgTableMeta>> {
-        self.cache()
-            .tables
-            .get(&(schema.to_owned(), table.to_owned()))
-            .cloned()
-    }
-
-    /// The table, re-reading the source when the cache is stale or does not know it.
-    pub async fn table(&self, schema: &str, table: &str) -> Result<Option<Arc<PgTableMeta>>> {
-        if !self.spec.scope.covers(schema, table) {
-            return Ok(None);
-        }
-        let key = (schema.to_owned(), table.to_owned());
-        if self.fresh()
-            && let Some(meta) = self.cache().tables.get(&key)
-        {
-            return Ok(Some(meta.clone()));
-        }
-        self.refresh().await.map_err(|e| self.error(e))?;
-        Ok(self.cache().tables.get(&key).cloned())
-    }
-
-    /// A connector error as a DataFusion error that names the connector.
-    pub fn error(&self, e: ConnectorError) -> DataFusionError {
-        DataFusionError::External(Box::new(SourceError {
-            connector: self.spec.name.clone(),
-            source: e,
-        }))
-    }
 }
 
-/// An error from a federated source, naming its connector.
-#[derive(Debug, thiserror::Error)]
-#[error("connector `{connector}`: {source}")]
-pub struct SourceError {
-    /// The connector.
-    pub connector: String,
-    /// What failed.
-    #[source]
-    pub source: ConnectorError,
+/// A source column as kyma reads it: its kyma type (an unmapped type is logged), semantics
+/// and typed expression.
+fn typed_column(spec: &ConnectorSpec, column: &SourceColumn) -> SqlColumn {
+    let mapped = types::kyma_type(&column.name, &column.pg_type, &spec.scope);
+    if let Some(warning) = &mapped.warning {
+        tracing::warn!(connector = %spec.name, table = %format!("{}.{}", column.schema, column.table), "{warning}");
+    }
+    SqlColumn {
+        column: FederatedColumn {
+            name: column.name.clone(),
+            ty: mapped.ty,
+            nullable: !column.not_null,
+            semantics: column_semantics(column, mapped.ty),
+        },
+        select: types::select_expr(column, mapped.ty),
+    }
 }
 
 /// What the source may compare or sort on a column read through its typed relation.
@@ -251,138 +158,240 @@ fn column_semantics(column: &SourceColumn, ty: KymaType) -> Semantics {
     }
 }
 
-/// A connector as a DataFusion catalog.
-#[derive(Debug)]
-pub struct PgCatalogProvider {
-    source: Arc<PgSource>,
-}
+/// What Postgres computes exactly as DataFusion does (on sessions set up by the pool).
+#[derive(Debug, Clone, Copy)]
+pub struct PgCapabilities;
 
-impl PgCatalogProvider {
-    /// The catalog of `source`.
-    pub fn new(source: Arc<PgSource>) -> Self {
-        Self { source }
+/// `date_trunc` units whose Postgres result equals DataFusion's on a UTC timestamp.
+const DATE_TRUNC_UNITS: &[&str] = &[
+    "microseconds",
+    "milliseconds",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "week",
+    "month",
+    "quarter",
+    "year",
+];
+
+impl Capabilities for PgCapabilities {
+    fn operator(&self, op: Operator) -> Result<(), String> {
+        match op {
+            Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+            | Operator::And
+            | Operator::Or => Ok(()),
+            other => Err(format!(
+                "operator `{other}` is not pushed (its overflow and rounding rules differ between Postgres and DataFusion)"
+            )),
+        }
     }
-}
 
-impl CatalogProvider for PgCatalogProvider {
-    fn schema_names(&self) -> Vec<String> {
-        self.source.schema_names()
+    fn literal(&self, value: &ScalarValue) -> Result<(), String> {
+        match value {
+            ScalarValue::Null
+            | ScalarValue::Boolean(_)
+            | ScalarValue::Int8(_)
+            | ScalarValue::Int16(_)
+            | ScalarValue::Int32(_)
+            | ScalarValue::Int64(_)
+            | ScalarValue::UInt8(_)
+            | ScalarValue::UInt16(_)
+            | ScalarValue::UInt32(_)
+            | ScalarValue::TimestampMicrosecond(_, Some(_)) => Ok(()),
+            ScalarValue::Float64(v) if v.is_none_or(|v| v.is_finite()) => Ok(()),
+            // Postgres text cannot hold NUL.
+            ScalarValue::Utf8(v) | ScalarValue::Utf8View(v) | ScalarValue::LargeUtf8(v)
+                if v.as_deref().is_none_or(|s| !s.contains('\0')) =>
+            {
+                Ok(())
+            }
+            other => Err(format!(
+                "a literal of type {} is not pushed",
+                other.data_type()
+            )),
+        }
     }
 
-    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        let scope = &self.source.spec.scope;
-        (scope.include_schemas.is_empty() || scope.include_schemas.iter().any(|s| s == name)).then(
-            || {
-                Arc::new(PgSchemaProvider {
-                    source: self.source.clone(),
-                    schema: name.to_owned(),
-                }) as Arc<dyn SchemaProvider>
+    fn like(&self, case_insensitive: bool) -> Result<(), String> {
+        if case_insensitive {
+            return Err(
+                "ILIKE is not pushed: Postgres folds case by the collation's locale, DataFusion by Unicode"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn cast(&self, from: &DataType, to: &DataType) -> bool {
+        matches!(
+            (from, to),
+            (DataType::Int32, DataType::Int64)
+                | (DataType::Int32 | DataType::Int64, DataType::Float64)
+        )
+    }
+
+    fn function(&self, call: &ScalarFunction, schema: &DFSchema) -> Result<FunctionResult, String> {
+        match call.name() {
+            "coalesce" => Ok(FunctionResult::LikeAllArguments),
+            "date_trunc" => date_trunc(call, schema),
+            name @ ("lower" | "upper") => Err(format!(
+                "`{name}` is not pushed: Postgres maps case by the collation's locale, DataFusion by Unicode, and they differ on some characters"
+            )),
+            other => Err(format!(
+                "`{other}` is not among the functions whose Postgres semantics match DataFusion's"
+            )),
+        }
+    }
+
+    fn aggregate(&self, name: &str, types: &[DataType]) -> Result<AggregateResult, String> {
+        match name {
+            "count" => Ok(AggregateResult::Comparable),
+            "sum" | "avg" => match types
+                .iter()
+                .find(|ty| !matches!(ty, DataType::Int32 | DataType::Int64 | DataType::Float64))
+            {
+                Some(ty) => Err(format!("`{name}` of {ty} is not pushed")),
+                None => Ok(AggregateResult::Comparable),
             },
+            "min" | "max" => Ok(AggregateResult::Ordered),
+            other => Err(format!(
+                "aggregate `{other}` is not pushed: count, sum, avg, min and max are"
+            )),
+        }
+    }
+
+    fn join(&self, join_type: JoinType) -> bool {
+        matches!(
+            join_type,
+            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
         )
     }
 }
 
-/// One source schema.
-#[derive(Debug)]
-struct PgSchemaProvider {
-    source: Arc<PgSource>,
-    schema: String,
+/// `date_trunc(unit, ts)`: pushed with a literal unit Postgres and DataFusion agree on, on a
+/// timestamp with a time zone; the result compares as `ts`.
+fn date_trunc(call: &ScalarFunction, schema: &DFSchema) -> Result<FunctionResult, String> {
+    let [unit, value] = call.args.as_slice() else {
+        return Err("date_trunc takes two arguments".into());
+    };
+    let unit_ok = matches!(
+        unit,
+        Expr::Literal(ScalarValue::Utf8(Some(u)), _)
+            if DATE_TRUNC_UNITS.contains(&u.to_ascii_lowercase().as_str())
+    );
+    let is_timestamp = matches!(value.get_type(schema), Ok(DataType::Timestamp(_, Some(_))));
+    if !unit_ok || !is_timestamp {
+        return Err(format!(
+            "`{}` is pushed only with a literal unit ({}) on a timestamp",
+            shown(&Expr::ScalarFunction(call.clone())),
+            DATE_TRUNC_UNITS.join(", ")
+        ));
+    }
+    Ok(FunctionResult::LikeArgument(1))
 }
 
-#[async_trait]
-impl SchemaProvider for PgSchemaProvider {
-    fn table_names(&self) -> Vec<String> {
-        self.source.table_names(&self.schema)
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::functions::datetime::expr_fn::date_trunc;
+    use datafusion::functions::string::expr_fn::lower;
+    use datafusion::prelude::{cast, col, lit};
+    use kyma_connectors::postgres::types::PgType;
+
+    use super::*;
+    use crate::federation::capabilities::check_filter;
+
+    fn text_column(collation: &str, deterministic: bool) -> SourceColumn {
+        SourceColumn {
+            schema: "public".into(),
+            table: "users".into(),
+            name: "name".into(),
+            pg_type: PgType {
+                name: "text".into(),
+                kind: 'b',
+                category: 'S',
+                typmod: -1,
+            },
+            not_null: false,
+            collation: collation.into(),
+            deterministic,
+        }
     }
 
-    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let meta = self.source.table(&self.schema, name).await?;
-        Ok(meta.map(|meta| {
-            Arc::new(PgTable {
-                source: self.source.clone(),
-                meta,
-            }) as Arc<dyn TableProvider>
-        }))
+    /// `name` text under `collation`, `age` int, `score` double, `at` a UTC timestamp.
+    fn check(filter: Expr, collation: &str) -> Result<(), String> {
+        let schema = DFSchema::try_from(Schema::new(vec![
+            Field::new("name", DataType::Utf8, true),
+            Field::new("age", DataType::Int32, true),
+            Field::new("score", DataType::Float64, true),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+        ]))
+        .map_err(|e| e.to_string())?;
+        let semantics = [
+            column_semantics(&text_column(collation, true), KymaType::String),
+            Semantics::COMPARABLE,
+            Semantics::COMPARABLE,
+            Semantics::COMPARABLE,
+        ];
+        check_filter(&filter, &schema, &semantics, &PgCapabilities)
     }
 
-    fn table_exist(&self, name: &str) -> bool {
-        self.source.loaded_table(&self.schema, name).is_some()
-    }
-}
-
-/// A source table. Filters are pushed Exact when [`pushdown::check_filter`] finds them safe
-/// for the source, Unsupported otherwise (DataFusion then runs them); the optimizer rule in
-/// [`pushdown`] turns scans, and whatever above them is safe, into one source query.
-#[derive(Debug, Clone)]
-pub struct PgTable {
-    /// The connector.
-    pub source: Arc<PgSource>,
-    /// The table.
-    pub meta: Arc<PgTableMeta>,
-}
-
-impl PgTable {
-    /// The table's name in kyma: `connector.schema.table`.
-    pub fn reference(&self) -> TableReference {
-        TableReference::full(
-            self.source.name().to_owned(),
-            self.meta.schema.clone(),
-            self.meta.table.clone(),
-        )
-    }
-}
-
-#[async_trait]
-impl TableProvider for PgTable {
-    fn schema(&self) -> SchemaRef {
-        self.meta.arrow.clone()
+    #[test]
+    fn text_compares_at_the_source_only_under_its_collation_rules() {
+        let icu = column_semantics(&text_column("und-x-icu", true), KymaType::String);
+        assert!(icu.eq && !icu.order, "ICU text: equality, not byte order");
+        let c = column_semantics(&text_column("C", true), KymaType::String);
+        assert!(c.eq && c.order, "C text: both");
+        let nondeterministic = column_semantics(&text_column("ci", false), KymaType::String);
+        assert!(!nondeterministic.eq && !nondeterministic.order);
+        assert_eq!(
+            column_semantics(&text_column("C", true), KymaType::Dynamic),
+            Semantics::OPAQUE
+        );
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Base
+    #[test]
+    fn what_postgres_computes_as_datafusion_is_pushed() {
+        let pushed = [
+            col("name").eq(lit("bob")).and(col("age").lt(lit(30))),
+            col("name").like(lit("a%")),
+            col("name").in_list(vec![lit("a"), lit("b")], false),
+            cast(col("age"), DataType::Float64).gt(lit(1.5)),
+            date_trunc(lit("month"), col("at")).is_not_null(),
+        ];
+        for filter in pushed {
+            assert_eq!(check(filter.clone(), "C"), Ok(()), "{filter}");
+        }
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
-        let schema = DFSchema::try_from(self.meta.arrow.as_ref().clone())?;
-        Ok(filters
-            .iter()
-            .map(|filter| {
-                let safe = self.source.pushdown
-                    && pushdown::check_filter(filter, &schema, &self.meta.semantics).is_ok();
-                if safe {
-                    TableProviderFilterPushDown::Exact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
-    }
-
-    /// Used only where the optimizer rule did not run: the same SQL generator, for the scan
-    /// alone.
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = LogicalPlanBuilder::scan_with_filters_fetch(
-            self.reference(),
-            provider_as_source(Arc::new(self.clone())),
-            projection.cloned(),
-            filters.to_vec(),
-            limit,
-        )?
-        .build()?;
-        let sql = pushdown::generate_sql(&plan)?;
-        Ok(Arc::new(FederatedScanExec::new(
-            self.source.clone(),
-            sql,
-            Arc::new(plan.schema().as_arrow().clone()),
-        )))
+    #[test]
+    fn what_postgres_computes_differently_is_not_pushed_and_says_why() {
+        let refused = [
+            (col("name").lt(lit("m")), "collation `und-x-icu`"),
+            (lower(col("name")).eq(lit("bob")), "maps case"),
+            (col("name").ilike(lit("a%")), "ILIKE"),
+            ((col("age") + lit(1)).gt(lit(30)), "operator `+`"),
+            (col("name").eq(lit("a\0b")), "literal"),
+            (cast(col("score"), DataType::Int32).eq(lit(1)), "cast"),
+            (
+                date_trunc(lit("decade"), col("at")).is_not_null(),
+                "literal unit",
+            ),
+        ];
+        for (filter, reason) in refused {
+            let error = check(filter.clone(), "und-x-icu").expect_err(&filter.to_string());
+            assert!(error.contains(reason), "{filter}: {error}");
+        }
     }
 }

@@ -1,10 +1,10 @@
-//! The federated scan: one source query, as a logical node (carrying its SQL and summary,
+//! The federated scan: one source query, as a logical node (carrying its query and summary,
 //! shown by EXPLAIN) and as an execution plan that streams the source's rows.
 //!
-//! Execution prepares the SQL (to learn the wire types of its columns), then streams it with
-//! `COPY (…) TO STDOUT (FORMAT binary)` through the connector's pool and decodes it into
-//! the plan's Arrow schema. The bytes received are counted (`source_bytes`) for
-//! `kyma.system.queries` and the benchmark.
+//! Execution is the source's ([`FederatedSource::execute`]): it streams the query's rows as
+//! batches of the plan's Arrow schema. The scan counts the bytes received (`source_bytes`,
+//! for `kyma.system.queries` and the benchmark) and the rows, and names the connector in
+//! every error ([`SourceError`]).
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -31,11 +31,9 @@ use datafusion::physical_plan::{
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::TryStreamExt;
-use kyma_connectors::ConnectorError;
-use kyma_connectors::postgres::CopyBinaryDecoder;
 
-use super::postgres::PgSource;
-use super::pushdown::SourceSummary;
+use super::source::{FederatedSource, QueryOutput, SourceError, SourceQuery};
+use super::summary::SourceSummary;
 
 /// The name of the metric counting bytes received from the source.
 pub const SOURCE_BYTES: &str = "source_bytes";
@@ -43,25 +41,25 @@ pub const SOURCE_BYTES: &str = "source_bytes";
 /// A subtree answered by one source query.
 #[derive(Debug, Clone)]
 pub struct FederatedScan {
-    source: Arc<PgSource>,
+    source: Arc<dyn FederatedSource>,
     plan: LogicalPlan,
-    sql: String,
+    query: SourceQuery,
     /// What the query covers and what stayed in kyma.
     pub summary: SourceSummary,
 }
 
 impl FederatedScan {
-    /// The scan of `plan` at `source` by `sql`.
+    /// The scan of `plan` at `source` by `query`.
     pub fn new(
-        source: Arc<PgSource>,
+        source: Arc<dyn FederatedSource>,
         plan: LogicalPlan,
-        sql: String,
+        query: SourceQuery,
         summary: SourceSummary,
     ) -> Self {
         Self {
             source,
             plan,
-            sql,
+            query,
             summary,
         }
     }
@@ -69,7 +67,7 @@ impl FederatedScan {
 
 impl PartialEq for FederatedScan {
     fn eq(&self, other: &Self) -> bool {
-        self.source.name() == other.source.name() && self.sql == other.sql
+        self.source.name() == other.source.name() && self.query == other.query
     }
 }
 
@@ -78,13 +76,13 @@ impl Eq for FederatedScan {}
 impl Hash for FederatedScan {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.source.name().hash(state);
-        self.sql.hash(state);
+        self.query.hash(state);
     }
 }
 
 impl PartialOrd for FederatedScan {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some((self.source.name(), &self.sql).cmp(&(other.source.name(), &other.sql)))
+        Some((self.source.name(), &self.query).cmp(&(other.source.name(), &other.query)))
     }
 }
 
@@ -111,7 +109,7 @@ impl UserDefinedLogicalNodeCore for FederatedScan {
             f,
             "FederatedScan: source={} sql={}",
             self.source.name(),
-            self.sql
+            self.query
         )
     }
 
@@ -123,16 +121,16 @@ impl UserDefinedLogicalNodeCore for FederatedScan {
 /// Streams one source query.
 #[derive(Debug)]
 pub struct FederatedScanExec {
-    source: Arc<PgSource>,
-    sql: String,
+    source: Arc<dyn FederatedSource>,
+    query: SourceQuery,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl FederatedScanExec {
-    /// Runs `sql` at `source`, producing `schema`.
-    pub fn new(source: Arc<PgSource>, sql: String, schema: SchemaRef) -> Self {
+    /// Runs `query` at `source`, producing `schema`.
+    pub fn new(source: Arc<dyn FederatedSource>, query: SourceQuery, schema: SchemaRef) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(1),
@@ -141,7 +139,7 @@ impl FederatedScanExec {
         );
         Self {
             source,
-            sql,
+            query,
             schema,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -155,7 +153,7 @@ impl DisplayAs for FederatedScanExec {
             f,
             "FederatedScanExec: source={} sql={}",
             self.source.name(),
-            self.sql
+            self.query
         )
     }
 }
@@ -199,79 +197,23 @@ impl ExecutionPlan for FederatedScanExec {
         let bytes = MetricBuilder::new(&self.metrics).counter(SOURCE_BYTES, partition);
         let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let batch_rows = context.session_config().batch_size();
-        let source = self.source.clone();
-        let sql = self.sql.clone();
-        let schema = self.schema.clone();
-        let fail = {
-            let source = source.clone();
-            move |e: ConnectorError| source.error(e)
-        };
-        let query = async move {
-            let mut client = source.pool().get().await?;
-            let statement = client.prepare(&sql).await.map_err(refused)?;
-            let wire: Vec<_> = statement
-                .columns()
-                .iter()
-                .map(|c| c.type_().clone())
-                .collect();
-            let decoder = CopyBinaryDecoder::new(schema, &wire, batch_rows)?;
-            let copy = client
-                .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
-                .await
-                .map_err(refused)?;
-            client.streaming(true);
-            let state = (Box::pin(copy), decoder, client, false);
-            let batches = futures::stream::try_unfold(
-                state,
-                move |(mut copy, mut decoder, mut client, done)| {
-                    let bytes = bytes.clone();
-                    async move {
-                        if done {
-                            return Ok::<_, ConnectorError>(None);
-                        }
-                        match copy.try_next().await.map_err(refused)? {
-                            Some(chunk) => {
-                                bytes.add(chunk.len());
-                                let batches = decoder.push(&chunk)?;
-                                Ok(Some((batches, (copy, decoder, client, false))))
-                            }
-                            None => {
-                                // Fully read: the connection can serve the next query.
-                                client.streaming(false);
-                                let last: Vec<_> = decoder.finish()?.into_iter().collect();
-                                Ok(Some((last, (copy, decoder, client, true))))
-                            }
-                        }
-                    }
+        let connector = self.source.name().to_owned();
+        let stream = self
+            .source
+            .execute(
+                &self.query,
+                QueryOutput {
+                    schema: self.schema.clone(),
+                    batch_rows,
+                    received: bytes,
                 },
             )
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-            .try_flatten();
-            Ok::<_, ConnectorError>(batches)
-        };
-        let stream = futures::stream::once(query)
-            .try_flatten()
-            .map_err(fail)
+            .map_err(move |e| SourceError::datafusion(&connector, e))
             .inspect_ok(move |batch| rows.add(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             stream,
         )))
-    }
-}
-
-/// A Postgres error on the pushed query.
-fn refused(e: tokio_postgres::Error) -> ConnectorError {
-    match e.as_db_error() {
-        Some(db) => ConnectorError::Source(format!(
-            "the pushed query failed: {} (SQLSTATE {})",
-            db.message(),
-            db.code().code()
-        )),
-        None => ConnectorError::Unreachable {
-            field: "connection.url".into(),
-            reason: format!("the connection broke during the query: {e}"),
-        },
     }
 }
 
@@ -293,7 +235,7 @@ impl ExtensionPlanner for FederatedScanPlanner {
         Ok(node.as_any().downcast_ref::<FederatedScan>().map(|scan| {
             Arc::new(FederatedScanExec::new(
                 scan.source.clone(),
-                scan.sql.clone(),
+                scan.query.clone(),
                 Arc::new(scan.plan.schema().as_arrow().clone()),
             )) as Arc<dyn ExecutionPlan>
         }))

@@ -175,29 +175,44 @@ pub(crate) fn require(program: &str, hint: &str) -> Result<PathBuf, HarnessError
         })
 }
 
-/// Runs a setup command to completion, as `run_as` when given.
+/// Runs a setup command to completion, as `run_as` when given; its standard output and
+/// error.
 pub(crate) fn run(
     what: &str,
     command: &mut Command,
     run_as: Option<RunAs>,
 ) -> Result<String, HarnessError> {
+    let output = output(what, command, run_as)?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ))
+}
+
+/// Runs a command to completion, as `run_as` when given; fails with both output streams
+/// when it fails.
+pub(crate) fn output(
+    what: &str,
+    command: &mut Command,
+    run_as: Option<RunAs>,
+) -> Result<std::process::Output, HarnessError> {
     if let Some(user) = run_as {
         std::os::unix::process::CommandExt::uid(command, user.uid);
         std::os::unix::process::CommandExt::gid(command, user.gid);
     }
     let output = command.stdin(Stdio::null()).output().map_err(io(what))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
     if !output.status.success() {
         return Err(HarnessError::Command {
             what: what.into(),
-            output: text,
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
         });
     }
-    Ok(text)
+    Ok(output)
 }
 
 /// How to launch a server: program, arguments, user, log file, and the signal that stops it

@@ -7,9 +7,15 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::process::{
-    HarnessError, Launch, RunAs, ServerProcess, accepts, free_port, http_get, io, require, run,
-    running_as_root, scratch_dir, system_user,
+    HarnessError, Launch, RunAs, ServerProcess, accepts, free_port, http_get, io, output, require,
+    run, running_as_root, scratch_dir, system_user,
 };
+
+/// How [`Postgres::rows`] has psql separate cells and records and show NULL: control
+/// characters that no test data holds.
+const ROWS_FIELD: &str = "\u{1f}";
+const ROWS_RECORD: &str = "\u{1e}";
+const ROWS_NULL: &str = "\u{1}";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -268,26 +274,57 @@ impl Postgres {
 
     /// Runs SQL with psql against `database`, returning its unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, HarnessError> {
-        run(
-            "psql",
-            Command::new(self.bin.join("psql"))
-                .args([
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-p",
-                ])
-                .arg(self.port.to_string())
-                .args(["-d", database, "-c", sql]),
-            self.run_as,
-        )
+        run("psql", &mut self.psql_command(database, sql), self.run_as)
+    }
+
+    /// Runs one query with psql against `database` in a UTC session and returns its rows,
+    /// each cell as the server's text (`None` for NULL): what a simple-query client gets.
+    pub fn rows(
+        &self,
+        database: &str,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, HarnessError> {
+        let mut command = self.psql_command(database, sql);
+        command
+            .args(["-F", ROWS_FIELD, "-R", ROWS_RECORD, "-P"])
+            .arg(format!("null={ROWS_NULL}"))
+            .env("PGTZ", "UTC");
+        let output = output("psql", &mut command, self.run_as)?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        // Records are separated, not terminated, and the last ends with a newline.
+        let Some(text) = text.strip_suffix('\n') else {
+            return Ok(Vec::new());
+        };
+        Ok(text
+            .split(ROWS_RECORD)
+            .map(|record| {
+                record
+                    .split(ROWS_FIELD)
+                    .map(|cell| (cell != ROWS_NULL).then(|| cell.to_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    fn psql_command(&self, database: &str, sql: &str) -> Command {
+        let mut command = Command::new(self.bin.join("psql"));
+        command
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .args(["-d", database, "-c", sql]);
+        command
     }
 
     /// Creates a fresh database named after `prefix` and returns its name.

@@ -90,6 +90,30 @@ async fn postgres_starts_with_logical_wal_and_replication_slots() {
         .expect("drop the slot");
 }
 
+#[test]
+fn postgres_rows_tell_null_from_empty_text_and_run_in_utc() {
+    let pg = Postgres::shared();
+    let database = pg.create_database("rows").expect("create database");
+    let rows = pg
+        .rows(
+            &database,
+            "SELECT * FROM (VALUES (1, NULL::text, timestamptz '2024-01-01 02:00+02'), \
+             (2, '', NULL), (3, 'a|b, \"c\"', NULL)) v ORDER BY 1",
+        )
+        .expect("rows");
+    let text = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        rows,
+        [
+            vec![text("1"), None, text("2024-01-01 00:00:00+00")],
+            vec![text("2"), text(""), None],
+            vec![text("3"), text("a|b, \"c\""), None],
+        ]
+    );
+    let none = pg.rows(&database, "SELECT 1 WHERE false").expect("no rows");
+    assert!(none.is_empty(), "{none:?}");
+}
+
 #[tokio::test]
 async fn mariadb_starts_with_row_binlog_and_gtids() {
     let maria = MariaDb::shared();
