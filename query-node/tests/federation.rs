@@ -770,7 +770,8 @@ async fn connectors_come_and_go_without_restart_and_every_query_is_logged() {
         postgres_rows(
             pg,
             &db,
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'kyma-federation'",
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'kyma-federation' \
+               AND datname = current_database()",
         )
     };
     let first = backends();
