@@ -119,4 +119,5 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+pub mod source;
 pub mod sync;
