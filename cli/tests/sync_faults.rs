@@ -55,6 +55,46 @@ fn with_seed(name: &str, test: impl FnOnce(u64)) {
     }
 }
 
+/// Runs fault test `name` on `source` (none: the source is not available here, and the
+/// fixture said so) under [`with_seed`], on a runtime.
+fn fault_test<F: SourceFixture>(name: &str, source: Option<F>, test: impl AsyncFnOnce(&F, u64)) {
+    let Some(source) = source else {
+        return;
+    };
+    with_seed(&format!("{}::{name}", F::NAME), |seed| {
+        runtime().block_on(test(&source, seed));
+    });
+}
+
+/// Seeds `source` with `rows` accounts and `rows` items, registers `connector` on `kyma`
+/// and starts a workload on the source (no worker runs yet).
+async fn register_under_load<F: SourceFixture + 'static>(
+    source: &F,
+    kyma: &Deployment<'_>,
+    connector: &str,
+    rows: i64,
+    seed: u64,
+) -> Workload {
+    source.create_and_seed(rows, rows).await;
+    kyma.register_source(source, connector).await;
+    Workload::start(source, seed, rows, rows)
+}
+
+/// Syncs `source` (5,000 accounts and items) with worker `w-1`, then starts a workload on
+/// the source and waits for its first 50 commits: a worker streaming under load.
+async fn stream_under_load<F: SourceFixture + 'static>(
+    source: &F,
+    kyma: &Deployment<'_>,
+    connector: &str,
+    seed: u64,
+) -> (Kyma, Workload) {
+    const ROWS: i64 = 5_000;
+    let worker = kyma.start_synced(source, connector, ROWS, ROWS).await;
+    let workload = Workload::start(source, seed, ROWS, ROWS);
+    workload.wait_for_more(50).await;
+    (worker, workload)
+}
+
 /// What a workload did.
 #[derive(Debug)]
 struct WorkloadReport {
@@ -76,14 +116,10 @@ struct Workload {
 }
 
 impl Workload {
-    /// Starts the workload on `F`'s database at `url`, whose tables were seeded with
-    /// `accounts` accounts and `items` items.
-    fn start<F: SourceFixture + 'static>(
-        url: String,
-        seed: u64,
-        accounts: i64,
-        items: i64,
-    ) -> Self {
+    /// Starts the workload on `source`, whose tables were seeded with `accounts` accounts and
+    /// `items` items.
+    fn start<F: SourceFixture + 'static>(source: &F, seed: u64, accounts: i64, items: i64) -> Self {
+        let url = source.url();
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));
         let thread = std::thread::spawn({
@@ -411,9 +447,7 @@ async fn assert_all_synced(
     worker: &Kyma,
 ) -> ConnectorState {
     kyma.wait_caught_up_with(source, connector, worker).await;
-    for table in Table::ALL {
-        kyma.assert_table_synced(source, connector, table).await;
-    }
+    kyma.assert_tables_synced(source, connector).await;
     let state = kyma.catalog.connector(connector).await.expect("connector");
     for table in Table::ALL {
         let status = &state.status.tables[&format!("{}.{}", source.schema(), table.name())];
@@ -443,16 +477,12 @@ mod cases {
         // slots) on a shared server.
         const CONNECTOR: &str = "sigkill";
         const KILLS: usize = 22;
-        let Some(source) = F::shared("faultkill") else {
-            return;
-        };
-        with_seed(&format!("{}::sigkill", F::NAME), |seed| {
-            runtime().block_on(async {
+        fault_test(
+            "sigkill",
+            F::shared("faultkill"),
+            async |source: &F, seed| {
                 let kyma = Deployment::new("faultkill").await;
-                let (accounts, items) = (30_000, 30_000);
-                source.create_and_seed(accounts, items).await;
-                kyma.register_source(&source, CONNECTOR).await;
-                let workload = Workload::start::<F>(source.url(), seed, accounts, items);
+                let workload = register_under_load(source, &kyma, CONNECTOR, 30_000, seed).await;
                 let mut rng = StdRng::seed_from_u64(seed.rotate_left(17));
 
                 // The first kill lands in the initial snapshot.
@@ -526,180 +556,165 @@ mod cases {
                 );
 
                 let last = kyma.worker("w-last");
-                let state = assert_all_synced(&kyma, &source, CONNECTOR, &last).await;
+                let state = assert_all_synced(&kyma, source, CONNECTOR, &last).await;
                 assert_eq!(holder(&state), Some("w-last"), "{state:?}");
                 assert!(
                     state.epoch > claims,
                     "every takeover claimed at a higher epoch: epoch {}, {claims} claims seen before the last worker",
                     state.epoch
                 );
-            })
-        });
+            },
+        );
     }
 
     pub fn two_workers_race_for_a_connector_and_a_frozen_one_is_fenced<
         F: SourceFixture + 'static,
     >() {
         const CONNECTOR: &str = "race";
-        let Some(source) = F::shared("faultrace") else {
-            return;
-        };
-        with_seed(&format!("{}::race", F::NAME), |seed| {
-            runtime().block_on(async {
-                let kyma = Deployment::new("faultrace").await;
-                let (accounts, items) = (5_000, 5_000);
-                source.create_and_seed(accounts, items).await;
-                kyma.register_source(&source, CONNECTOR).await;
-                let workload = Workload::start::<F>(source.url(), seed, accounts, items);
+        fault_test("race", F::shared("faultrace"), async |source: &F, seed| {
+            let kyma = Deployment::new("faultrace").await;
+            let workload = register_under_load(source, &kyma, CONNECTOR, 5_000, seed).await;
 
-                // Two workers start at once; exactly one claims the connector.
-                let mut a = kyma.spawn_worker("w-a");
-                let mut b = kyma.spawn_worker("w-b");
-                a.wait_for_200("/readyz");
-                b.wait_for_200("/readyz");
-                let logs = || format!("w-a:\n{}\nw-b:\n{}", a.log(), b.log());
-                let state = wait_for_state(
-                    &kyma,
-                    CONNECTOR,
-                    "a worker commits the snapshot",
-                    Duration::from_secs(60),
-                    logs,
-                    |s| s.holder.is_some() && s.cursor.is_some(),
-                )
-                .await;
-                let (stale, fresh, fresh_id) = if holder(&state) == Some("w-a") {
-                    (a, b, "w-b")
-                } else {
-                    (b, a, "w-a")
-                };
-                kyma.wait_caught_up_with(&source, CONNECTOR, &stale).await;
-                let state = kyma.catalog.connector(CONNECTOR).await.expect("connector");
-                assert_eq!(state.epoch, 1, "one claim only: {state:?}");
+            // Two workers start at once; exactly one claims the connector.
+            let mut a = kyma.spawn_worker("w-a");
+            let mut b = kyma.spawn_worker("w-b");
+            a.wait_for_200("/readyz");
+            b.wait_for_200("/readyz");
+            let logs = || format!("w-a:\n{}\nw-b:\n{}", a.log(), b.log());
+            let state = wait_for_state(
+                &kyma,
+                CONNECTOR,
+                "a worker commits the snapshot",
+                Duration::from_secs(60),
+                logs,
+                |s| s.holder.is_some() && s.cursor.is_some(),
+            )
+            .await;
+            let (stale, fresh, fresh_id) = if holder(&state) == Some("w-a") {
+                (a, b, "w-b")
+            } else {
+                (b, a, "w-a")
+            };
+            kyma.wait_caught_up_with(source, CONNECTOR, &stale).await;
+            let state = kyma.catalog.connector(CONNECTOR).await.expect("connector");
+            assert_eq!(state.epoch, 1, "one claim only: {state:?}");
+            assert!(
+                !fresh.log().contains("claimed"),
+                "the other worker never claimed:\n{}",
+                fresh.log()
+            );
+
+            // The holder freezes (paused, not dead): its lease lapses and the other
+            // worker takes over at a higher epoch, resuming from the committed cursor.
+            stale.signal("STOP");
+            let logs = || format!("stale:\n{}\nfresh:\n{}", stale.log(), fresh.log());
+            let state = wait_for_state(
+                &kyma,
+                CONNECTOR,
+                "the other worker takes over",
+                Duration::from_secs(30),
+                &logs,
+                |s| holder(s) == Some(fresh_id),
+            )
+            .await;
+            assert_eq!(
+                state.epoch, 2,
+                "the takeover claimed a new epoch: {state:?}"
+            );
+            wait_for_state(
+                &kyma,
+                CONNECTOR,
+                "the new holder commits",
+                Duration::from_secs(30),
+                &logs,
+                |s| s.cursor.as_ref().is_some_and(|c| c.value.epoch == 2),
+            )
+            .await;
+
+            // Woken, the stale worker finds its commits fenced and its lease gone: it
+            // stops the connector and registers again, finding the connector held.
+            stale.signal("CONT");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stale.log().contains("registered again") {
                 assert!(
-                    !fresh.log().contains("claimed"),
-                    "the other worker never claimed:\n{}",
-                    fresh.log()
+                    Instant::now() < deadline,
+                    "the woken worker did not notice its lapsed lease:\n{}",
+                    stale.log()
                 );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let log = stale.log();
+            assert!(log.contains("lease is lost"), "{log}");
+            eprintln!(
+                "stale worker: a commit was fenced: {}",
+                log.contains("fenced")
+            );
+            // The new holder goes on committing (a commit of the stale worker would have
+            // moved the cursor under it and fenced it).
+            let before = kyma
+                .catalog
+                .connector(CONNECTOR)
+                .await
+                .expect("connector")
+                .cursor
+                .map_or(0, |c| c.mod_revision);
+            wait_for_state(
+                &kyma,
+                CONNECTOR,
+                "the new holder commits after the stale worker woke",
+                Duration::from_secs(30),
+                &logs,
+                |s| s.cursor.as_ref().is_some_and(|c| c.mod_revision > before),
+            )
+            .await;
+            workload.wait_for_more(20).await;
+            let report = workload.stop();
+            assert_eq!(report.failed, 0, "{report:?}");
 
-                // The holder freezes (paused, not dead): its lease lapses and the other
-                // worker takes over at a higher epoch, resuming from the committed cursor.
-                stale.signal("STOP");
-                let logs = || format!("stale:\n{}\nfresh:\n{}", stale.log(), fresh.log());
-                let state = wait_for_state(
-                    &kyma,
-                    CONNECTOR,
-                    "the other worker takes over",
-                    Duration::from_secs(30),
-                    &logs,
-                    |s| holder(s) == Some(fresh_id),
-                )
-                .await;
-                assert_eq!(
-                    state.epoch, 2,
-                    "the takeover claimed a new epoch: {state:?}"
-                );
-                wait_for_state(
-                    &kyma,
-                    CONNECTOR,
-                    "the new holder commits",
-                    Duration::from_secs(30),
-                    &logs,
-                    |s| s.cursor.as_ref().is_some_and(|c| c.value.epoch == 2),
-                )
-                .await;
-
-                // Woken, the stale worker finds its commits fenced and its lease gone: it
-                // stops the connector and registers again, finding the connector held.
-                stale.signal("CONT");
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !stale.log().contains("registered again") {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the woken worker did not notice its lapsed lease:\n{}",
-                        stale.log()
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let log = stale.log();
-                assert!(log.contains("lease is lost"), "{log}");
-                eprintln!(
-                    "stale worker: a commit was fenced: {}",
-                    log.contains("fenced")
-                );
-                // The new holder goes on committing (a commit of the stale worker would have
-                // moved the cursor under it and fenced it).
-                let before = kyma
-                    .catalog
-                    .connector(CONNECTOR)
-                    .await
-                    .expect("connector")
-                    .cursor
-                    .map_or(0, |c| c.mod_revision);
-                wait_for_state(
-                    &kyma,
-                    CONNECTOR,
-                    "the new holder commits after the stale worker woke",
-                    Duration::from_secs(30),
-                    &logs,
-                    |s| s.cursor.as_ref().is_some_and(|c| c.mod_revision > before),
-                )
-                .await;
-                workload.wait_for_more(20).await;
-                let report = workload.stop();
-                assert_eq!(report.failed, 0, "{report:?}");
-
-                let state = assert_all_synced(&kyma, &source, CONNECTOR, &fresh).await;
-                assert_eq!(
-                    (state.epoch, holder(&state)),
-                    (2, Some(fresh_id)),
-                    "nobody claimed after the takeover: {state:?}"
-                );
-                assert_eq!(
-                    state.cursor.as_ref().map(|c| c.value.epoch),
-                    Some(2),
-                    "{state:?}"
-                );
-                assert!(
-                    !fresh.log().contains("fenced"),
-                    "the new holder was never fenced: nobody else committed\n{}",
-                    fresh.log()
-                );
-            })
+            let state = assert_all_synced(&kyma, source, CONNECTOR, &fresh).await;
+            assert_eq!(
+                (state.epoch, holder(&state)),
+                (2, Some(fresh_id)),
+                "nobody claimed after the takeover: {state:?}"
+            );
+            assert_eq!(
+                state.cursor.as_ref().map(|c| c.value.epoch),
+                Some(2),
+                "{state:?}"
+            );
+            assert!(
+                !fresh.log().contains("fenced"),
+                "the new holder was never fenced: nobody else committed\n{}",
+                fresh.log()
+            );
         });
     }
 
     pub fn a_worker_rides_out_source_restarts_and_crashes<F: SourceFixture + 'static>() {
         const CONNECTOR: &str = "restarts";
-        let Some(source) = F::private("faultsource") else {
-            return;
-        };
-        with_seed(&format!("{}::source", F::NAME), |seed| {
-            runtime().block_on(async {
+        fault_test(
+            "source",
+            F::private("faultsource"),
+            async |source: &F, seed| {
                 let kyma = Deployment::new("faultsource").await;
-                let (accounts, items) = (5_000, 5_000);
-                source.create_and_seed(accounts, items).await;
-                let worker = kyma.worker("w-1");
-                kyma.register_source(&source, CONNECTOR).await;
-                kyma.wait_caught_up_with(&source, CONNECTOR, &worker).await;
-                let workload = Workload::start::<F>(source.url(), seed, accounts, items);
-                workload.wait_for_more(50).await;
+                let (worker, workload) = stream_under_load(source, &kyma, CONNECTOR, seed).await;
 
                 // A clean (fast) restart, then a crash, each mid-workload; after each the
                 // worker resumes from its committed cursor and catches up.
                 source.restart();
                 workload.wait_for_more(50).await;
-                kyma.wait_caught_up_with(&source, CONNECTOR, &worker).await;
+                kyma.wait_caught_up_with(source, CONNECTOR, &worker).await;
 
                 source.crash();
                 workload.wait_for_more(50).await;
-                kyma.wait_caught_up_with(&source, CONNECTOR, &worker).await;
+                kyma.wait_caught_up_with(source, CONNECTOR, &worker).await;
 
                 let report = workload.stop();
                 assert!(
                     report.connections >= 3,
                     "the workload saw both outages: {report:?}"
                 );
-                let state = assert_all_synced(&kyma, &source, CONNECTOR, &worker).await;
+                let state = assert_all_synced(&kyma, source, CONNECTOR, &worker).await;
                 assert_eq!(
                     (state.epoch, holder(&state)),
                     (1, Some("w-1")),
@@ -711,70 +726,59 @@ mod cases {
                     "the worker saw the outages:\n{log}"
                 );
                 assert_resumed_without_snapshot(&log);
-            })
-        });
+            },
+        );
     }
 
     pub fn a_worker_rides_out_etcd_restarts_and_crashes<F: SourceFixture + 'static>() {
         const CONNECTOR: &str = "etcd_restarts";
-        let Some(source) = F::shared("faultetcd") else {
-            return;
-        };
-        with_seed(&format!("{}::etcd", F::NAME), |seed| {
+        fault_test("etcd", F::shared("faultetcd"), async |source: &F, seed| {
             let etcd = Etcd::start().expect("a private etcd");
-            runtime().block_on(async {
-                let kyma = Deployment::on("faultetcd", &etcd).await;
-                let (accounts, items) = (5_000, 5_000);
-                source.create_and_seed(accounts, items).await;
-                let worker = kyma.worker("w-1");
-                kyma.register_source(&source, CONNECTOR).await;
-                kyma.wait_caught_up_with(&source, CONNECTOR, &worker).await;
-                let workload = Workload::start::<F>(source.url(), seed, accounts, items);
-                workload.wait_for_more(50).await;
+            let kyma = Deployment::on("faultetcd", &etcd).await;
+            let (worker, workload) = stream_under_load(source, &kyma, CONNECTOR, seed).await;
 
-                etcd.restart().expect("restart etcd");
-                workload.wait_for_more(50).await;
-                kyma.wait_caught_up_with(&source, CONNECTOR, &worker).await;
+            etcd.restart().expect("restart etcd");
+            workload.wait_for_more(50).await;
+            kyma.wait_caught_up_with(source, CONNECTOR, &worker).await;
 
-                etcd.process().kill().expect("kill etcd");
-                etcd.process().start_again().expect("start etcd again");
-                etcd.wait_ready().expect("etcd back after a crash");
-                workload.wait_for_more(50).await;
-                kyma.wait_caught_up_with(&source, CONNECTOR, &worker).await;
+            etcd.process().kill().expect("kill etcd");
+            etcd.process().start_again().expect("start etcd again");
+            etcd.wait_ready().expect("etcd back after a crash");
+            workload.wait_for_more(50).await;
+            kyma.wait_caught_up_with(source, CONNECTOR, &worker).await;
 
-                // An outage longer than the worker's lease: etcd crashes and stays down
-                // until the worker has given its lease up. Back, it registers again, claims
-                // the connector at a new epoch and resumes from the committed cursor.
-                etcd.process().kill().expect("kill etcd");
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !worker.log().contains("catalog lease lost") {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the worker did not give its lease up while etcd was down:\n{}",
-                        worker.log()
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                etcd.process().start_again().expect("start etcd again");
-                etcd.wait_ready().expect("etcd back after a long outage");
-                workload.wait_for_more(50).await;
-                kyma.wait_caught_up_with(&source, CONNECTOR, &worker).await;
-
-                let report = workload.stop();
-                assert_eq!(report.failed, 0, "{report:?}");
-                let state = assert_all_synced(&kyma, &source, CONNECTOR, &worker).await;
-                let log = worker.log();
+            // An outage longer than the worker's lease: etcd crashes and stays down
+            // until the worker has given its lease up. Back, it registers again, claims
+            // the connector at a new epoch and resumes from the committed cursor.
+            etcd.process().kill().expect("kill etcd");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !worker.log().contains("catalog lease lost") {
                 assert!(
-                    log.contains("registered again"),
-                    "the worker registered again after the long outage:\n{log}"
+                    Instant::now() < deadline,
+                    "the worker did not give its lease up while etcd was down:\n{}",
+                    worker.log()
                 );
-                assert_resumed_without_snapshot(&log);
-                assert_eq!(holder(&state), Some("w-1"), "{state:?}");
-                assert!(
-                    state.epoch >= 2,
-                    "the worker claimed again after its lease lapsed: {state:?}"
-                );
-            })
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            etcd.process().start_again().expect("start etcd again");
+            etcd.wait_ready().expect("etcd back after a long outage");
+            workload.wait_for_more(50).await;
+            kyma.wait_caught_up_with(source, CONNECTOR, &worker).await;
+
+            let report = workload.stop();
+            assert_eq!(report.failed, 0, "{report:?}");
+            let state = assert_all_synced(&kyma, source, CONNECTOR, &worker).await;
+            let log = worker.log();
+            assert!(
+                log.contains("registered again"),
+                "the worker registered again after the long outage:\n{log}"
+            );
+            assert_resumed_without_snapshot(&log);
+            assert_eq!(holder(&state), Some("w-1"), "{state:?}");
+            assert!(
+                state.epoch >= 2,
+                "the worker claimed again after its lease lapsed: {state:?}"
+            );
         });
     }
 }

@@ -83,15 +83,7 @@ fn postgres_types_sync_while_a_keyless_table_is_refused_and_an_added_column_wide
         );
         setup.wait_caught_up("pg_src", &worker).await;
         setup.assert_synced("pg_src", "public", "users").await;
-        let metrics = worker.wait_for_200("/metrics");
-        let streamed = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("kyma_sync_rows_total{connector=\"pg_src\"} "))
-            .and_then(|n| n.trim().parse::<u64>().ok());
-        assert!(
-            streamed.is_some_and(|n| n > 0),
-            "the worker counts streamed rows:\n{metrics}"
-        );
+        worker.assert_counts_streamed_rows("pg_src");
         let schema = setup
             .catalog
             .table(&TableRef::new("pg_src", "public", "users"))

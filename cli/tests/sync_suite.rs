@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::runtime;
-use common::source::{Op, Select, Set, SourceFixture, Table, Transaction, Value, for_every_source};
-use common::sync::Deployment;
+use common::source::{
+    Op, Select, Set, SourceFixture, Table, Transaction, Value, for_every_source, on_shared_source,
+};
 use kyma_catalog::{TablePhase, TableRef};
 
 for_every_source!(
@@ -48,18 +48,9 @@ mod cases {
 
     pub fn snapshot_then_stream_keeps_every_table_equal_to_the_source<F: SourceFixture>() {
         const CONNECTOR: &str = "src";
-        let Some(source) = F::shared("sync") else {
-            return;
-        };
-        runtime().block_on(async {
-            let kyma = Deployment::new("sync").await;
-            source.create_and_seed(2000, 3000).await;
-            let mut worker = kyma.worker("w-1");
-            kyma.register_source(&source, CONNECTOR).await;
-            kyma.wait_caught_up_with(&source, CONNECTOR, &worker).await;
-            for table in Table::ALL {
-                kyma.assert_table_synced(&source, CONNECTOR, table).await;
-            }
+        on_shared_source("sync", async |source: &F, kyma| {
+            let mut worker = kyma.start_synced(source, CONNECTOR, 2000, 3000).await;
+            kyma.assert_tables_synced(source, CONNECTOR).await;
             let metrics = worker.wait_for_200("/metrics");
             assert!(
                 metrics.contains("kyma_sync_snapshot_rows_total{connector=\"src\"} 5000"),
@@ -192,12 +183,10 @@ mod cases {
                     ]),
                 ])
                 .await;
-            kyma.wait_caught_up_with(&source, CONNECTOR, &worker).await;
-            for table in Table::ALL {
-                kyma.assert_table_synced(&source, CONNECTOR, table).await;
-            }
+            kyma.wait_caught_up_with(source, CONNECTOR, &worker).await;
+            kyma.assert_tables_synced(source, CONNECTOR).await;
             let (accounts, _) = kyma
-                .kyma_rows(&TableRef::new(CONNECTOR, &source.schema(), "accounts"))
+                .kyma_rows(&TableRef::new(CONNECTOR, source.schema(), "accounts"))
                 .await;
             assert!(
                 accounts.contains_key("7012") && !accounts.contains_key("12"),
@@ -207,15 +196,7 @@ mod cases {
                 accounts.contains_key("11") && !accounts.contains_key("6000"),
                 "a deleted key came back; a row inserted and deleted in one transaction never shows"
             );
-            let metrics = worker.wait_for_200("/metrics");
-            let streamed = metrics
-                .lines()
-                .find_map(|l| l.strip_prefix("kyma_sync_rows_total{connector=\"src\"} "))
-                .and_then(|n| n.trim().parse::<u64>().ok());
-            assert!(
-                streamed.is_some_and(|n| n > 0),
-                "the worker counts streamed rows:\n{metrics}"
-            );
+            worker.assert_counts_streamed_rows(CONNECTOR);
         });
     }
 
@@ -223,15 +204,8 @@ mod cases {
         F: SourceFixture,
     >() {
         const CONNECTOR: &str = "kill";
-        let Some(source) = F::shared("kill") else {
-            return;
-        };
-        runtime().block_on(async {
-            let kyma = Deployment::new("kill").await;
-            source.create_and_seed(5000, 500).await;
-            let mut first = kyma.worker("w-1");
-            kyma.register_source(&source, CONNECTOR).await;
-            kyma.wait_caught_up_with(&source, CONNECTOR, &first).await;
+        on_shared_source("kill", async |source: &F, kyma| {
+            let mut first = kyma.start_synced(source, CONNECTOR, 5000, 500).await;
             // A workload runs while the worker is killed with SIGKILL and a second one takes
             // over from the committed cursor at a higher epoch.
             for round in 0..6 {
@@ -267,10 +241,8 @@ mod cases {
                     first = kyma.worker("w-2");
                 }
             }
-            kyma.wait_caught_up_with(&source, CONNECTOR, &first).await;
-            for table in Table::ALL {
-                kyma.assert_table_synced(&source, CONNECTOR, table).await;
-            }
+            kyma.wait_caught_up_with(source, CONNECTOR, &first).await;
+            kyma.assert_tables_synced(source, CONNECTOR).await;
             let state = kyma.catalog.connector(CONNECTOR).await.expect("connector");
             assert!(
                 state.epoch >= 2,

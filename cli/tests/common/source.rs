@@ -400,18 +400,48 @@ impl Deployment<'_> {
         }
     }
 
-    /// Asserts that kyma's copy of `table` equals `source`'s, row by row, and that no
-    /// source change was applied twice.
-    pub async fn assert_table_synced(
+    /// Asserts that kyma's copy of every suite table equals `source`'s, row by row, and
+    /// that no source change was applied twice.
+    pub async fn assert_tables_synced(&self, source: &impl SourceFixture, connector: &str) {
+        for table in Table::ALL {
+            let rows = source.rows(table).await;
+            self.assert_rows(connector, &source.schema(), table.name(), &rows)
+                .await;
+        }
+    }
+
+    /// Creates and seeds the suite's tables ([`SourceFixture::create_and_seed`]), starts
+    /// worker `w-1`, registers `connector` and waits until it has caught up with the source;
+    /// returns the worker.
+    pub async fn start_synced(
         &self,
         source: &impl SourceFixture,
         connector: &str,
-        table: Table,
-    ) {
-        let rows = source.rows(table).await;
-        self.assert_rows(connector, &source.schema(), table.name(), &rows)
-            .await;
+        accounts: i64,
+        items: i64,
+    ) -> Kyma {
+        source.create_and_seed(accounts, items).await;
+        let worker = self.worker("w-1");
+        self.register_source(source, connector).await;
+        self.wait_caught_up_with(source, connector, &worker).await;
+        worker
     }
+}
+
+/// Runs `test` on a runtime, on a fresh database of `F`'s shared server and a fresh
+/// deployment on the shared etcd, both named after `name`; returns at once if `F` has no
+/// server here (the fixture printed a `SKIP` line).
+pub fn on_shared_source<F: SourceFixture>(
+    name: &str,
+    test: impl AsyncFnOnce(&F, &Deployment<'static>),
+) {
+    let Some(source) = F::shared(name) else {
+        return;
+    };
+    super::runtime().block_on(async {
+        let kyma = Deployment::new(name).await;
+        test(&source, &kyma).await;
+    });
 }
 
 /// Instantiates generic test bodies once per source. Called in a test file as
