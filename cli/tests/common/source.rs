@@ -11,39 +11,59 @@
 //!
 //! # Operations
 //!
-//! A [`Transaction`] is a list of [`Op`]s the fixture runs as ONE source transaction (or
-//! rolls back). An [`Op::Update`] that sets a key column changes the row's key: Postgres and
-//! MariaDB see an update; a source whose keys cannot change (MongoDB `_id`) renders it as a
-//! delete of the old document and an insert of the new one in the same transaction, which
-//! kyma must show the same way (the old key gone, the new one present).
+//! A [`Transaction`] is a list of [`Op`]s the fixture runs as ONE source transaction
+//! ([`Transaction::commit`]) or makes and rolls back ([`Transaction::rollback`]). Three
+//! operations — insert rows, update columns of selected rows, delete selected rows — express
+//! every change the suites make:
+//!
+//! | change | as operations |
+//! |---|---|
+//! | insert rows | `Insert` |
+//! | update non-key columns, to NULL too | `Update` with `Set::To(Value::Null)`, `Set::Add`, `Set::Flip` |
+//! | delete | `Delete` |
+//! | change a single-column key | `Update` of `Accounts` setting `id` |
+//! | change a composite key | `Update` of `Items` setting `owner` or `n` (one row: `Select::First`) |
+//! | several changes of one row in one transaction | several `Update`s of one `Select::Key` |
+//! | insert then delete in one transaction | `Insert`, then `Delete` of its key |
+//! | a wider update | `Update` of `Select::Modulo` (many rows) |
+//! | a transaction over both tables | operations on `Accounts` and `Items` |
+//!
+//! An [`Op::Update`] that sets a key column changes the row's key: Postgres and MariaDB see
+//! an update; a source whose keys cannot change (MongoDB `_id`) renders it as a delete of the
+//! old document and an insert of the new one in the same transaction, which kyma must show
+//! the same way (the old key gone, the new one present).
 //!
 //! # Adding a source
 //!
-//! Implement [`SourceFixture`] in a module beside [`postgres`] and add one line to
-//! [`for_every_source!`]; every generic suite then runs against it.
+//! Implement [`SourceFixture`] in a module beside [`postgres`] and add one `@source` line to
+//! [`for_every_source!`]; every generic suite then runs against it, unchanged.
 //!
 //! - **MariaDB** (`kyma_test_harness::MariaDb`): `shared` creates a database on
 //!   `MariaDb::shared()` (`create_database`), `private` starts its own `MariaDb::start()`;
 //!   the schema is the database name; `restart` is `process().restart()` then `wait_ready()`,
 //!   `crash` is `process().kill()`, `process().start_again()`, `wait_ready()`. Operations
-//!   render as MySQL SQL in `START TRANSACTION … COMMIT` (a first-rows selection as a derived
-//!   table, since MySQL refuses `LIMIT` in an `IN` subquery of the updated table);
-//!   `write_position` is `@@gtid_binlog_pos`, and `confirmed` holds once the connector's
-//!   committed cursor contains it. Rows are read back through the connector's own snapshot
-//!   reader, as the Postgres fixture does, so values display as kyma types them.
+//!   render as MySQL SQL in `START TRANSACTION; …; COMMIT` (or `ROLLBACK`), on a session with
+//!   `time_zone = '+00:00'` (timestamps as `FROM_UNIXTIME(s)`); `Select::First` becomes
+//!   `… WHERE column = v ORDER BY key LIMIT n`, since a single-table UPDATE or DELETE takes
+//!   them and MySQL refuses `LIMIT` in an `IN` subquery. `write_position` is
+//!   `@@gtid_binlog_pos`; `confirmed` holds once the committed cursor's position
+//!   (`state.cursor.value.position`, a GTID set) contains it. Rows are read back through the
+//!   connector's own snapshot reader, as the Postgres fixture does, so that values display
+//!   as kyma types them.
 //! - **MongoDB**: a real server only when `KYMA_TEST_MONGODB_URL` names a replica set
 //!   (`kyma_test_harness::mongodb_url_or_skip`): otherwise `shared` and `private` print a
-//!   `SKIP` line and return `None`, and each test returns without running. `private` returns
-//!   `None` as well (with a `SKIP` line) unless the harness runs the server itself, since a
-//!   server it does not run cannot be restarted or crashed. Tables are collections in a
-//!   fresh database (the schema); a key is `_id` (a document `{owner, n}` for `Items`); an
-//!   operation runs in a session transaction, a key change as delete + insert;
-//!   `write_position` is the cluster time of a no-op write, `confirmed` compares it with the
-//!   cluster time in the connector's cursor.
-
-#![allow(unused_imports, unused_macros)]
+//!   `SKIP` line and return `None`, and each test returns without running. `private` also
+//!   returns `None` (with a `SKIP` line) while the harness does not run the server itself,
+//!   since a server it does not run cannot be restarted or crashed. Tables are collections in
+//!   a fresh database (the schema); a key is `_id` (for `Items` a document `{owner, n}`); a
+//!   transaction runs in a session transaction, `Set::Add` and `Set::Flip` as pipeline
+//!   updates (`$add`, `$not` of `$ifNull`) so that NULL stays NULL, a key change as delete
+//!   plus insert. `write_position` is the cluster time of a no-op write; `confirmed`
+//!   compares it with the cluster time in the committed cursor's resume token.
 
 pub mod postgres;
+
+use std::time::{Duration, Instant};
 
 use kyma_catalog::{ConnectorSpec, ConnectorState};
 
@@ -379,7 +399,7 @@ impl Deployment<'_> {
         worker: &Kyma,
     ) {
         let target = source.write_position().await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let state = self.catalog.connector(connector).await.ok();
             let confirmed = source.confirmed(connector, state.as_ref(), &target).await;
@@ -390,13 +410,13 @@ impl Deployment<'_> {
                 return;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the worker did not catch up to {} position {target} ({confirmed:?}, cursor committed: {committed}); status: {:?}\n{}",
                 F::NAME,
                 state.map(|c| c.status),
                 worker.log()
             );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -449,6 +469,7 @@ pub fn on_shared_source<F: SourceFixture>(
 /// `pub fn case_a<F: SourceFixture + 'static>()`; it makes, per source, a module named after
 /// it (`postgres`) with one `#[test] fn case_a()` calling `cases::case_a::<Fixture>()`.
 /// Adding a source to every suite is one `@source` line here.
+#[allow(unused_macros)] // by the test binaries without generic suites
 macro_rules! for_every_source {
     ($($case:ident),* $(,)?) => {
         $crate::common::source::for_every_source!(@source postgres,
@@ -467,4 +488,5 @@ macro_rules! for_every_source {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use for_every_source;
