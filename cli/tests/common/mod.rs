@@ -80,6 +80,21 @@ impl Kyma {
         }
     }
 
+    /// Asserts that the `/metrics` of this (worker) process count rows streamed for
+    /// connector `connector`.
+    pub fn assert_counts_streamed_rows(&mut self, connector: &str) {
+        let metrics = self.wait_for_200("/metrics");
+        let series = format!("kyma_sync_rows_total{{connector=\"{connector}\"}} ");
+        let streamed = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        assert!(
+            streamed.is_some_and(|n| n > 0),
+            "the worker counts streamed rows:\n{metrics}"
+        );
+    }
+
     /// Sends `signal` (a name such as `TERM`, `STOP`, `CONT`) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
@@ -119,4 +134,5 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+pub mod source;
 pub mod sync;

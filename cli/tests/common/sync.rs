@@ -1,17 +1,12 @@
 //! The sync checker: compares a source table with kyma's synced table row by row, and
-//! helpers to run a CDC worker process against real etcd, S3 and Postgres.
+//! helpers to run a CDC worker process against real etcd and S3 ([`Deployment`]), with a
+//! Postgres source for the Postgres-only tests ([`SyncSetup`]).
 
 use std::collections::BTreeMap;
-use std::pin::pin;
-use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::util::display::array_value_to_string;
-use futures::StreamExt;
 use kyma_catalog::{Catalog, CatalogLocation, ConnectorSpec, TableRef};
-use kyma_connectors::SecretResolver;
-use kyma_connectors::postgres::sync::snapshot::SnapshotSession;
-use kyma_connectors::postgres::sync::{SyncNames, discover_tables};
 use kyma_table::ExtentStore;
 use kyma_table::synced;
 use kyma_table::writer::{conform_batch, current_manifest};
@@ -21,37 +16,37 @@ use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::Kyma;
+// `connect_source` lives with the Postgres fixture; re-exported for the Postgres-only tests.
+#[allow(unused_imports)]
+pub use super::source::postgres::{PostgresSource, connect_source};
 
 /// Rows keyed by `_kyma_pk`: column name → displayed value.
 pub type Rows = BTreeMap<String, BTreeMap<String, String>>;
 
-/// A sync deployment: a catalog prefix on an etcd, a bucket on the shared S3 server, a fresh
-/// database on a Postgres. [`SyncSetup::new`] uses the etcd and Postgres shared by the tests
-/// of the binary; a test that restarts a server builds on its own with [`SyncSetup::on`].
-pub struct SyncSetup<'a> {
-    pub postgres: &'a Postgres,
+/// kyma's side of a sync deployment, whatever the source: a catalog prefix on an etcd and a
+/// bucket on the shared S3 server, with `kyma cdc-worker` processes on them. The source side
+/// is a [`super::source::SourceFixture`] (or, for the Postgres-only tests, [`SyncSetup`]).
+pub struct Deployment<'a> {
     pub etcd: &'a Etcd,
     pub prefix: String,
     pub bucket: String,
-    pub database: String,
     pub catalog: Catalog,
     pub store: ExtentStore,
 }
 
-impl SyncSetup<'static> {
-    /// A deployment on the shared etcd and Postgres.
+impl Deployment<'static> {
+    /// A deployment on the shared etcd.
     pub async fn new(name: &str) -> Self {
-        SyncSetup::on(name, Postgres::shared(), Etcd::shared()).await
+        Deployment::on(name, Etcd::shared()).await
     }
 }
 
-impl<'a> SyncSetup<'a> {
-    /// A deployment on `postgres` and `etcd` (and the shared S3 server).
-    pub async fn on(name: &str, postgres: &'a Postgres, etcd: &'a Etcd) -> Self {
+impl<'a> Deployment<'a> {
+    /// A deployment on `etcd` (and the shared S3 server).
+    pub async fn on(name: &str, etcd: &'a Etcd) -> Self {
         let s3 = S3::shared();
         let prefix = unique_name(name);
         let bucket = s3.create_bucket(name).expect("bucket");
-        let database = postgres.create_database(name).expect("database");
         let catalog = Catalog::open(&CatalogLocation::Etcd {
             endpoints: vec![etcd.endpoint()],
             prefix: format!("/{prefix}"),
@@ -74,11 +69,9 @@ impl<'a> SyncSetup<'a> {
                 .expect("store"),
         );
         Self {
-            postgres,
             etcd,
             prefix,
             bucket,
-            database,
             catalog,
             store,
         }
@@ -112,119 +105,14 @@ impl<'a> SyncSetup<'a> {
         )
     }
 
-    /// Runs SQL on the source database.
-    pub fn sql(&self, sql: &str) -> String {
-        self.postgres
-            .psql(&self.database, sql)
-            .expect("source sql")
-            .trim()
-            .to_owned()
-    }
-
-    /// Registers a sync connector over the source database.
-    pub async fn register(&self, name: &str) -> ConnectorSpec {
-        let spec: ConnectorSpec = serde_json::from_value(serde_json::json!({
-            "name": name,
-            "type": "postgres",
-            "mode": "sync",
-            "connection": {"url": self.source_url(), "tls": "disable"},
-        }))
-        .expect("spec");
+    /// Registers a connector from its JSON body (as `POST /v1/connectors` takes it).
+    pub async fn create_connector(&self, body: serde_json::Value) -> ConnectorSpec {
+        let spec: ConnectorSpec = serde_json::from_value(body).expect("spec");
         self.catalog
             .create_connector(&spec)
             .await
             .expect("register");
         spec
-    }
-
-    /// Waits until the connector's slot has confirmed everything the source wrote so far:
-    /// every change made before this call is committed in kyma.
-    pub async fn wait_caught_up(&self, connector: &str, worker: &Kyma) {
-        let target = self.sql("SELECT pg_current_wal_insert_lsn()");
-        let slot = SyncNames::of(connector).slot;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let done = self.sql(&format!(
-                "SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ));
-            let committed = self
-                .catalog
-                .connector(connector)
-                .await
-                .is_ok_and(|c| c.cursor.is_some());
-            // A new slot starts at its consistent point: only once every table's copy is
-            // committed does a confirmed position mean the rows are in kyma.
-            if done == "t" && committed && self.all_copied(connector).await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the worker did not catch up to {target} (slot {slot}: {done:?}); status: {:?}\n{}",
-                self.catalog.connector(connector).await.map(|c| c.status),
-                worker.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Whether every synced table of `connector` is out of its `pending` phase (copied, or
-    /// failed).
-    pub async fn all_copied(&self, connector: &str) -> bool {
-        self.catalog
-            .list_tables(Some(connector))
-            .await
-            .is_ok_and(|(_, tables)| {
-                tables.iter().all(|t| {
-                    t.sync
-                        .as_ref()
-                        .is_some_and(|s| s.phase != kyma_catalog::SyncPhase::Pending)
-                })
-            })
-    }
-
-    /// The URL of the source database.
-    pub fn source_url(&self) -> String {
-        self.postgres.url(&self.database)
-    }
-
-    /// The source table's rows, read through the same typed relation the snapshot uses.
-    pub async fn source_rows(&self, schema: &str, table: &str) -> Rows {
-        let client = connect_source(&self.source_url()).await.expect("connect");
-        let tables = discover_tables(&client, &Default::default())
-            .await
-            .expect("tables");
-        let source = tables
-            .into_iter()
-            .find(|t| t.schema == schema && t.name == table)
-            .expect("source table");
-        let key: Vec<usize> = source
-            .key
-            .iter()
-            .map(|k| {
-                source
-                    .columns
-                    .iter()
-                    .position(|(c, _)| &c.name == k)
-                    .expect("key column")
-            })
-            .collect();
-        let session = SnapshotSession::open(client, None).await.expect("session");
-        let mut rows = Rows::new();
-        let mut batches = pin!(session.copy_table(&source, 4096).await.expect("copy"));
-        while let Some(batch) = batches.next().await {
-            let batch = batch.expect("batch");
-            let keys: Vec<_> = key.iter().map(|&i| batch.column(i).clone()).collect();
-            let meta = synced::SnapshotMeta {
-                lsn: "",
-                at_micros: 0,
-                seq: 0,
-            };
-            collect(
-                &synced::snapshot_rows(&batch, &keys, meta).expect("keys"),
-                &mut rows,
-            );
-        }
-        rows
     }
 
     /// kyma's current state of a synced table: per key its newest version, tombstones
@@ -294,10 +182,25 @@ impl<'a> SyncSetup<'a> {
             .rows()
     }
 
-    /// Asserts that kyma's table equals the source's, row by row, on the source's columns,
-    /// and that no source change was applied twice.
-    pub async fn assert_synced(&self, connector: &str, schema: &str, table: &str) {
-        let source = self.source_rows(schema, table).await;
+    /// Whether every synced table of `connector` is out of its `pending` phase (copied, or
+    /// failed).
+    pub async fn all_copied(&self, connector: &str) -> bool {
+        self.catalog
+            .list_tables(Some(connector))
+            .await
+            .is_ok_and(|(_, tables)| {
+                tables.iter().all(|t| {
+                    t.sync
+                        .as_ref()
+                        .is_some_and(|s| s.phase != kyma_catalog::SyncPhase::Pending)
+                })
+            })
+    }
+
+    /// Asserts that kyma's table `schema.table` of `connector` equals `source` (the
+    /// source's rows), row by row, on the source's columns, and that no source change was
+    /// applied twice.
+    pub async fn assert_rows(&self, connector: &str, schema: &str, table: &str, source: &Rows) {
         let (kyma, duplicates) = self
             .kyma_rows(&TableRef::new(connector, schema, table))
             .await;
@@ -323,7 +226,7 @@ impl<'a> SyncSetup<'a> {
             source.len(),
             kyma.len()
         );
-        for (pk, values) in &source {
+        for (pk, values) in source {
             let synced = &kyma[pk];
             for (column, value) in values {
                 assert_eq!(
@@ -336,26 +239,89 @@ impl<'a> SyncSetup<'a> {
     }
 }
 
-/// A client of the source database at `url` (the connection runs on the current runtime).
-pub async fn connect_source(
-    url: &str,
-) -> Result<tokio_postgres::Client, kyma_connectors::ConnectorError> {
-    let spec = kyma_catalog::ConnectionSpec {
-        url: url.to_owned(),
-        secret_ref: None,
-        tls: kyma_catalog::TlsMode::Disable,
-        pool_size: 1,
-    };
-    kyma_connectors::postgres::connect(&spec, &SecretResolver::new("/nonexistent")).await
+/// A sync deployment on Postgres, for the Postgres-only tests: kyma's side ([`Deployment`],
+/// whose fields and methods it derefs to) and a fresh database on a Postgres.
+/// [`SyncSetup::new`] uses the etcd and Postgres shared by the tests of the binary; a test
+/// that restarts a server builds on its own with [`SyncSetup::on`]. The generic suites use
+/// [`Deployment`] with a [`super::source::SourceFixture`] instead.
+pub struct SyncSetup<'a> {
+    pub postgres: &'a Postgres,
+    pub database: String,
+    pub kyma: Deployment<'a>,
 }
 
-/// Adds every row of `batch` (source columns, keyed by `_kyma_pk`) to `rows`.
-fn collect(batch: &RecordBatch, rows: &mut Rows) {
-    rows.extend(row_values(batch));
+impl<'a> std::ops::Deref for SyncSetup<'a> {
+    type Target = Deployment<'a>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.kyma
+    }
+}
+
+impl SyncSetup<'static> {
+    /// A deployment on the shared etcd and Postgres.
+    pub async fn new(name: &str) -> Self {
+        SyncSetup::on(name, Postgres::shared(), Etcd::shared()).await
+    }
+}
+
+impl<'a> SyncSetup<'a> {
+    /// A deployment on `postgres` and `etcd` (and the shared S3 server).
+    pub async fn on(name: &str, postgres: &'a Postgres, etcd: &'a Etcd) -> Self {
+        let kyma = Deployment::on(name, etcd).await;
+        let database = postgres.create_database(name).expect("database");
+        Self {
+            postgres,
+            database,
+            kyma,
+        }
+    }
+
+    /// The source database as a [`super::source::SourceFixture`].
+    pub fn source(&self) -> PostgresSource<'a> {
+        PostgresSource::on(self.postgres, self.database.clone())
+    }
+
+    /// Runs SQL on the source database.
+    pub fn sql(&self, sql: &str) -> String {
+        self.source().sql(sql)
+    }
+
+    /// Registers a sync connector over the source database.
+    pub async fn register(&self, name: &str) -> ConnectorSpec {
+        self.kyma.register_source(&self.source(), name).await
+    }
+
+    /// Waits until the connector's slot has confirmed everything the source wrote so far:
+    /// every change made before this call is committed in kyma.
+    pub async fn wait_caught_up(&self, connector: &str, worker: &Kyma) {
+        self.kyma
+            .wait_caught_up_with(&self.source(), connector, worker)
+            .await;
+    }
+
+    /// The URL of the source database.
+    pub fn source_url(&self) -> String {
+        self.postgres.url(&self.database)
+    }
+
+    /// The source table's rows, read through the same typed relation the snapshot uses.
+    pub async fn source_rows(&self, schema: &str, table: &str) -> Rows {
+        self.source().rows_of(schema, table).await
+    }
+
+    /// Asserts that kyma's table equals the source's, row by row, on the source's columns,
+    /// and that no source change was applied twice.
+    pub async fn assert_synced(&self, connector: &str, schema: &str, table: &str) {
+        let source = self.source_rows(schema, table).await;
+        self.kyma
+            .assert_rows(connector, schema, table, &source)
+            .await;
+    }
 }
 
 /// Every row of `batch` in order: its `_kyma_pk` and its source columns' displayed values.
-fn row_values(batch: &RecordBatch) -> Vec<(String, BTreeMap<String, String>)> {
+pub fn row_values(batch: &RecordBatch) -> Vec<(String, BTreeMap<String, String>)> {
     let pk = batch
         .column_by_name(synced::PK)
         .expect("pk")

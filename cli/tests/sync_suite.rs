@@ -1,0 +1,253 @@
+//! Sync end to end, for every source (`common::source`): a `kyma cdc-worker` process syncing
+//! a real source into S3 under an etcd catalog, checked row by row against the source.
+//!
+//! Each test is a generic body in `cases`, over a [`SourceFixture`], instantiated per source
+//! by [`for_every_source!`] (`postgres::snapshot_then_stream_…`); a source joins by adding
+//! its fixture there (MariaDB and MongoDB: see `common::source`). What is specific to one
+//! source (its column types, TOAST, …) is tested in its own file (`sync_postgres.rs`).
+
+mod common;
+
+use common::source::{
+    Op, Select, Set, SourceFixture, Table, Transaction, Value, for_every_source, on_shared_source,
+};
+use kyma_catalog::{TablePhase, TableRef};
+
+for_every_source!(
+    snapshot_then_stream_keeps_every_table_equal_to_the_source,
+    a_worker_killed_mid_stream_is_replaced_without_losing_or_duplicating_a_row,
+);
+
+/// An account row: `id`, `balance`, `name`, `touched` 0, `active`.
+fn account(id: i64, balance: i64, name: Value, active: Value) -> Vec<Value> {
+    vec![
+        Value::Int(id),
+        Value::Int(balance),
+        name,
+        Value::Int(0),
+        active,
+    ]
+}
+
+/// An item row: `owner`, `n`, `qty`, then `price`, `note` and `at` NULL.
+fn item(owner: i64, n: i64, qty: i64) -> Vec<Value> {
+    vec![
+        Value::Int(owner),
+        Value::Int(n),
+        Value::Int(qty),
+        Value::Null,
+        Value::Null,
+        Value::Null,
+    ]
+}
+
+/// The tests, generic over the source.
+mod cases {
+    use super::*;
+    use Table::{Accounts, Items};
+
+    pub fn snapshot_then_stream_keeps_every_table_equal_to_the_source<F: SourceFixture>() {
+        const CONNECTOR: &str = "src";
+        on_shared_source("sync", async |source: &F, kyma| {
+            let mut worker = kyma.start_synced(source, CONNECTOR, 2000, 3000).await;
+            kyma.assert_tables_synced(source, CONNECTOR).await;
+            let metrics = worker.wait_for_200("/metrics");
+            assert!(
+                metrics.contains("kyma_sync_snapshot_rows_total{connector=\"src\"} 5000"),
+                "the worker counts the snapshot's 2,000 + 3,000 rows:\n{metrics}"
+            );
+            let status = kyma
+                .catalog
+                .connector(CONNECTOR)
+                .await
+                .expect("connector")
+                .status;
+            for table in Table::ALL {
+                let name = format!("{}.{}", source.schema(), table.name());
+                assert_eq!(
+                    status.tables[&name].phase,
+                    TablePhase::Streaming,
+                    "{status:?}"
+                );
+                assert_eq!(status.tables[&name].last_error, None, "{status:?}");
+            }
+
+            // Inserts (NULLs among them), updates (to NULL too), deletes, key changes
+            // (single-column and composite, one row and many), several changes of one row
+            // and an insert then delete in one transaction, a wider update, transactions
+            // over both tables, a deleted key inserted again, a rolled-back transaction.
+            let set = |table, rows, set| Op::Update { table, rows, set };
+            let delete = |table, rows| Op::Delete { table, rows };
+            source
+                .run(&[
+                    Transaction::commit(vec![Op::Insert {
+                        table: Accounts,
+                        rows: vec![account(5001, 0, Value::Null, Value::Null)],
+                    }]),
+                    Transaction::commit(vec![set(
+                        Accounts,
+                        Select::Modulo("id", 7, 0),
+                        vec![
+                            ("name", Set::To(Value::text("changed"))),
+                            ("balance", Set::Add(1)),
+                        ],
+                    )]),
+                    Transaction::commit(vec![set(
+                        Items,
+                        Select::Modulo("n", 13, 0),
+                        vec![
+                            ("price", Set::To(Value::Null)),
+                            ("at", Set::To(Value::Null)),
+                        ],
+                    )]),
+                    Transaction::commit(vec![delete(Accounts, Select::Modulo("id", 11, 0))]),
+                    Transaction::commit(vec![set(
+                        Items,
+                        Select::In("owner", vec![3]),
+                        vec![("n", Set::Add(100_000))],
+                    )]),
+                    Transaction::commit(vec![
+                        set(
+                            Accounts,
+                            Select::Key(vec![12]),
+                            vec![("id", Set::To(Value::Int(7012))), ("touched", Set::Add(1))],
+                        ),
+                        set(
+                            Items,
+                            Select::In("owner", vec![12]),
+                            vec![("owner", Set::To(Value::Int(7012)))],
+                        ),
+                    ]),
+                    Transaction::commit(vec![set(
+                        Items,
+                        Select::First {
+                            column: "owner",
+                            value: 5,
+                            limit: 1,
+                        },
+                        vec![("n", Set::To(Value::Int(200_000))), ("qty", Set::Add(1))],
+                    )]),
+                    Transaction::commit(vec![
+                        Op::Insert {
+                            table: Items,
+                            rows: vec![item(5001, 1, 9), item(5001, 2, 8)],
+                        },
+                        set(
+                            Accounts,
+                            Select::Key(vec![5001]),
+                            vec![
+                                ("active", Set::Flip),
+                                ("name", Set::To(Value::text("both"))),
+                            ],
+                        ),
+                        delete(Items, Select::In("owner", vec![4])),
+                    ]),
+                    Transaction::commit(vec![
+                        set(
+                            Accounts,
+                            Select::Key(vec![1]),
+                            vec![("balance", Set::To(Value::Int(1)))],
+                        ),
+                        set(
+                            Accounts,
+                            Select::Key(vec![1]),
+                            vec![("balance", Set::Add(1)), ("name", Set::To(Value::Null))],
+                        ),
+                        Op::Insert {
+                            table: Accounts,
+                            rows: vec![account(
+                                6000,
+                                7,
+                                Value::text("short-lived"),
+                                Value::Bool(true),
+                            )],
+                        },
+                        delete(Accounts, Select::Key(vec![6000])),
+                    ]),
+                    Transaction::commit(vec![set(
+                        Items,
+                        Select::Modulo("n", 3, 1),
+                        vec![("qty", Set::Add(1)), ("note", Set::To(Value::text("bulk")))],
+                    )]),
+                    Transaction::commit(vec![Op::Insert {
+                        table: Accounts,
+                        rows: vec![account(11, 1, Value::text("back again"), Value::Bool(true))],
+                    }]),
+                    Transaction::rollback(vec![
+                        delete(Accounts, Select::Key(vec![2])),
+                        set(
+                            Items,
+                            Select::In("owner", vec![6]),
+                            vec![("qty", Set::To(Value::Int(-1)))],
+                        ),
+                    ]),
+                ])
+                .await;
+            kyma.wait_caught_up_with(source, CONNECTOR, &worker).await;
+            kyma.assert_tables_synced(source, CONNECTOR).await;
+            let (accounts, _) = kyma
+                .kyma_rows(&TableRef::new(CONNECTOR, source.schema(), "accounts"))
+                .await;
+            assert!(
+                accounts.contains_key("7012") && !accounts.contains_key("12"),
+                "the key change moved account 12 to 7012"
+            );
+            assert!(
+                accounts.contains_key("11") && !accounts.contains_key("6000"),
+                "a deleted key came back; a row inserted and deleted in one transaction never shows"
+            );
+            worker.assert_counts_streamed_rows(CONNECTOR);
+        });
+    }
+
+    pub fn a_worker_killed_mid_stream_is_replaced_without_losing_or_duplicating_a_row<
+        F: SourceFixture,
+    >() {
+        const CONNECTOR: &str = "kill";
+        on_shared_source("kill", async |source: &F, kyma| {
+            let mut first = kyma.start_synced(source, CONNECTOR, 5000, 500).await;
+            // A workload runs while the worker is killed with SIGKILL and a second one takes
+            // over from the committed cursor at a higher epoch.
+            for round in 0..6 {
+                let inserted = (1..=200)
+                    .map(|i| {
+                        account(
+                            100_000 + round * 1000 + i,
+                            round,
+                            Value::text("r"),
+                            Value::Null,
+                        )
+                    })
+                    .collect();
+                source
+                    .run(&[Transaction::commit(vec![
+                        Op::Update {
+                            table: Accounts,
+                            rows: Select::Modulo("id", 6, round),
+                            set: vec![("balance", Set::Add(1))],
+                        },
+                        Op::Delete {
+                            table: Accounts,
+                            rows: Select::Modulo("id", 97, round),
+                        },
+                        Op::Insert {
+                            table: Accounts,
+                            rows: inserted,
+                        },
+                    ])])
+                    .await;
+                if round == 2 {
+                    first.crash();
+                    first = kyma.worker("w-2");
+                }
+            }
+            kyma.wait_caught_up_with(source, CONNECTOR, &first).await;
+            kyma.assert_tables_synced(source, CONNECTOR).await;
+            let state = kyma.catalog.connector(CONNECTOR).await.expect("connector");
+            assert!(
+                state.epoch >= 2,
+                "the second worker claimed at a higher epoch: {state:?}"
+            );
+        });
+    }
+}
