@@ -14,7 +14,7 @@ use kyma_catalog::{
     Catalog, CatalogChange, CatalogCommit, CatalogError, CatalogEvent, Column, CommitOutcome,
     ConnectionSpec, ConnectorClaim, ConnectorMode, ConnectorSpec, DesiredState, KymaType,
     OpenWrite, SourceType, SyncPhase, TableCommit, TableOrigin, TableRef, TableState,
-    TableSyncState, table_key,
+    TableSyncState, WorkerSession, table_key,
 };
 use kyma_test_harness::{Etcd, unique_name};
 
@@ -126,6 +126,22 @@ async fn watch_until(
             .expect("watch delivered in time");
         seen.push(next.expect("watch still open").expect("watch event"));
     }
+}
+
+/// Starts worker `worker`'s session (lease `ttl`) and claims `connector`, which must be free.
+async fn session_and_claim(
+    catalog: &Catalog,
+    worker: &str,
+    ttl: Duration,
+    connector: &str,
+) -> (WorkerSession, ConnectorClaim) {
+    let session = catalog.start_session(worker, ttl).await.expect("session");
+    let claim = catalog
+        .claim_connector(&session, connector)
+        .await
+        .expect("claim")
+        .expect("free to claim");
+    (session, claim)
 }
 
 /// Two tables of `names` whose synced state lives in one shard.
@@ -464,15 +480,8 @@ mod cases {
                 .expect("synced table");
             assert_eq!(state.sync, Some(TableSyncState::default()), "{t}");
         }
-        let session = c
-            .start_session("wide", Duration::from_secs(10))
-            .await
-            .expect("session");
-        let claim = c
-            .claim_connector(&session, "pg_wide")
-            .await
-            .expect("claim")
-            .expect("free");
+        let (_session, claim) =
+            session_and_claim(c, "wide", Duration::from_secs(10), "pg_wide").await;
         let revision = c.ping().await.expect("ping") + 1;
         let mut watch = Box::pin(c.watch(revision).await.expect("watch"));
         let (_, states) = c.tables(&names).await.expect("read");
@@ -737,15 +746,8 @@ mod cases {
         .await
         .expect("table");
 
-        let worker_a = c
-            .start_session("worker-a", Duration::from_secs(2))
-            .await
-            .expect("session a");
-        let claim_a = c
-            .claim_connector(&worker_a, "pg_sync")
-            .await
-            .expect("claim")
-            .expect("free to claim");
+        let (worker_a, claim_a) =
+            session_and_claim(c, "worker-a", Duration::from_secs(2), "pg_sync").await;
         assert_eq!(claim_a.fence.epoch, 1);
         let state = c.table(&t).await.expect("read");
         let first = CatalogCommit::sync(
@@ -861,15 +863,8 @@ mod cases {
 
         // A closed session releases at once.
         worker_b.close().await.expect("close");
-        let worker_c = c
-            .start_session("worker-c", Duration::from_secs(2))
-            .await
-            .expect("session c");
-        let claim_c = c
-            .claim_connector(&worker_c, "pg_sync")
-            .await
-            .expect("claim")
-            .expect("released by close");
+        let (_worker_c, claim_c) =
+            session_and_claim(c, "worker-c", Duration::from_secs(2), "pg_sync").await;
         assert_eq!(claim_c.fence.epoch, 3);
     }
 
@@ -1042,15 +1037,7 @@ async fn embedded_data_survives_closing_and_reopening_the_store() {
             .create_connector(&connector_spec("kept"))
             .await
             .expect("connector");
-        let session = catalog
-            .start_session("w", Duration::from_secs(60))
-            .await
-            .expect("session");
-        catalog
-            .claim_connector(&session, "kept")
-            .await
-            .expect("claim")
-            .expect("claimed");
+        session_and_claim(&catalog, "w", Duration::from_secs(60), "kept").await;
     }
     // Everything of the first open is dropped here: the file lock is released with it.
     let reopened = Catalog::new(
