@@ -811,6 +811,19 @@ mod cases {
             Some("0/16B3748")
         );
 
+        // A's fenced check before a destructive step at the source fails; B's passes.
+        assert!(matches!(
+            c.check_claim(&claim_a.fence).await,
+            Err(CatalogError::Fenced {
+                held: 1,
+                current: 2,
+                ..
+            })
+        ));
+        c.check_claim(&claim_b.fence)
+            .await
+            .expect("B holds the claim");
+
         // A (still running, unaware) tries to commit: fenced, and nothing changes.
         let state = c.table(&t).await.expect("read");
         let zombie = CatalogCommit::sync(

@@ -136,18 +136,19 @@ impl SyncBatch {
         Ok(())
     }
 
-    /// Registers the batch as an open write of `tables` (ids) under `lease` once it is
-    /// `after` old (see the module docs); does nothing before, or when registered already.
-    pub async fn keep_safe(
+    /// Whether the batch is `after` old and not registered yet (see the module docs).
+    pub fn needs_registration(&self, after: Duration) -> bool {
+        self.registration.is_none() && self.opened_at.elapsed() >= after
+    }
+
+    /// Registers the batch as an open write of `tables` (ids) under `lease` (see the module
+    /// docs); the commit carries the registration.
+    pub async fn register(
         &mut self,
         lease: LeaseId,
         writer: &str,
         tables: &[Uuid],
-        after: Duration,
     ) -> Result<(), SyncError> {
-        if self.registration.is_some() || self.opened_at.elapsed() < after {
-            return Ok(());
-        }
         let write = OpenWrite {
             table_ids: tables.to_vec(),
             started_at_ms: self.started_at_ms,
@@ -228,15 +229,6 @@ impl SyncBatch {
             "the tables of connector `{}` kept changing under {MAX_REBASES} commit attempts",
             fence.claim.connector
         )))
-    }
-
-    /// Drops the batch's registration, if it made one (its files are garbage now).
-    pub async fn abandon(self) {
-        if let Some(registration) = &self.registration
-            && let Err(e) = self.catalog.release_write(registration).await
-        {
-            tracing::debug!(error = %e, "the abandoned batch's registration stays until its lease ends");
-        }
     }
 }
 

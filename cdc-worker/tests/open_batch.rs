@@ -108,10 +108,12 @@ async fn registered_batch(f: &Fixture) -> SyncBatch {
         .await
         .expect("seal");
     let id = f.catalog.table(&f.table).await.expect("table").meta.id;
+    assert!(batch.needs_registration(Duration::ZERO));
     batch
-        .keep_safe(f.session.lease(), "w", &[id], Duration::ZERO)
+        .register(f.session.lease(), "w", &[id])
         .await
         .expect("register");
+    assert!(!batch.needs_registration(Duration::ZERO));
     batch
 }
 

@@ -348,7 +348,8 @@ fn a_worker_frozen_before_it_prepares_the_slot_cannot_make_the_new_owner_skip_a_
         let stale = setup.worker("w-1");
         let waiting = format!(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
-               AND wait_event_type = 'Lock' AND query ILIKE '%PUBLICATION%'",
+               AND backend_type = 'client backend' AND wait_event_type = 'Lock' \
+               AND query LIKE 'CREATE PUBLICATION%'",
             setup.database
         );
         poll(
@@ -359,6 +360,11 @@ fn a_worker_frozen_before_it_prepares_the_slot_cannot_make_the_new_owner_skip_a_
         )
         .await;
         stale.signal("STOP");
+        assert_eq!(
+            setup.sql(&waiting),
+            "1",
+            "w-1 is frozen while it waits in its publication step"
+        );
         locker.batch_execute("COMMIT").await.expect("unlock");
 
         // Its lease lapses; another worker claims the connector, snapshots and streams.
@@ -390,6 +396,7 @@ fn a_worker_frozen_before_it_prepares_the_slot_cannot_make_the_new_owner_skip_a_
             || async { stale.log().contains("fenced").then_some(()) },
         )
         .await;
+        eprintln!("the woken worker's log:\n{}", stale.log());
         for round in 0..5 {
             setup.sql(&format!(
                 "UPDATE accounts SET balance = balance - 1 WHERE id % 5 = {round};

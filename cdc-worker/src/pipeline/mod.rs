@@ -205,6 +205,8 @@ pub struct ConnectorSync {
     cursor: Cursor,
     status: StatusBook,
     tables: BTreeMap<TableId, TableRun>,
+    /// The tables (and keys) the last discovery found, to tell when the scope changes.
+    scope: BTreeSet<(TableId, Vec<String>)>,
     requests: watch::Receiver<BTreeMap<String, u64>>,
 }
 
@@ -239,6 +241,7 @@ impl ConnectorSync {
             cursor,
             status: StatusBook::new(status),
             tables: BTreeMap::new(),
+            scope: BTreeSet::new(),
             requests,
         }
     }
@@ -294,15 +297,11 @@ impl ConnectorSync {
 
     /// Registers `batch` with the garbage collector once it is old (see [`crate::batch`]).
     async fn keep_safe(&self, batch: &mut SyncBatch) -> Result<(), SyncError> {
+        if !batch.needs_registration(self.ctx.options.register_after) {
+            return Ok(());
+        }
         let ids: Vec<_> = self.tables.values().map(|t| t.table_id).collect();
-        batch
-            .keep_safe(
-                self.lease,
-                &self.spec.name,
-                &ids,
-                self.ctx.options.register_after,
-            )
-            .await
+        batch.register(self.lease, &self.spec.name, &ids).await
     }
 
     fn fence(&self) -> ClaimCheck<'_> {
@@ -315,6 +314,7 @@ impl ConnectorSync {
     /// Step 2 of a run (see the module docs).
     async fn reconcile(&mut self, source: &mut dyn ChangeSource) -> Result<(), SyncError> {
         let discovered = source.discover().await?;
+        self.scope = scope_of(&discovered);
         let requests = self.requests.borrow().clone();
         let (_, existing) = self.ctx.catalog.list_tables(Some(&self.spec.name)).await?;
         let mut tables = BTreeMap::new();

@@ -78,13 +78,6 @@ impl ConnectorSync {
             }
         }
         self.write_status(true).await?;
-        let scope = scope_of(
-            &self
-                .tables
-                .values()
-                .map(|t| t.source.clone())
-                .collect::<Vec<_>>(),
-        );
         let mut s = Streaming {
             batch: self.new_batch(false),
             open: None,
@@ -119,7 +112,7 @@ impl ConnectorSync {
                 () = sleep_until(deadline) => self.commit(&mut s, stream.as_mut()).await?,
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(s.next_discovery)) => {
                     s.next_discovery = Instant::now() + self.ctx.options.discover_every;
-                    s.rescan |= scope_of(&source.discover().await?) != scope;
+                    s.rescan |= scope_of(&source.discover().await?) != self.scope;
                 }
                 event = stream.next() => match event {
                     None => return Err(SyncError::Transient("the change stream ended".into())),

@@ -139,11 +139,21 @@ pub(crate) fn scratch_dir(name: &str, owner: Option<RunAs>) -> Result<PathBuf, H
 
 /// A free TCP port on 127.0.0.1 (bound and released; the server binds it next).
 pub fn free_port() -> Result<u16, HarnessError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io("finding a free port"))?
-        .port())
+    // The OS may hand a port it just gave out (and that was released before its user bound
+    // it) to the next caller: never hand one out twice in this process.
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io("finding a free port"))?
+            .port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// Checks that `program` is on PATH (or is an existing path).

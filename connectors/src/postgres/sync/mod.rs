@@ -152,6 +152,27 @@ impl PgChangeSource {
         })
     }
 
+    /// Fails (definitely) when the connector's slot is gone or confirmed past `cursor`: it
+    /// was dropped (and maybe created again), so the changes after the cursor are lost.
+    async fn check_slot_not_past(&mut self, cursor: &SourcePosition) -> Result<(), ConnectorError> {
+        let slot = self.names.slot.clone();
+        let lsn = parse_lsn(&cursor.0)?;
+        let recreate = "delete the connector and register it again to copy every table again";
+        match slot_state(self.client().await?, &slot).await? {
+            None => Err(ConnectorError::Source(format!(
+                "replication slot {slot} was dropped at the source, so changes after {cursor} are lost to kyma; {recreate}"
+            ))),
+            Some(SlotState {
+                confirmed_flush: Some(confirmed),
+                ..
+            }) if confirmed > lsn => Err(ConnectorError::Source(format!(
+                "replication slot {slot} is at {}, past kyma's cursor {cursor}: it was dropped and created again, and the changes between are lost to kyma; {recreate}",
+                format_lsn(confirmed)
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Checks that the connector's slot is the one `resume` is a position in, and frees it
     /// from a previous reader.
     async fn resume_slot(
@@ -160,31 +181,16 @@ impl PgChangeSource {
         fence: &dyn Fence,
     ) -> Result<Prepared, ConnectorError> {
         let slot = self.names.slot.clone();
-        let cursor = parse_lsn(&resume.position.0)?;
-        let recreate = "delete the connector and register it again to copy every table again";
         if let Some(recorded) = &resume.source_id
             && recorded.split('@').next() != Some(slot.as_str())
         {
             return Err(ConnectorError::Source(format!(
-                "kyma's cursor is a position in replication slot {recorded}, but the connector's slot is {slot}; {recreate}"
+                "kyma's cursor is a position in replication slot {recorded}, but the connector's slot is {slot}; delete the connector and register it again to copy every table again"
             )));
         }
-        let Some(state) = slot_state(self.client().await?, &slot).await? else {
-            return Err(ConnectorError::Source(format!(
-                "replication slot {slot} was dropped at the source, so changes after {} are lost to kyma; {recreate}",
-                resume.position
-            )));
-        };
-        if let Some(confirmed) = state.confirmed_flush
-            && confirmed > cursor
-        {
-            return Err(ConnectorError::Source(format!(
-                "replication slot {slot} is at {}, past kyma's cursor {}: it was dropped and created again, and the changes between are lost to kyma; {recreate}",
-                format_lsn(confirmed),
-                resume.position
-            )));
-        }
-        if let Some(pid) = state.active_pid {
+        self.check_slot_not_past(&resume.position).await?;
+        let state = slot_state(self.client().await?, &slot).await?;
+        if let Some(pid) = state.and_then(|s| s.active_pid) {
             fence
                 .check(&format!(
                     "ending the reader of replication slot {slot} (pid {pid})"
@@ -246,6 +252,9 @@ impl ChangeSource for PgChangeSource {
         let conninfo = replication_conninfo(&self.spec.connection, &self.secrets)?;
         let stream =
             PgReplicationStream::resume(&conninfo, &self.names, parse_lsn(&from.0)?).await?;
+        // pg_walstream creates a slot that is missing when it starts: one dropped since
+        // `prepare` checked it would come back at today's position, past the cursor.
+        self.check_slot_not_past(from).await?;
         let types = connect(&self.spec.connection, &self.secrets).await?;
         Ok(Box::new(PgChangeStream::new(
             stream,

@@ -331,9 +331,15 @@ pub async fn release_slot(
             return Ok(());
         };
         match state.active_pid {
-            Some(pid) => {
+            Some(_) => {
+                // The pid is read and signalled in one statement: a pid read earlier may
+                // belong to another backend by now (pids wrap around quickly on busy hosts).
                 client
-                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .execute(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_catalog.pg_replication_slots \
+                          WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                        &[&names.slot],
+                    )
                     .await
                     .map_err(|e| classify("ending the slot's previous reader", &e))?;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
