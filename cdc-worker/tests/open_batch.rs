@@ -30,18 +30,8 @@ struct Fixture {
 async fn fixture(name: &str) -> Fixture {
     let s3 = S3::shared();
     let bucket = s3.create_bucket(name).expect("bucket");
-    let store = ExtentStore::from_object_store(Arc::new(
-        object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(s3.endpoint())
-            .with_allow_http(true)
-            .with_bucket_name(&bucket)
-            .with_region(S3::REGION)
-            .with_access_key_id(S3::ACCESS_KEY)
-            .with_secret_access_key(S3::SECRET_KEY)
-            .with_virtual_hosted_style_request(false)
-            .build()
-            .expect("S3 store"),
-    ));
+    let store =
+        ExtentStore::from_object_store(Arc::new(s3.bucket(&bucket).build().expect("S3 store")));
     let catalog = Catalog::open(&CatalogLocation::Etcd {
         endpoints: vec![Etcd::shared().endpoint()],
         prefix: format!("/{}", unique_name(name)),

@@ -24,7 +24,6 @@ use kyma_table::{
 };
 use kyma_test_harness::S3;
 use object_store::ObjectStoreExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -61,18 +60,8 @@ struct Fixture {
 async fn fixture(test: &str) -> Fixture {
     let s3 = S3::shared();
     let bucket = s3.create_bucket(test).expect("bucket");
-    let store = ExtentStore::from_object_store(Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(s3.endpoint())
-            .with_allow_http(true)
-            .with_bucket_name(&bucket)
-            .with_region(S3::REGION)
-            .with_access_key_id(S3::ACCESS_KEY)
-            .with_secret_access_key(S3::SECRET_KEY)
-            .with_virtual_hosted_style_request(false)
-            .build()
-            .expect("S3 store"),
-    ));
+    let store =
+        ExtentStore::from_object_store(Arc::new(s3.bucket(&bucket).build().expect("S3 store")));
     let dir = tempfile::tempdir().expect("dir");
     let catalog = Catalog::open(&CatalogLocation::Embedded {
         path: dir.path().join("catalog.redb"),

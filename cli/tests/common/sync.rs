@@ -54,14 +54,7 @@ impl<'a> Deployment<'a> {
         .await
         .expect("catalog");
         let store = ExtentStore::from_object_store(
-            object_store::aws::AmazonS3Builder::new()
-                .with_bucket_name(&bucket)
-                .with_endpoint(s3.endpoint())
-                .with_allow_http(true)
-                .with_access_key_id(S3::ACCESS_KEY)
-                .with_secret_access_key(S3::SECRET_KEY)
-                .with_region(S3::REGION)
-                .with_virtual_hosted_style_request(false)
+            s3.bucket(&bucket)
                 .build()
                 .map(|s| -> std::sync::Arc<dyn object_store::ObjectStore> {
                     std::sync::Arc::new(object_store::prefix::PrefixStore::new(s, "extents"))

@@ -547,6 +547,18 @@ impl S3 {
         Ok(name)
     }
 
+    /// A client of `bucket` on this server, configured (build it, or add to it first).
+    pub fn bucket(&self, bucket: &str) -> object_store::aws::AmazonS3Builder {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region(Self::REGION)
+            .with_access_key_id(Self::ACCESS_KEY)
+            .with_secret_access_key(Self::SECRET_KEY)
+            .with_virtual_hosted_style_request(false)
+    }
+
     /// The supervised process (stop, kill, restart).
     pub fn process(&self) -> &ServerProcess {
         &self.process

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kyma_test_harness::{Etcd, MariaDb, Postgres, S3};
 use mysql_async::prelude::Queryable;
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -154,18 +153,8 @@ async fn mariadb_starts_with_row_binlog_and_gtids() {
 async fn s3_starts_and_supports_put_get_list_and_conditional_put() {
     let s3 = S3::shared();
     let bucket = s3.create_bucket("harness").expect("create bucket");
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(s3.endpoint())
-            .with_allow_http(true)
-            .with_bucket_name(&bucket)
-            .with_region(S3::REGION)
-            .with_access_key_id(S3::ACCESS_KEY)
-            .with_secret_access_key(S3::SECRET_KEY)
-            .with_virtual_hosted_style_request(false)
-            .build()
-            .expect("build the S3 store"),
-    );
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(s3.bucket(&bucket).build().expect("build the S3 store"));
     let path = Path::from("extents/a.parquet");
     store
         .put(&path, PutPayload::from_static(b"extent bytes"))
