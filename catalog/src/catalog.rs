@@ -488,24 +488,7 @@ impl Catalog {
             shard.begin_write();
         }
         if let Some(cursor) = &commit.cursor {
-            let [epoch_key, cursor_key] = [0, 1].map(|i| self.cursor_keys(cursor)[i].clone());
-            txn.compares.push(Compare::mod_revision(
-                epoch_key,
-                cursor.claim.epoch_revision,
-            ));
-            txn.compares.push(Compare::mod_revision(
-                cursor_key.clone(),
-                cursor.base_cursor_revision,
-            ));
-            let value = SourceCursor {
-                position: cursor.position.clone(),
-                next_seq: cursor.next_seq,
-                source_id: cursor.source_id.clone(),
-                commit_id: commit.commit_id,
-                epoch: cursor.claim.epoch,
-                committed_at_ms: now,
-            };
-            txn.on_success.push(Op::put(cursor_key, encode(&value)?));
+            self.advance_cursor(&mut txn, cursor, commit.commit_id, now)?;
         }
         if let Some(write) = &commit.open_write {
             txn.compares
@@ -525,36 +508,10 @@ impl Catalog {
                         shard.set(&table.table, snapshot, sync.clone());
                     }
                 }
-                None => {
-                    txn.compares.push(Compare::mod_revision(
-                        self.keys.table_snapshot(&table.table),
-                        table.base_snapshot_revision,
-                    ));
-                    txn.compares.push(Compare::mod_revision(
-                        self.keys.table_schema(&table.table),
-                        table.base_schema_revision,
-                    ));
-                    txn.on_success.push(Op::put(
-                        self.keys.table_snapshot(&table.table),
-                        encode(&snapshot)?,
-                    ));
-                }
+                None => self.advance_native(&mut txn, table, &snapshot)?,
             }
             if let Some(schema) = &table.new_schema {
-                if table.sync.is_some() {
-                    txn.compares.push(Compare::mod_revision(
-                        self.keys.table_schema(&table.table),
-                        table.base_schema_revision,
-                    ));
-                }
-                txn.on_success.push(Op::put(
-                    self.keys.table_schema(&table.table),
-                    encode(schema)?,
-                ));
-                txn.on_success.push(Op::put(
-                    self.keys.table_schema_version(&table.table, schema.version),
-                    encode(schema)?,
-                ));
+                self.widen_in(&mut txn, table, schema)?;
             }
         }
         for (key, (shard, revision)) in shards {
@@ -563,6 +520,83 @@ impl Catalog {
             txn.on_success.push(Op::put(key, encode(&shard)?));
         }
         Ok(txn)
+    }
+
+    /// The cursor part of a commit: the claim's epoch and the base cursor compared, the new
+    /// cursor put.
+    fn advance_cursor(
+        &self,
+        txn: &mut Txn,
+        cursor: &CursorAdvance,
+        commit_id: Uuid,
+        now: i64,
+    ) -> Result<(), CatalogError> {
+        let [epoch_key, cursor_key] = [0, 1].map(|i| self.cursor_keys(cursor)[i].clone());
+        txn.compares.push(Compare::mod_revision(
+            epoch_key,
+            cursor.claim.epoch_revision,
+        ));
+        txn.compares.push(Compare::mod_revision(
+            cursor_key.clone(),
+            cursor.base_cursor_revision,
+        ));
+        let value = SourceCursor {
+            position: cursor.position.clone(),
+            next_seq: cursor.next_seq,
+            source_id: cursor.source_id.clone(),
+            commit_id,
+            epoch: cursor.claim.epoch,
+            committed_at_ms: now,
+        };
+        txn.on_success.push(Op::put(cursor_key, encode(&value)?));
+        Ok(())
+    }
+
+    /// A native table's part of a commit: its snapshot and schema compared, its snapshot put.
+    fn advance_native(
+        &self,
+        txn: &mut Txn,
+        table: &TableCommit,
+        snapshot: &TableSnapshot,
+    ) -> Result<(), CatalogError> {
+        txn.compares.push(Compare::mod_revision(
+            self.keys.table_snapshot(&table.table),
+            table.base_snapshot_revision,
+        ));
+        txn.compares.push(Compare::mod_revision(
+            self.keys.table_schema(&table.table),
+            table.base_schema_revision,
+        ));
+        txn.on_success.push(Op::put(
+            self.keys.table_snapshot(&table.table),
+            encode(snapshot)?,
+        ));
+        Ok(())
+    }
+
+    /// A commit's schema widening: the schema compared (a native table's part compares it
+    /// already) and the new version put.
+    fn widen_in(
+        &self,
+        txn: &mut Txn,
+        table: &TableCommit,
+        schema: &TableSchema,
+    ) -> Result<(), CatalogError> {
+        if table.sync.is_some() {
+            txn.compares.push(Compare::mod_revision(
+                self.keys.table_schema(&table.table),
+                table.base_schema_revision,
+            ));
+        }
+        txn.on_success.push(Op::put(
+            self.keys.table_schema(&table.table),
+            encode(schema)?,
+        ));
+        txn.on_success.push(Op::put(
+            self.keys.table_schema_version(&table.table, schema.version),
+            encode(schema)?,
+        ));
+        Ok(())
     }
 
     /// Turns a failed commit into fenced, already committed, lapsed, or a conflict to rebase

@@ -487,30 +487,11 @@ fn apply_row(
         };
         shape.rows.push(&refs, &meta)?;
     }
-    let mut unchanged = Vec::new();
-    let values: Vec<Option<KymaValue>> = if change.op == ChangeOp::Delete {
+    let (values, unchanged) = if change.op == ChangeOp::Delete {
         // A tombstone carries its key only.
-        key_only(shape, &change.cells)
+        (key_only(shape, &change.cells), Vec::new())
     } else {
-        change
-            .cells
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| {
-                let cell = match (cell, change.old.as_ref().filter(|o| o.whole)) {
-                    (Cell::Unchanged, Some(old)) => old.cells.get(i).unwrap_or(&Cell::Null),
-                    (cell, _) => cell,
-                };
-                match cell {
-                    Cell::Value(v) => Some(shape.map.convert(i, v.clone())),
-                    Cell::Null => None,
-                    Cell::Unchanged => {
-                        unchanged.push(i);
-                        None
-                    }
-                }
-            })
-            .collect()
+        new_values(shape, change)
     };
     let refs: Vec<Option<KymaValueRef<'_>>> = values
         .iter()
@@ -529,6 +510,34 @@ fn apply_row(
         let prior_pk = old_pk.unwrap_or_else(|| pk.clone());
         shape.held.push(&refs, &meta, prior_pk, unchanged)
     }
+}
+
+/// The values of an inserted or updated row as its table columns hold them, and the
+/// columns (indices) the change left unchanged (taken from the old row when the source sent
+/// it whole, else to be resolved: see [`super::unchanged`]).
+fn new_values(shape: &Shape, change: &RowChange) -> (Vec<Option<KymaValue>>, Vec<usize>) {
+    let whole_old = change.old.as_ref().filter(|o| o.whole);
+    let mut unchanged = Vec::new();
+    let values = change
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(i, cell)| {
+            let cell = match (cell, whole_old) {
+                (Cell::Unchanged, Some(old)) => old.cells.get(i).unwrap_or(&Cell::Null),
+                (cell, _) => cell,
+            };
+            match cell {
+                Cell::Value(v) => Some(shape.map.convert(i, v.clone())),
+                Cell::Null => None,
+                Cell::Unchanged => {
+                    unchanged.push(i);
+                    None
+                }
+            }
+        })
+        .collect();
+    (values, unchanged)
 }
 
 /// `_kyma_pk` of a row's cells.
