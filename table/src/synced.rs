@@ -4,11 +4,11 @@
 //!
 //! | column | type | meaning |
 //! |---|---|---|
-//! | `_kyma_pk` | string | the source primary key: a single key cast to text, a composite one `a:b:…` with each part URL-safe (percent-encoded) |
+//! | `_kyma_pk` | string | the source primary key, from its typed values ([`derive_pk`]): a single key as its canonical text, a composite one `a:b:…` with each part URL-safe (percent-encoded) |
 //! | `_kyma_op` | string | `insert`, `update` or `delete` (a delete is a tombstone row) |
-//! | `_kyma_lsn` | string | the source cursor of the transaction's commit (Postgres: its commit LSN) |
+//! | `_kyma_lsn` | string | the source position of the change's transaction, in the source's notation (Postgres: its commit LSN), or of the snapshot that copied the row |
 //! | `_kyma_event_at` | timestamp | when the source committed the change |
-//! | `_kyma_seq` | long | the version order: of two rows with one `_kyma_pk`, the one with the larger `_kyma_seq` is newer (Postgres: the change's WAL position; 0 for rows of the initial snapshot) |
+//! | `_kyma_seq` | long | the version order: of two rows with one `_kyma_pk`, the one with the larger `_kyma_seq` is newer. The sync pipeline assigns it, in stream order, from a counter its cursor carries (every row of one table copy shares one number, below every change streamed after the copy) — never from the source's positions, which do not order versions for every source |
 //!
 //! # Versions and the current state
 //!
