@@ -163,7 +163,7 @@ impl SyncBatch {
     /// (tables with a new state but no rows get a state-only commit) in one catalog commit
     /// fenced by `fence`; on success the fence's cursor revision moves to the commit.
     pub async fn commit(
-        self,
+        mut self,
         fence: &mut CursorFence,
         cursor: CursorValue,
         states: &BTreeMap<TableRef, TableSyncState>,
@@ -176,7 +176,7 @@ impl SyncBatch {
             )));
         }
         let mut written: Vec<WrittenExtents> = Vec::with_capacity(self.writers.len());
-        for writer in self.writers.into_values() {
+        for writer in std::mem::take(&mut self.writers).into_values() {
             written.push(writer.finish().await?);
         }
         let mut tables: Vec<TableRef> = written.iter().map(|w| w.table.clone()).collect();
@@ -204,6 +204,8 @@ impl SyncBatch {
             };
             match self.catalog.commit(&commit).await? {
                 CommitOutcome::Committed { revision } => {
+                    // The commit deleted the registration.
+                    self.registration = None;
                     fence.cursor_revision = revision;
                     return Ok(CommittedBatch {
                         revision,
@@ -229,6 +231,25 @@ impl SyncBatch {
             "the tables of connector `{}` kept changing under {MAX_REBASES} commit attempts",
             fence.claim.connector
         )))
+    }
+}
+
+/// A batch dropped with its registration (abandoned: a failed run, a lost claim) gives it up,
+/// so that the collector does not keep its tables' files until the worker's lease ends. A
+/// committed batch's registration went with its commit; giving it up again changes nothing.
+impl Drop for SyncBatch {
+    fn drop(&mut self) {
+        let Some(registration) = self.registration.take() else {
+            return;
+        };
+        let catalog = self.catalog.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = catalog.release_write(&registration).await {
+                    tracing::debug!(error = %e, "an abandoned batch's registration stays until its lease ends");
+                }
+            });
+        }
     }
 }
 

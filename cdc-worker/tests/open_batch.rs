@@ -184,3 +184,19 @@ async fn a_batch_whose_registration_lapsed_with_its_lease_is_not_committed() {
     let state = catalog.table(&table).await.expect("table");
     assert_eq!(state.snapshot.value.manifest, None, "nothing committed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_batch_gives_its_registration_up() {
+    let f = fixture("abandonedbatch").await;
+    let batch = registered_batch(&f).await;
+    assert_eq!(f.catalog.open_writes().await.expect("list").len(), 1);
+    drop(batch);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f.catalog.open_writes().await.expect("list").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped batch still holds its registration"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

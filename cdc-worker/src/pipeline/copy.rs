@@ -7,7 +7,7 @@ use kyma_catalog::{SyncPhase, TableFailure, TablePhase, TableSyncState};
 use kyma_connectors::sync::{Snapshot, SourcePosition, TableId};
 use kyma_table::synced::{SnapshotMeta, snapshot_rows};
 
-use super::tables::{ColumnMap, key_indices};
+use super::tables::key_indices;
 use super::{ConnectorSync, now_micros};
 use crate::error::SyncError;
 
@@ -52,9 +52,7 @@ impl ConnectorSync {
             return Ok(());
         };
         let (table, source, requested) = (run.table.clone(), run.source.clone(), run.requested);
-        let key = run.key();
-        let state = self.ctx.catalog.table(&table).await?;
-        let map = ColumnMap::onto(&state.schema.value, &source.columns).map;
+        let (key, map) = (run.key(), run.columns.clone());
         let key_columns = key_indices(&source.key, &source.columns).map_err(SyncError::Definite)?;
         let seq = self.cursor.take_seq();
         let at_micros = now_micros();

@@ -59,7 +59,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kyma_catalog::{
     Catalog, ConnectorClaim, ConnectorSpec, ConnectorStatus, LeaseId, SyncPhase, TableFailure,
-    TableRef, TableSyncState,
+    TableRef, TableState, TableSyncState,
 };
 use kyma_connectors::sync::{
     ChangeSource, Fence, NO_PRIMARY_KEY, Resume, SourcePosition, SourceTable, TableId,
@@ -316,7 +316,11 @@ impl ConnectorSync {
         let discovered = source.discover().await?;
         self.scope = scope_of(&discovered);
         let requests = self.requests.borrow().clone();
-        let (_, existing) = self.ctx.catalog.list_tables(Some(&self.spec.name)).await?;
+        let (_, listed) = self.ctx.catalog.list_tables(Some(&self.spec.name)).await?;
+        let mut existing: BTreeMap<TableId, TableState> = listed
+            .into_iter()
+            .map(|t| (TableId::new(&t.table.schema, &t.table.table), t))
+            .collect();
         let mut tables = BTreeMap::new();
         let mut keys = Vec::new();
         for found in discovered {
@@ -325,13 +329,13 @@ impl ConnectorSync {
                 self.status.show(&found.id.key(), &no_primary_key());
                 continue;
             }
-            let run = self.table_run(found, &requests).await?;
+            let listed = existing.remove(&found.id);
+            let run = self.table_run(found, listed, &requests).await?;
             tables.insert(run.source.id.clone(), run);
         }
         self.status.keep_only(&keys);
         let gone: BTreeMap<TableRef, TableSyncState> = existing
-            .into_iter()
-            .filter(|t| !tables.contains_key(&TableId::new(&t.table.schema, &t.table.table)))
+            .into_values()
             .filter_map(|t| {
                 let state = t.sync?;
                 (state.phase != SyncPhase::Pending).then(|| {
@@ -357,11 +361,18 @@ impl ConnectorSync {
     async fn table_run(
         &mut self,
         source: SourceTable,
+        existing: Option<TableState>,
         requests: &BTreeMap<String, u64>,
     ) -> Result<TableRun, SyncError> {
         let table = TableRef::new(&self.spec.name, &source.id.schema, &source.id.table);
-        let (state, mapping) =
-            ensure_table(&self.ctx.catalog, &self.spec.name, &table, &source).await?;
+        let (state, mapping) = ensure_table(
+            &self.ctx.catalog,
+            &self.spec.name,
+            &table,
+            &source,
+            existing,
+        )
+        .await?;
         let key = source.id.key();
         for warning in mapping.warnings {
             self.status.warn(&key, warning);
@@ -378,6 +389,7 @@ impl ConnectorSync {
             table,
             table_id: state.meta.id,
             source,
+            columns: mapping.map,
             state: sync,
             requested,
             shape: None,

@@ -27,6 +27,8 @@ pub(crate) struct TableRun {
     pub(crate) table_id: Uuid,
     /// The source table as discovered.
     pub(crate) source: SourceTable,
+    /// Where the discovered columns land in the kyma table (what a copy writes).
+    pub(crate) columns: ColumnMap,
     /// The durable state, as last committed (or about to be).
     pub(crate) state: TableSyncState,
     /// Resync requests made for it so far.
@@ -177,16 +179,17 @@ fn to_dynamic(array: &dyn arrow::array::Array) -> ArrayRef {
 }
 
 /// Creates the kyma table of `source` (its columns, then the system columns), or widens the
-/// existing one to hold them; returns its state and the column map.
+/// `existing` one to hold them; returns its state and the column map.
 pub(crate) async fn ensure_table(
     catalog: &Catalog,
     connector: &str,
     table: &TableRef,
     source: &SourceTable,
+    existing: Option<TableState>,
 ) -> Result<(TableState, Mapping), SyncError> {
-    let state = match catalog.table(table).await {
-        Ok(state) => state,
-        Err(CatalogError::NotFound(_)) => {
+    let state = match existing {
+        Some(state) => state,
+        None => {
             let columns = source
                 .columns
                 .iter()
@@ -202,7 +205,6 @@ pub(crate) async fn ensure_table(
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(e) => return Err(e.into()),
     };
     let mapping = ColumnMap::onto(&state.schema.value, &source.columns);
     if !mapping.new_columns.is_empty() {

@@ -152,9 +152,12 @@ impl PgChangeSource {
         })
     }
 
-    /// Fails (definitely) when the connector's slot is gone or confirmed past `cursor`: it
-    /// was dropped (and maybe created again), so the changes after the cursor are lost.
-    async fn check_slot_not_past(&mut self, cursor: &SourcePosition) -> Result<(), ConnectorError> {
+    /// The connector's slot; fails (definitely) when it is gone or confirmed past `cursor`:
+    /// it was dropped (and maybe created again), so the changes after the cursor are lost.
+    async fn check_slot_not_past(
+        &mut self,
+        cursor: &SourcePosition,
+    ) -> Result<SlotState, ConnectorError> {
         let slot = self.names.slot.clone();
         let lsn = parse_lsn(&cursor.0)?;
         let recreate = "delete the connector and register it again to copy every table again";
@@ -169,7 +172,7 @@ impl PgChangeSource {
                 "replication slot {slot} is at {}, past kyma's cursor {cursor}: it was dropped and created again, and the changes between are lost to kyma; {recreate}",
                 format_lsn(confirmed)
             ))),
-            Some(_) => Ok(()),
+            Some(state) => Ok(state),
         }
     }
 
@@ -188,9 +191,8 @@ impl PgChangeSource {
                 "kyma's cursor is a position in replication slot {recorded}, but the connector's slot is {slot}; delete the connector and register it again to copy every table again"
             )));
         }
-        self.check_slot_not_past(&resume.position).await?;
-        let state = slot_state(self.client().await?, &slot).await?;
-        if let Some(pid) = state.and_then(|s| s.active_pid) {
+        let state = self.check_slot_not_past(&resume.position).await?;
+        if let Some(pid) = state.active_pid {
             fence
                 .check(&format!(
                     "ending the reader of replication slot {slot} (pid {pid})"
