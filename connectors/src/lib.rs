@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod error;
+pub mod mysql;
 pub mod pool;
 pub mod postgres;
 pub mod registry;

@@ -6,9 +6,9 @@ use async_trait::async_trait;
 use kyma_catalog::{ConnectorSpec, SourceType};
 
 use crate::error::ConnectorError;
-use crate::postgres;
 use crate::secrets::SecretResolver;
 use crate::sync::ChangeSource;
+use crate::{mysql, postgres};
 
 /// What registration learns from a source before it stores a connector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +51,11 @@ pub fn url_schemes(source_type: SourceType) -> &'static [&'static str] {
 pub fn kind(source_type: SourceType) -> Result<&'static dyn SourceKind, ConnectorError> {
     match source_type {
         SourceType::Postgres => Ok(&postgres::PostgresKind),
-        SourceType::Mysql | SourceType::Mongodb => Err(ConnectorError::invalid(
+        SourceType::Mysql => Ok(&mysql::MysqlKind),
+        SourceType::Mongodb => Err(ConnectorError::invalid(
             "type",
             format!(
-                "{} connectors are not available in this kyma yet; postgres is",
+                "{} connectors are not available in this kyma yet; postgres and mysql are",
                 serde_json::to_string(&source_type)
                     .unwrap_or_default()
                     .trim_matches('"')
