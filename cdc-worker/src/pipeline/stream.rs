@@ -164,6 +164,13 @@ impl ConnectorSync {
                     }
                 }
             }
+            SourceEvent::Resnapshot { tables, reason } => {
+                for table in tables {
+                    if let Some(id) = self.applies_to(s, source, &table)? {
+                        self.copy_again(s, &id, reason.clone())?;
+                    }
+                }
+            }
             SourceEvent::Truncate { tables } => {
                 for table in tables {
                     if let Some(id) = self.applies_to(s, source, &table)? {
@@ -352,21 +359,56 @@ impl ConnectorSync {
         reason: String,
         fix: &str,
     ) -> Result<(), SyncError> {
+        tracing::error!(table = %id, %reason, "table failed");
+        self.set_phase(
+            s,
+            id,
+            SyncPhase::Failed,
+            Some(TableFailure {
+                reason,
+                fix: fix.to_owned(),
+                retries: false,
+            }),
+        )
+    }
+
+    /// Sends table `id` back to `pending` because its schema changed in a way the source
+    /// cannot follow: what it collected is dropped, the state commits with the next batch,
+    /// and the stream ends at the next transaction boundary so that the table is copied
+    /// again.
+    fn copy_again(
+        &mut self,
+        s: &mut Streaming,
+        id: &TableId,
+        reason: String,
+    ) -> Result<(), SyncError> {
+        tracing::warn!(table = %id, %reason, "the table is copied again");
+        self.status
+            .warn(&id.key(), format!("{reason}; the table is copied again"));
+        self.set_phase(s, id, SyncPhase::Pending, None)?;
+        s.rescan = true;
+        Ok(())
+    }
+
+    /// Drops what table `id` collected and moves it to `phase` (durably with the next
+    /// batch).
+    fn set_phase(
+        &mut self,
+        s: &mut Streaming,
+        id: &TableId,
+        phase: SyncPhase,
+        failure: Option<TableFailure>,
+    ) -> Result<(), SyncError> {
         let Some(run) = self.tables.get_mut(id) else {
             return Ok(());
         };
-        tracing::error!(table = %run.table, %reason, "table failed");
         if let Some(shape) = run.shape.as_mut() {
             shape.rows.finish()?;
             shape.held.discard()?;
         }
         run.state = TableSyncState {
-            phase: SyncPhase::Failed,
-            failure: Some(TableFailure {
-                reason,
-                fix: fix.to_owned(),
-                retries: false,
-            }),
+            phase,
+            failure,
             ..run.state.clone()
         };
         s.states.insert(run.table.clone(), run.state.clone());

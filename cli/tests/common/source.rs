@@ -61,6 +61,7 @@
 //!   plus insert. `write_position` is the cluster time of a no-op write; `confirmed`
 //!   compares it with the cluster time in the committed cursor's resume token.
 
+pub mod mariadb;
 pub mod postgres;
 
 use std::time::{Duration, Instant};
@@ -474,8 +475,9 @@ macro_rules! for_every_source {
     ($($case:ident),* $(,)?) => {
         $crate::common::source::for_every_source!(@source postgres,
             $crate::common::source::postgres::PostgresSource<'static>; $($case),*);
-        // Next: `@source mariadb, …::mariadb::MariaDbSource;` and
-        // `@source mongodb, …::mongodb::MongoSource;` (see this module's docs).
+        $crate::common::source::for_every_source!(@source mariadb,
+            $crate::common::source::mariadb::MariaDbSource; $($case),*);
+        // Next: `@source mongodb, …::mongodb::MongoSource;` (see this module's docs).
     };
     (@source $source:ident, $fixture:ty; $($case:ident),*) => {
         mod $source {

@@ -117,7 +117,7 @@ impl RowBatcher {
     ) -> Result<bool, ConnectorError> {
         while let Some(row) = result.next().await.map_err(refused)? {
             received(self.push(row)?);
-            if self.rows == self.batch_rows && sender.send(Ok(self.finish()?)).await.is_err() {
+            if self.is_full() && sender.send(Ok(self.finish()?)).await.is_err() {
                 return Ok(false);
             }
         }
@@ -127,8 +127,18 @@ impl RowBatcher {
         Ok(true)
     }
 
+    /// Whether the batch being built has `batch_rows` rows.
+    pub fn is_full(&self) -> bool {
+        self.rows >= self.batch_rows
+    }
+
+    /// Rows appended since the last batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// Appends one row; returns the size of its values.
-    fn push(&mut self, row: mysql_async::Row) -> Result<usize, ConnectorError> {
+    pub fn push(&mut self, row: mysql_async::Row) -> Result<usize, ConnectorError> {
         let values = row.unwrap_raw();
         if values.len() != self.builders.len() {
             return Err(ConnectorError::Source(format!(
@@ -153,7 +163,7 @@ impl RowBatcher {
     }
 
     /// The rows appended so far as a batch.
-    fn finish(&mut self) -> Result<RecordBatch, ConnectorError> {
+    pub fn finish(&mut self) -> Result<RecordBatch, ConnectorError> {
         self.rows = 0;
         let columns = self.builders.iter_mut().map(|b| b.finish()).collect();
         RecordBatch::try_new(self.schema.clone(), columns)

@@ -67,7 +67,7 @@
 //!   CONSISTENT SNAPSHOT` and (MariaDB) `Binlog_snapshot_file/position` turned into a GTID
 //!   position by `BINLOG_GTID_POS`, taken per table, which is why `since` is per table. DDL
 //!   in the binlog is a schema checkpoint: the source re-reads the table's columns and emits
-//!   a `Relation`. Minimal or NOBLOB row images become `Cell::Unchanged`. Source identity =
+//!   a `Relation` when columns were only added, else a `Resnapshot` of the table. Minimal or NOBLOB row images become `Cell::Unchanged`. Source identity =
 //!   server UUID (and GTID domain).
 //! - **MongoDB** (next): `prepare` opens nothing durable. Position = resume token plus its
 //!   cluster time; a snapshot opens the change stream first (keeping its post-batch resume
@@ -216,6 +216,14 @@ pub enum SourceEvent {
         /// The tables.
         tables: Vec<TableId>,
         /// What is wrong.
+        reason: String,
+    },
+    /// Tables whose schema changed in a way the source cannot follow row by row (a column
+    /// retyped, dropped or moved): the pipeline copies them again under a new snapshot.
+    Resnapshot {
+        /// The tables.
+        tables: Vec<TableId>,
+        /// What changed (shown in the status).
         reason: String,
     },
     /// Tables were emptied.
