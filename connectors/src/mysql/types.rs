@@ -162,6 +162,9 @@ pub struct SourceColumn {
     pub json_checked: bool,
     /// An `auto_increment` column whose table's counter fits a long (`bigint unsigned`).
     pub counter_fits_long: bool,
+    /// Whether adding the column gives existing rows a value (a default other than NULL, or
+    /// a generated expression) — which the binlog does not carry as row changes.
+    pub fills_existing_rows: bool,
 }
 
 /// The reading of `column` under the connector's `scope`.
@@ -310,7 +313,7 @@ pub async fn read_catalog(
         .query(format!(
             "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, LOWER(c.DATA_TYPE), \
              LOWER(c.COLUMN_TYPE), c.NUMERIC_PRECISION, c.CHARACTER_MAXIMUM_LENGTH, \
-             c.COLLATION_NAME, c.IS_NULLABLE, c.EXTRA, t.AUTO_INCREMENT \
+             c.COLLATION_NAME, c.IS_NULLABLE, c.EXTRA, t.AUTO_INCREMENT, c.COLUMN_DEFAULT \
              FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
              ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
              WHERE {in_scope} ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION"
@@ -367,6 +370,7 @@ fn column(
         String,
         String,
         Option<u64>,
+        Option<String>,
     );
     let (
         schema,
@@ -380,14 +384,20 @@ fn column(
         nullable,
         extra,
         counter,
+        default,
     ): Fields = mysql_async::from_row_opt(row).map_err(|e| {
         ConnectorError::Source(format!(
             "information_schema.COLUMNS in an unexpected form: {e}"
         ))
     })?;
     let json_checked = json.contains(&(schema.clone(), table.clone(), name.clone()));
-    let counter_fits_long = extra.to_ascii_lowercase().contains("auto_increment")
-        && counter.is_none_or(|c| i64::try_from(c).is_ok());
+    let extra = extra.to_ascii_lowercase();
+    let counter_fits_long =
+        extra.contains("auto_increment") && counter.is_none_or(|c| i64::try_from(c).is_ok());
+    // MariaDB shows "no default" on a nullable column as the text NULL, MySQL as SQL NULL.
+    let fills_existing_rows = extra.contains("generated")
+        || default.is_some_and(|d| !d.eq_ignore_ascii_case("NULL"))
+        || nullable != "YES";
     Ok(SourceColumn {
         schema,
         table,
@@ -400,6 +410,7 @@ fn column(
         not_null: nullable == "NO",
         json_checked,
         counter_fits_long,
+        fills_existing_rows,
     })
 }
 
@@ -476,6 +487,7 @@ mod tests {
             not_null: false,
             json_checked: false,
             counter_fits_long: false,
+            fills_existing_rows: false,
         }
     }
 

@@ -205,6 +205,12 @@ impl TableDecoder {
 
 impl ColumnDecoder {
     fn read(&self, buf: &mut ParseBuf<'_>) -> Result<Option<KymaValue>, String> {
+        if self.binlog_type == ColumnType::MYSQL_TYPE_INT24 && !self.unsigned {
+            // mysql_common reads a signed MEDIUMINT without extending its sign.
+            let bytes = buf.checked_eat(3).ok_or("a MEDIUMINT that ends early")?;
+            let value = i32::from_le_bytes([0, bytes[0], bytes[1], bytes[2]]) >> 8;
+            return kyma_value(&self.reading, Value::Int(i64::from(value)));
+        }
         // The value borrows from both the metadata and the row, so it is read from a view of
         // the row with their common lifetime, and the row then skips what it consumed.
         let mut view = ParseBuf(buf.0);

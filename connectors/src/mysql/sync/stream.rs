@@ -22,9 +22,11 @@
 //! # Schema changes
 //!
 //! A DDL statement naming a table in scope is a checkpoint: the tables' definitions are read
-//! again and compared with what the stream knew. Added columns → `Relation` (the kyma table
-//! widens); `TRUNCATE` → `Truncate`; anything else (a retyped, dropped, renamed or moved
-//! column) → `Resnapshot`, so the table is copied again rather than decoded wrongly. A
+//! again and compared with what the stream knew. Columns added at the end that are NULL in
+//! the existing rows → `Relation` (the kyma table widens); `TRUNCATE` → `Truncate`; anything
+//! else (a retyped, dropped, renamed or moved column, or one added with a default: changes
+//! that rewrite existing rows without row events) → `Resnapshot`, so the table is copied
+//! again rather than left different from the source or decoded wrongly. A
 //! TABLE_MAP whose layout disagrees with the definition also leads to `Resnapshot` (see
 //! [`super::decode`]). The statement is kept until it has been handled, so a `next` that
 //! is cancelled while re-reading definitions handles it again on the next call.
@@ -329,9 +331,21 @@ impl MyChangeStream {
         if before == now {
             return;
         }
-        let kept = before.len() <= now.len() && before.iter().zip(now).all(|(b, n)| b == n);
+        // Only columns added at the end, NULL in every existing row, can be followed: any
+        // other change may have rewritten existing rows, which the binlog does not carry.
+        let kept = before.len() <= now.len()
+            && before.iter().zip(now).all(|(b, n)| b == n)
+            && now[before.len()..]
+                .iter()
+                .all(|(c, _)| !c.fills_existing_rows);
         let changed = before.iter().zip(now).find(|(b, n)| b != n).map_or_else(
-            || "columns were removed".to_owned(),
+            || match now.get(before.len()) {
+                Some((added, _)) => format!(
+                    "column `{}` was added with a value for the existing rows",
+                    added.name
+                ),
+                None => "columns were removed".to_owned(),
+            },
             |(b, n)| {
                 format!(
                     "column `{}` ({}) became `{}` ({})",
