@@ -366,6 +366,15 @@ pub struct MariaDb {
 impl MariaDb {
     /// Installs a fresh data directory and starts the server on a free loopback port.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::start_with_binlog(true)
+    }
+
+    /// As [`MariaDb::start`], without a binary log (for tests of what needs one).
+    pub fn start_without_binlog() -> Result<Self, HarnessError> {
+        Self::start_with_binlog(false)
+    }
+
+    fn start_with_binlog(binlog: bool) -> Result<Self, HarnessError> {
         let mariadbd = require("mariadbd", "Debian package mariadb-server")?;
         let install_db = require("mariadb-install-db", "Debian package mariadb-server")?;
         let run_as = service_user("mysql")?;
@@ -381,6 +390,11 @@ impl MariaDb {
         )?;
         let port = free_port()?;
         let socket = dir.join("mysqld.sock");
+        let log_bin = if binlog {
+            format!("--log-bin={}", dir.join("binlog").display())
+        } else {
+            "--skip-log-bin".into()
+        };
         let args = vec![
             "--no-defaults".into(),
             format!("--datadir={}", data.display()),
@@ -388,7 +402,7 @@ impl MariaDb {
             "--bind-address=127.0.0.1".into(),
             format!("--socket={}", socket.display()),
             format!("--pid-file={}", dir.join("mysqld.pid").display()),
-            format!("--log-bin={}", dir.join("binlog").display()),
+            log_bin,
             "--server-id=1".into(),
             "--binlog-format=ROW".into(),
             "--binlog-row-image=FULL".into(),
