@@ -20,7 +20,9 @@ fn spec(url: &str, secret_ref: Option<&str>) -> ConnectorSpec {
 }
 
 async fn preflight(url: &str, secrets: &SecretResolver) -> Result<(), ConnectorError> {
-    MyChangeSource::new(&spec(url, None), secrets).preflight().await
+    MyChangeSource::new(&spec(url, None), secrets)
+        .preflight()
+        .await
 }
 
 /// Asserts that `result` is a definite refusal naming `field`, whose reason contains `says`.
@@ -44,8 +46,18 @@ async fn preflight_refuses_each_setting_sync_cannot_work_with_by_name() {
         .expect("the harness server is fit for sync");
 
     let wrong = [
-        ("binlog_format", "'STATEMENT'", "'ROW'", "set binlog_format=ROW"),
-        ("binlog_row_image", "'MINIMAL'", "'FULL'", "set binlog_row_image=FULL"),
+        (
+            "binlog_format",
+            "'STATEMENT'",
+            "'ROW'",
+            "set binlog_format=ROW",
+        ),
+        (
+            "binlog_row_image",
+            "'MINIMAL'",
+            "'FULL'",
+            "set binlog_row_image=FULL",
+        ),
         ("gtid_strict_mode", "OFF", "ON", "set gtid_strict_mode=ON"),
         ("log_bin_compress", "ON", "OFF", "set log_bin_compress=OFF"),
     ];
@@ -126,7 +138,11 @@ async fn registration_names_the_field_for_a_wrong_password_database_or_host() {
         .probe(&spec(&server.url("mysql"), Some("wrong_pw")), &secrets)
         .await
         .expect_err("a wrong password");
-    assert_eq!(wrong_password.field(), Some("connection.secret_ref"), "{wrong_password}");
+    assert_eq!(
+        wrong_password.field(),
+        Some("connection.secret_ref"),
+        "{wrong_password}"
+    );
     assert!(!wrong_password.to_string().contains("not-the-password"));
 
     let no_database = kind
@@ -134,11 +150,17 @@ async fn registration_names_the_field_for_a_wrong_password_database_or_host() {
         .await
         .expect_err("an unknown database");
     assert_eq!(no_database.field(), Some("connection.url"), "{no_database}");
-    assert!(no_database.to_string().contains("no_such_db"), "{no_database}");
+    assert!(
+        no_database.to_string().contains("no_such_db"),
+        "{no_database}"
+    );
 
     let port = kyma_test_harness::free_port().expect("a free port");
     let unreachable = kind
-        .probe(&spec(&format!("mysql://root@127.0.0.1:{port}/shop"), None), &secrets)
+        .probe(
+            &spec(&format!("mysql://root@127.0.0.1:{port}/shop"), None),
+            &secrets,
+        )
         .await
         .expect_err("nothing listens");
     assert!(unreachable.is_retryable(), "{unreachable}");
