@@ -300,8 +300,9 @@ impl MyChangeStream {
             let now = read_layouts(&mut conn, &self.spec.scope).await?;
             let _ = conn.disconnect().await;
             self.begin();
+            let kind = DdlKind::of(&lower);
             for table in named {
-                self.compare(&table, now.get(&table), lower.starts_with("truncate"));
+                self.compare(&table, now.get(&table), kind);
             }
             for (table, layout) in now {
                 self.layouts.entry(table).or_insert(layout);
@@ -314,8 +315,8 @@ impl MyChangeStream {
     }
 
     /// What a schema change did to `table`, whose definition is now `now`.
-    fn compare(&mut self, table: &TableId, now: Option<&Layout>, truncated: bool) {
-        if truncated {
+    fn compare(&mut self, table: &TableId, now: Option<&Layout>, kind: DdlKind) {
+        if kind == DdlKind::Truncate {
             self.queue.push_back(SourceEvent::Truncate {
                 tables: vec![table.clone()],
             });
@@ -325,6 +326,16 @@ impl MyChangeStream {
             self.layouts.remove(table);
             return;
         };
+        if kind == DdlKind::Rename {
+            // Another table may have been renamed into its name (gh-ost, pt-osc swaps): its
+            // rows never passed through the binlog as this table's.
+            self.layouts.insert(table.clone(), now.clone());
+            self.queue.push_back(SourceEvent::Resnapshot {
+                tables: vec![table.clone()],
+                reason: "a RENAME touched the table (it may now be another table)".into(),
+            });
+            return;
+        }
         let Some(before) = self.layouts.get(table) else {
             return;
         };
@@ -364,6 +375,29 @@ impl MyChangeStream {
                 tables: vec![table.clone()],
                 reason: format!("a schema change kyma cannot follow row by row: {changed}"),
             });
+        }
+    }
+}
+
+/// What a DDL statement does, as far as the stream must know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DdlKind {
+    /// `TRUNCATE`: the table is emptied.
+    Truncate,
+    /// A `RENAME` (of a table or a column): the name may now be another table's.
+    Rename,
+    /// Anything else: compare the definitions.
+    Other,
+}
+
+impl DdlKind {
+    fn of(lower: &str) -> Self {
+        if lower.starts_with("truncate") {
+            DdlKind::Truncate
+        } else if lower.starts_with("rename") || lower.contains(" rename ") {
+            DdlKind::Rename
+        } else {
+            DdlKind::Other
         }
     }
 }
