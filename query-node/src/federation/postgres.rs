@@ -25,7 +25,7 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr::{Like, ScalarFunction};
 use datafusion::logical_expr::{Expr, ExprSchemable, JoinType, Operator};
 use datafusion::sql::sqlparser::dialect::{
     Dialect as ParserDialect, PostgreSqlDialect as PgParserDialect,
@@ -153,6 +153,7 @@ fn column_semantics(column: &SourceColumn, ty: KymaType) -> Semantics {
             eq: column.deterministic,
             order: column.deterministic && types::sorts_bytewise(&column.collation),
             collation: Some(column.collation.clone().into()),
+            note: None,
         },
         KymaType::Dynamic | KymaType::Vector(_) => Semantics::OPAQUE,
     }
@@ -219,8 +220,8 @@ impl Capabilities for PgCapabilities {
         }
     }
 
-    fn like(&self, case_insensitive: bool) -> Result<(), String> {
-        if case_insensitive {
+    fn like(&self, like: &Like) -> Result<(), String> {
+        if like.case_insensitive {
             return Err(
                 "ILIKE is not pushed: Postgres folds case by the collation's locale, DataFusion by Unicode"
                     .into(),
