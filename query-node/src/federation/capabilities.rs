@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::logical_expr::expr::{AggregateFunction, Case, Cast, Like, ScalarFunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, Operator};
@@ -256,8 +257,24 @@ fn compared<'e>(
     Ok(Semantics::COMPARABLE)
 }
 
+/// The type of `expr` over the scope's schema; its columns may be qualified where the
+/// schema's are not (a table's filters), as [`Scope::column`] allows.
 fn type_of(expr: &Expr, scope: &Scope<'_>) -> Result<DataType, String> {
-    expr.get_type(scope.schema).map_err(|e| e.to_string())
+    expr.get_type(scope.schema).or_else(|e| {
+        let unqualified = expr
+            .clone()
+            .transform(|e| match e {
+                Expr::Column(column) => Ok(Transformed::yes(Expr::Column(
+                    Column::new_unqualified(column.name),
+                ))),
+                other => Ok(Transformed::no(other)),
+            })
+            .map_err(|_| e.to_string())?
+            .data;
+        unqualified
+            .get_type(scope.schema)
+            .map_err(|_| e.to_string())
+    })
 }
 
 /// `Err` unless the source compares `left` (of `left_type`) with `right` as DataFusion does.
@@ -322,10 +339,7 @@ fn check_like(like: &Like, scope: &Scope<'_>) -> Result<Semantics, String> {
 
 fn check_cast(cast: &Cast, scope: &Scope<'_>) -> Result<Semantics, String> {
     let inner = check_expr(&cast.expr, scope)?;
-    let from = cast
-        .expr
-        .get_type(scope.schema)
-        .map_err(|e| e.to_string())?;
+    let from = type_of(&cast.expr, scope)?;
     let to = cast.field.data_type();
     if scope.capabilities.cast(&from, to) {
         Ok(inner)

@@ -15,11 +15,11 @@
 //! - **Capabilities** ([`MyCapabilities`]): comparisons and AND/OR/NOT, IS NULL, IN, BETWEEN
 //!   on operands of one type (MySQL compares `'abc' = 0` as numbers, and true); LIKE
 //!   without a backslash in the pattern (the escape rules differ); COALESCE; integer casts
-//!   that widen; COUNT, MIN/MAX, SUM of int and double, AVG of double; inner and one-sided
+//!   that widen; COUNT, MIN/MAX, SUM of integers and doubles, AVG of double; inner and one-sided
 //!   outer joins. Not pushed: arithmetic (`/` gives decimals and `x/0` NULL, `%` by zero
 //!   NULL, overflow ERROR 1690), `||` (OR in MySQL), CONCAT (NULL-strict in MySQL),
-//!   LOWER/UPPER/ILIKE, SUM of long (an exact DECIMAL at MySQL), AVG of integers (a DECIMAL
-//!   with four digits).
+//!   LOWER/UPPER/ILIKE, AVG of integers (a DECIMAL with four digits; DataFusion averages a
+//!   double cast, which is pushed).
 //! - **SQL**: DataFusion's MySQL unparser ([`MyUnparser`]) with timestamp literals as
 //!   microsecond `DATETIME(6)` literals in UTC; ORDER BY spells out the NULL order
 //!   (`x IS NULL, x`) since MySQL sorts NULLs first ascending and the unparser drops
@@ -475,12 +475,19 @@ impl Capabilities for MyCapabilities {
         match (name, types) {
             ("count", _) => Ok(AggregateResult::Comparable),
             ("min" | "max", _) => Ok(AggregateResult::Ordered),
-            ("sum", [DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Float64]) => {
-                Ok(AggregateResult::Comparable)
-            }
-            ("sum", [DataType::Int64]) => {
-                not_pushed("MySQL sums exactly in DECIMAL where DataFusion's 64-bit sum overflows")
-            }
+            // MySQL sums integers exactly in DECIMAL, read back as a long: the same answer
+            // wherever DataFusion's 64-bit sum does not overflow (and an error, never a
+            // wrapped value, where it would).
+            (
+                "sum",
+                [
+                    DataType::Int8
+                    | DataType::Int16
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::Float64,
+                ],
+            ) => Ok(AggregateResult::Comparable),
             ("avg", [DataType::Float64]) => Ok(AggregateResult::Comparable),
             ("avg", [DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64]) => {
                 not_pushed(
@@ -683,7 +690,8 @@ mod tests {
         assert!(ok("sum", DataType::Int32));
         assert!(ok("sum", DataType::Float64));
         assert!(ok("avg", DataType::Float64));
-        assert!(!ok("sum", DataType::Int64));
+        assert!(ok("sum", DataType::Int64));
+        assert!(!ok("sum", DataType::Utf8));
         assert!(!ok("avg", DataType::Int32));
         assert!(!MyCapabilities.join(JoinType::Full));
     }
