@@ -186,35 +186,21 @@ impl SqlExecutor for MyExecutor {
         let mut conn = self.pool.get().await?;
         let catalog = types::read_catalog(&mut conn, &spec.scope.include_schemas).await?;
         drop(conn);
-        let mut tables: Vec<SqlTable> = Vec::new();
-        for column in catalog.columns {
-            if !spec.scope.covers(&column.schema, &column.table) {
-                continue;
-            }
-            let typed = typed_column(spec, &column);
-            match tables.last_mut() {
-                Some(t) if t.schema == column.schema && t.table == column.table => {
-                    t.columns.push(typed);
-                }
-                _ => tables.push(SqlTable {
-                    schema: column.schema,
-                    table: column.table,
-                    columns: vec![typed],
+        Ok(SqlTable::grouped(
+            catalog
+                .columns
+                .into_iter()
+                .filter(|c| spec.scope.covers(&c.schema, &c.table))
+                .map(|c| {
+                    let typed = typed_column(spec, &c);
+                    (c.schema, c.table, typed)
                 }),
-            }
-        }
-        Ok(tables)
+        ))
     }
 
     fn execute(&self, sql: String, output: QueryOutput) -> RecordBatches {
-        let QueryOutput {
-            schema,
-            batch_rows,
-            received,
-        } = output;
-        query::run_query(self.pool.clone(), sql, schema, batch_rows, move |bytes| {
-            received.add(bytes)
-        })
+        let (schema, batch_rows, received) = output.into_parts();
+        query::run_query(self.pool.clone(), sql, schema, batch_rows, received)
     }
 }
 

@@ -93,35 +93,20 @@ impl SqlExecutor for PgExecutor {
         let client = self.pool.get().await?;
         let columns = types::source_columns(&client, &spec.scope.include_schemas).await?;
         drop(client);
-        let mut tables: Vec<SqlTable> = Vec::new();
-        for column in columns {
-            if !spec.scope.covers(&column.schema, &column.table) {
-                continue;
-            }
-            let typed = typed_column(spec, &column);
-            match tables.last_mut() {
-                Some(t) if t.schema == column.schema && t.table == column.table => {
-                    t.columns.push(typed);
-                }
-                _ => tables.push(SqlTable {
-                    schema: column.schema,
-                    table: column.table,
-                    columns: vec![typed],
+        Ok(SqlTable::grouped(
+            columns
+                .into_iter()
+                .filter(|c| spec.scope.covers(&c.schema, &c.table))
+                .map(|c| {
+                    let typed = typed_column(spec, &c);
+                    (c.schema, c.table, typed)
                 }),
-            }
-        }
-        Ok(tables)
+        ))
     }
 
     fn execute(&self, sql: String, output: QueryOutput) -> RecordBatches {
-        let QueryOutput {
-            schema,
-            batch_rows,
-            received,
-        } = output;
-        query::copy_query(self.pool.clone(), sql, schema, batch_rows, move |bytes| {
-            received.add(bytes)
-        })
+        let (schema, batch_rows, received) = output.into_parts();
+        query::copy_query(self.pool.clone(), sql, schema, batch_rows, received)
     }
 }
 

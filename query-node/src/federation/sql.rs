@@ -94,6 +94,25 @@ pub struct SqlTable {
     pub columns: Vec<SqlColumn>,
 }
 
+impl SqlTable {
+    /// The tables of `columns`, each given with its schema and table, in table order:
+    /// consecutive columns of one table make one table.
+    pub fn grouped(columns: impl IntoIterator<Item = (String, String, SqlColumn)>) -> Vec<Self> {
+        let mut tables: Vec<Self> = Vec::new();
+        for (schema, table, column) in columns {
+            match tables.last_mut() {
+                Some(t) if t.schema == schema && t.table == table => t.columns.push(column),
+                _ => tables.push(Self {
+                    schema,
+                    table,
+                    columns: vec![column],
+                }),
+            }
+        }
+        tables
+    }
+}
+
 /// A column and the SQL that reads it as its kyma type.
 #[derive(Debug, Clone)]
 pub struct SqlColumn {
