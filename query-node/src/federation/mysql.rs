@@ -186,16 +186,11 @@ impl SqlExecutor for MyExecutor {
         let mut conn = self.pool.get().await?;
         let catalog = types::read_catalog(&mut conn, &spec.scope.include_schemas).await?;
         drop(conn);
-        Ok(SqlTable::grouped(
-            catalog
-                .columns
-                .into_iter()
-                .filter(|c| spec.scope.covers(&c.schema, &c.table))
-                .map(|c| {
-                    let typed = typed_column(spec, &c);
-                    (c.schema, c.table, typed)
-                }),
-        ))
+        let placed = catalog
+            .columns
+            .into_iter()
+            .map(|c| (c.schema.clone(), c.table.clone(), c));
+        Ok(SqlTable::in_scope(spec, placed, typed_column))
     }
 
     fn execute(&self, sql: String, output: QueryOutput) -> RecordBatches {

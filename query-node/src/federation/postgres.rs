@@ -93,15 +93,10 @@ impl SqlExecutor for PgExecutor {
         let client = self.pool.get().await?;
         let columns = types::source_columns(&client, &spec.scope.include_schemas).await?;
         drop(client);
-        Ok(SqlTable::grouped(
-            columns
-                .into_iter()
-                .filter(|c| spec.scope.covers(&c.schema, &c.table))
-                .map(|c| {
-                    let typed = typed_column(spec, &c);
-                    (c.schema, c.table, typed)
-                }),
-        ))
+        let placed = columns
+            .into_iter()
+            .map(|c| (c.schema.clone(), c.table.clone(), c));
+        Ok(SqlTable::in_scope(spec, placed, typed_column))
     }
 
     fn execute(&self, sql: String, output: QueryOutput) -> RecordBatches {

@@ -95,11 +95,19 @@ pub struct SqlTable {
 }
 
 impl SqlTable {
-    /// The tables of `columns`, each given with its schema and table, in table order:
-    /// consecutive columns of one table make one table.
-    pub fn grouped(columns: impl IntoIterator<Item = (String, String, SqlColumn)>) -> Vec<Self> {
+    /// The tables of `columns` (each with its schema and table, in table order) that the
+    /// scope of `spec` covers, each column read as `typed` says.
+    pub fn in_scope<C>(
+        spec: &ConnectorSpec,
+        columns: impl IntoIterator<Item = (String, String, C)>,
+        typed: impl Fn(&ConnectorSpec, &C) -> SqlColumn,
+    ) -> Vec<Self> {
         let mut tables: Vec<Self> = Vec::new();
         for (schema, table, column) in columns {
+            if !spec.scope.covers(&schema, &table) {
+                continue;
+            }
+            let column = typed(spec, &column);
             match tables.last_mut() {
                 Some(t) if t.schema == schema && t.table == table => t.columns.push(column),
                 _ => tables.push(Self {
