@@ -354,10 +354,10 @@ const CORPUS: &[Case] = &[
         &[NotPushed("filter", "PAD SPACE"), SqlLacks("WHERE")],
     ),
     trap(
-        "SELECT id, name FROM my.{db}.users WHERE name = 'bob7 '",
-        "SELECT id, name FROM users WHERE BINARY name = 'bob7 '",
+        "SELECT id, name FROM my.{db}.users WHERE name IN ('émile29', 'carol58 ')",
+        "SELECT id, name FROM users WHERE BINARY name IN ('émile29', 'carol58 ')",
         false,
-        &[Pushed("filter", "bob7"), SqlHas("'bob7 '")],
+        &[Pushed("filter", "carol58"), SqlHas("'carol58 '")],
     ),
     // An enum sorts by declaration index at MySQL.
     trap(
@@ -398,6 +398,24 @@ const CORPUS: &[Case] = &[
             NotPushed("aggregate", "collation"),
             Pushed("filter", "id < 100"),
         ],
+    ),
+    trap(
+        "SELECT age, count(*) FROM my.{db}.users GROUP BY age ORDER BY age DESC LIMIT 3",
+        "SELECT age, count(*) FROM users GROUP BY age ORDER BY age IS NULL DESC, age DESC LIMIT 3",
+        true,
+        &[
+            Pushed("aggregate", "GROUP BY"),
+            Pushed("order", "age DESC"),
+            Scans(1),
+        ],
+    ),
+    trap(
+        "SELECT u.id, o.amount FROM my.{db}.users u LEFT JOIN my.{db}.orders o ON u.id = o.user_id \
+         ORDER BY o.amount, u.id LIMIT 5",
+        "SELECT u.id, o.amount FROM users u LEFT JOIN orders o ON u.id = o.user_id \
+         ORDER BY o.amount IS NULL, o.amount, u.id LIMIT 5",
+        true,
+        &[Pushed("join", "Left"), Pushed("order", "amount"), Scans(1)],
     ),
     // Arithmetic: `/` gives decimals, x/0 NULL, `%` by zero NULL, overflow an error.
     trap(

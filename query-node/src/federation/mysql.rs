@@ -310,6 +310,10 @@ fn family(ty: &DataType) -> Family {
     }
 }
 
+/// The longest double literal pushed, written out (MySQL's DECIMAL literals hold 65 digits,
+/// 30 after the point).
+const MAX_FLOAT_DIGITS: usize = 24;
+
 /// The oldest and newest years a MySQL `DATETIME` holds.
 const DATETIME_YEARS: std::ops::RangeInclusive<i32> = 1000..=9999;
 
@@ -364,7 +368,13 @@ impl Capabilities for MyCapabilities {
                     )),
                 }
             }
-            ScalarValue::Float64(v) if v.is_none_or(|v| v.is_finite()) => Ok(()),
+            // Written out in full (the unparser never uses an exponent), MySQL reads it as an
+            // exact DECIMAL and compares it as the nearest double: only short ones.
+            ScalarValue::Float64(v)
+                if v.is_none_or(|v| v.is_finite() && v.to_string().len() <= MAX_FLOAT_DIGITS) =>
+            {
+                Ok(())
+            }
             ScalarValue::Utf8(v) | ScalarValue::Utf8View(v) | ScalarValue::LargeUtf8(v)
                 if v.as_deref().is_none_or(|s| !s.contains('\0')) =>
             {
@@ -595,6 +605,7 @@ mod tests {
                 Some("UTC".into()),
             ))),
             col("big").is_null().or(col("score").lt_eq(lit(2.5))),
+            col("score").gt(lit(-1234567.125)),
         ];
         for filter in pushed {
             assert_eq!(
@@ -657,6 +668,8 @@ mod tests {
                 "utf8mb4_nopad_bin",
                 "cast",
             ),
+            (col("score").gt(lit(1e-300)), "utf8mb4_nopad_bin", "literal"),
+            (col("score").gt(lit(1e300)), "utf8mb4_nopad_bin", "literal"),
         ];
         for (filter, collation, reason) in refused {
             let error = check(filter.clone(), collation).expect_err(&filter.to_string());
