@@ -201,6 +201,11 @@ const CORPUS: &[Case] = &[
         &[Pushed("filter", "created_at"), SqlHas("DATETIME(6)")],
     ),
     plain(
+        "SELECT u.id FROM my.{db}.users u WHERE CAST(u.age AS DOUBLE) > 40.5",
+        false,
+        &[Pushed("filter", "age > 40.5"), SqlHas("AS DOUBLE"), Scans(1)],
+    ),
+    plain(
         "SELECT id, coalesce(age, -1) FROM my.{db}.users WHERE age IS NULL OR age < 20",
         false,
         &[Pushed("projection", "coalesce"), SqlHas("CASE WHEN")],
@@ -516,7 +521,10 @@ const CORPUS: &[Case] = &[
         "SELECT id, big FROM my.{db}.users WHERE big = '18446744073709551615'",
         "SELECT id, big FROM users WHERE big = 18446744073709551615",
         false,
-        &[NotPushed("filter", "bigint unsigned")],
+        &[NotPushed(
+            "filter",
+            "bigint unsigned that kyma reads as text",
+        )],
     ),
     // tinyint(1) holding 2 is true.
     trap(

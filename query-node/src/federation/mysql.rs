@@ -220,7 +220,7 @@ fn typed_column(spec: &ConnectorSpec, column: &SourceColumn) -> SqlColumn {
 /// What the source may compare or sort on a column read through its typed relation.
 fn column_semantics(column: &SourceColumn, reading: &Reading) -> Semantics {
     let opaque = |what: &str| Semantics {
-        note: Some(format!("{what} at the source").into()),
+        note: Some(what.into()),
         ..Semantics::OPAQUE
     };
     match reading {
@@ -253,10 +253,10 @@ fn column_semantics(column: &SourceColumn, reading: &Reading) -> Semantics {
             }
         }
         Reading::Set(_) => opaque("a set, which MySQL compares as a bitmask of its members"),
-        Reading::UnsignedText => opaque("a bigint unsigned read as text"),
-        Reading::DecimalText => opaque("a decimal read as text"),
-        Reading::Bytes { .. } => opaque("binary data read as base64"),
-        Reading::Geometry => opaque("a spatial value read as WKT"),
+        Reading::UnsignedText => opaque("a bigint unsigned that kyma reads as text"),
+        Reading::DecimalText => opaque("a decimal that kyma reads as text"),
+        Reading::Bytes { .. } => opaque("binary data that kyma reads as base64"),
+        Reading::Geometry => opaque("a spatial value that kyma reads as WKT"),
         Reading::Bits | Reading::Json | Reading::JsonOrInteger | Reading::Unmapped => {
             Semantics::OPAQUE
         }
@@ -329,7 +329,7 @@ impl Capabilities for MyCapabilities {
             | Operator::And
             | Operator::Or => Ok(()),
             Operator::Divide => Err(
-                "operator `/` is not pushed: MySQL divides integers into a DECIMAL (5/2 = 2.5000, DataFusion 2) and x/0 is NULL there"
+                "operator `/` is not pushed: MySQL divides integers into a DECIMAL (5/2 = 2.5000, DataFusion 2) and x/0 is NULL there (DataFusion: an error, or infinity for doubles)"
                     .into(),
             ),
             Operator::Modulo => Err(
