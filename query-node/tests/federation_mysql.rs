@@ -10,9 +10,9 @@ mod common;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use common::corpus::Expect::{NotPushed, Pushed, Scans, SqlHas, SqlLacks};
 use common::corpus::{
-    Cell, Expect, cell, check_summary, compare_answers, kyma_rows, register, run_kyma,
+    Cell, Expect, cell, check_summary, compare_answers, kyma_rows, register, run_kyma, strings,
 };
-use common::{admin_client, client, federation_connector, secrets_dir, standalone};
+use common::{admin_client, client, federation_connector, query, secrets_dir, standalone};
 use kyma_query_node::GrpcOptions;
 use kyma_query_node::admin_grpc::proto::CreateConnectorRequest;
 use kyma_test_harness::{MariaDb, unique_name};
@@ -203,7 +203,11 @@ const CORPUS: &[Case] = &[
     plain(
         "SELECT u.id FROM my.{db}.users u WHERE CAST(u.age AS DOUBLE) > 40.5",
         false,
-        &[Pushed("filter", "age > 40.5"), SqlHas("AS DOUBLE"), Scans(1)],
+        &[
+            Pushed("filter", "age > 40.5"),
+            SqlHas("AS DOUBLE"),
+            Scans(1),
+        ],
     ),
     plain(
         "SELECT id, coalesce(age, -1) FROM my.{db}.users WHERE age IS NULL OR age < 20",
@@ -646,6 +650,28 @@ async fn corpus_matches_mariadb_with_binary_semantics_and_the_promised_pushdown(
         failures.len(),
         CORPUS.len(),
         failures.join("\n\n")
+    );
+
+    // EXPLAIN shows the one source query of a pushed join, in MySQL's spelling.
+    let explain = query(
+        &mut flight,
+        &format!(
+            "EXPLAIN SELECT u.name, o.amount FROM my.{db}.users u JOIN my.{db}.orders o \
+             ON u.id = o.user_id WHERE o.amount > 400 ORDER BY o.amount DESC LIMIT 3"
+        ),
+    )
+    .await
+    .expect("explain");
+    let plans = strings(&explain, 1);
+    let scans: Vec<&String> = plans
+        .iter()
+        .filter(|plan| plan.contains("FederatedScan: source=my sql="))
+        .collect();
+    assert_eq!(scans.len(), 1, "{plans:?}");
+    assert!(
+        scans[0].contains("INNER JOIN") && scans[0].contains("`o`.`amount` IS NULL"),
+        "{}",
+        scans[0]
     );
 }
 
