@@ -78,11 +78,8 @@ struct Case {
 /// A query MariaDB answers as kyma must, as written.
 const fn plain(kyma: &'static str, ordered: bool, expect: &'static [Expect]) -> Case {
     Case {
-        kyma,
         reference: None,
-        ordered,
-        trap: false,
-        expect,
+        ..spelled(kyma, "", ordered, expect)
     }
 }
 
@@ -110,11 +107,8 @@ const fn trap(
     expect: &'static [Expect],
 ) -> Case {
     Case {
-        kyma,
-        reference: Some(reference),
-        ordered,
         trap: true,
-        expect,
+        ..spelled(kyma, reference, ordered, expect)
     }
 }
 
