@@ -9,13 +9,15 @@ use std::sync::Arc;
 use arrow::array::{Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field};
 use arrow_flight::sql::client::FlightSqlServiceClient;
+use common::corpus::Expect::{NotPushed, Pushed, Scans, SqlHas, SqlLacks};
+use common::corpus::{
+    Cell, Expect, cell, check_summary, compare_answers, eventually, kyma_rows, run_kyma, strings,
+};
 use common::{
     admin_client, client, fetch, ingest, query, schema, standalone, standalone_with_pushdown,
 };
 use kyma_query_node::GrpcOptions;
-use kyma_query_node::admin_grpc::proto::{
-    CreateConnectorRequest, DeleteConnectorRequest, GetConnectorRequest,
-};
+use kyma_query_node::admin_grpc::proto::{DeleteConnectorRequest, GetConnectorRequest};
 use kyma_test_harness::{Postgres, unique_name};
 use serde_json::Value;
 use tonic::transport::Channel;
@@ -94,22 +96,9 @@ fn otel_logs() -> RecordBatch {
     .expect("batch")
 }
 
-/// What a query's summary must show.
-#[derive(Debug, Clone, Copy)]
-enum Expect {
-    /// A pushed part whose detail contains the text.
-    Pushed(&'static str, &'static str),
-    /// A part kept in kyma whose reason contains the text.
-    NotPushed(&'static str, &'static str),
-    /// Some source SQL contains the text.
-    SqlHas(&'static str),
-    /// No source SQL contains the text.
-    SqlLacks(&'static str),
-    /// This many source queries.
-    Scans(usize),
+async fn register(node: &common::ServedNode, name: &str, url: String) {
+    common::corpus::register(node, common::pg_connector(name, url, "disable")).await;
 }
-
-use Expect::{NotPushed, Pushed, Scans, SqlHas, SqlLacks};
 
 /// One corpus query: kyma's SQL, Postgres' SQL when it must differ in names only, whether
 /// the row order is part of the answer, and the summary's expectations.
@@ -472,69 +461,6 @@ const CORPUS: &[Case] = &[
     ),
 ];
 
-/// One cell as comparable text: numbers compare by value, timestamps by instant, booleans
-/// by truth.
-#[derive(Debug, Clone, PartialEq, PartialOrd)]
-enum Cell {
-    Null,
-    Number(f64),
-    Text(String),
-}
-
-fn cell(text: Option<&str>) -> Cell {
-    let Some(text) = text else {
-        return Cell::Null;
-    };
-    match text {
-        "t" | "true" => return Cell::Text("true".into()),
-        "f" | "false" => return Cell::Text("false".into()),
-        _ => {}
-    }
-    if let Ok(n) = text.parse::<f64>() {
-        return Cell::Number(n);
-    }
-    if text.len() >= 19
-        && text.as_bytes()[4] == b'-'
-        && let Ok(nanos) = arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(
-            &text.replace("+00", "Z").replace("ZZ", "Z"),
-        )
-    {
-        return Cell::Number(nanos as f64);
-    }
-    Cell::Text(text.to_owned())
-}
-
-fn same(a: &Cell, b: &Cell) -> bool {
-    match (a, b) {
-        (Cell::Number(x), Cell::Number(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
-        _ => a == b,
-    }
-}
-
-fn kyma_rows(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
-    let mut rows = Vec::new();
-    for batch in batches {
-        for row in 0..batch.num_rows() {
-            rows.push(
-                batch
-                    .columns()
-                    .iter()
-                    .map(|c| {
-                        if c.is_null(row) {
-                            Cell::Null
-                        } else {
-                            let text = arrow::util::display::array_value_to_string(c, row)
-                                .expect("displayable");
-                            cell(Some(&text))
-                        }
-                    })
-                    .collect(),
-            );
-        }
-    }
-    rows
-}
-
 /// Postgres' own answer to `sql` on `db` (in a UTC session).
 fn postgres_rows(pg: &Postgres, db: &str, sql: &str) -> Vec<Vec<Cell>> {
     pg.rows(db, sql)
@@ -542,93 +468,6 @@ fn postgres_rows(pg: &Postgres, db: &str, sql: &str) -> Vec<Vec<Cell>> {
         .iter()
         .map(|row| row.iter().map(|c| cell(c.as_deref())).collect())
         .collect()
-}
-
-fn sorted(mut rows: Vec<Vec<Cell>>) -> Vec<Vec<Cell>> {
-    rows.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    rows
-}
-
-/// The `pushdown_summary` of a FlightInfo.
-fn summary_of(info: &arrow_flight::FlightInfo) -> Vec<Value> {
-    let metadata: Value = serde_json::from_slice(&info.app_metadata).expect("app_metadata is JSON");
-    assert!(metadata["query_id"].is_string(), "{metadata}");
-    metadata["pushdown_summary"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn check_summary(sql: &str, summary: &[Value], expect: &[Expect], failures: &mut Vec<String>) {
-    let parts = |key: &str| -> Vec<(String, String)> {
-        summary
-            .iter()
-            .flat_map(|s| s[key].as_array().cloned().unwrap_or_default())
-            .map(|p| {
-                let text = if key == "pushed" {
-                    &p["detail"]
-                } else {
-                    &p["reason"]
-                };
-                (
-                    p["part"].as_str().unwrap_or_default().to_owned(),
-                    text.as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
-    };
-    let sqls: Vec<&str> = summary.iter().filter_map(|s| s["sql"].as_str()).collect();
-    let shown = serde_json::to_string_pretty(summary).unwrap_or_default();
-    for expectation in expect {
-        let ok = match *expectation {
-            Pushed(part, text) => parts("pushed")
-                .iter()
-                .any(|(p, d)| p == part && d.contains(text)),
-            NotPushed(part, text) => parts("not_pushed")
-                .iter()
-                .any(|(p, r)| p == part && r.contains(text)),
-            SqlHas(text) => sqls.iter().any(|s| s.contains(text)),
-            SqlLacks(text) => sqls.iter().all(|s| !s.contains(text)),
-            Scans(n) => summary.len() == n,
-        };
-        if !ok {
-            failures.push(format!("{sql}: expected {expectation:?} in\n{shown}"));
-        }
-    }
-}
-
-async fn register(node: &common::ServedNode, name: &str, url: String) {
-    let mut admin = admin_client(node).await;
-    admin
-        .create_connector(CreateConnectorRequest {
-            spec: Some(common::pg_connector(name, url, "disable")),
-        })
-        .await
-        .expect("connector registered");
-    // The node learns of the connector through the catalog watch.
-    let engine = node.node.engine().clone();
-    eventually("the connector's catalog on the node", async || {
-        engine.session().catalog(name).is_some()
-    })
-    .await;
-}
-
-async fn run_kyma(
-    flight: &mut FlightSqlServiceClient<Channel>,
-    sql: &str,
-) -> Result<(Vec<RecordBatch>, Vec<Value>), String> {
-    let info = flight
-        .execute(sql.to_owned(), None)
-        .await
-        .map_err(|e| format!("kyma refused {sql}: {e}"))?;
-    let summary = summary_of(&info);
-    let batches = fetch(flight, info).await.map_err(|e| {
-        format!(
-            "kyma failed {sql}: {e}\n{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        )
-    })?;
-    Ok((batches, summary))
 }
 
 /// Runs `case` on kyma and on Postgres (database `db`); records every difference in the
@@ -648,28 +487,14 @@ async fn check_case(
         }
     };
     let expected = postgres_rows(pg, db, case.postgres.unwrap_or(&strip_catalogs(case.kyma)));
-    let got = kyma_rows(&batches);
-    let (got, expected) = if case.ordered {
-        (got, expected)
-    } else {
-        (sorted(got), sorted(expected))
-    };
-    let equal = got.len() == expected.len()
-        && got
-            .iter()
-            .zip(&expected)
-            .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)));
-    if !equal {
-        failures.push(format!(
-            "{}: kyma returned {} rows, Postgres {}\nkyma: {:?}\npostgres: {:?}\nsummary: {}",
-            case.kyma,
-            got.len(),
-            expected.len(),
-            got.iter().take(5).collect::<Vec<_>>(),
-            expected.iter().take(5).collect::<Vec<_>>(),
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        ));
-    }
+    compare_answers(
+        case.kyma,
+        "Postgres",
+        (kyma_rows(&batches), expected),
+        case.ordered,
+        &summary,
+        failures,
+    );
     check_summary(case.kyma, &summary, case.expect, failures);
 }
 
@@ -707,30 +532,6 @@ async fn corpus_matches_postgres_with_the_promised_pushdown() {
 /// `pg.public.users` → `users`: Postgres runs the same text without kyma's catalog prefix.
 fn strip_catalogs(sql: &str) -> String {
     sql.replace("pg.public.", "")
-}
-
-/// Polls `probe` until it holds: the catalog watch reaches a node asynchronously.
-async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !probe().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} did not happen within 20s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            (0..b.num_rows()).map(move |row| {
-                arrow::util::display::array_value_to_string(b.column(column), row)
-                    .expect("displayable")
-            })
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

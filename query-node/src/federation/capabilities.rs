@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::logical_expr::expr::{AggregateFunction, Case, Cast, Like, ScalarFunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, Operator};
@@ -31,6 +32,10 @@ pub struct Semantics {
     pub order: bool,
     /// For text: the collation the source compares it under (named in reasons).
     pub collation: Option<Arc<str>>,
+    /// What the value is at the source when that is why it does not compare as in kyma
+    /// (e.g. "text under collation `utf8mb4_general_ci` (case- and accent-insensitive)"),
+    /// named in reasons instead of the generic wording.
+    pub note: Option<Arc<str>>,
 }
 
 impl Semantics {
@@ -39,12 +44,14 @@ impl Semantics {
         eq: true,
         order: true,
         collation: None,
+        note: None,
     };
     /// Dynamic and vector data: readable, never compared at the source.
     pub const OPAQUE: Self = Self {
         eq: false,
         order: false,
         collation: None,
+        note: None,
     };
 
     fn both(&self, other: &Self) -> Self {
@@ -52,6 +59,7 @@ impl Semantics {
             eq: self.eq && other.eq,
             order: self.order && other.order,
             collation: self.collation.clone().or_else(|| other.collation.clone()),
+            note: self.note.clone().or_else(|| other.note.clone()),
         }
     }
 }
@@ -85,8 +93,17 @@ pub trait Capabilities: fmt::Debug + Send + Sync {
     /// A literal value, as the source's SQL (or query) would write and compare it.
     fn literal(&self, value: &ScalarValue) -> Result<(), String>;
 
-    /// `LIKE`, or `ILIKE` when `case_insensitive` (operands need equality semantics).
-    fn like(&self, case_insensitive: bool) -> Result<(), String>;
+    /// `LIKE`, or `ILIKE` when `like.case_insensitive` (operands need equality semantics,
+    /// checked generically; the pattern and escape are the source's to judge).
+    fn like(&self, like: &Like) -> Result<(), String>;
+
+    /// Whether the source compares a value of type `left` with one of type `right` as
+    /// DataFusion does (`=`, `<`, IN, BETWEEN, LIKE operands); by default it does, since
+    /// DataFusion has coerced both sides to one type.
+    fn compare(&self, left: &DataType, right: &DataType) -> Result<(), String> {
+        let _ = (left, right);
+        Ok(())
+    }
 
     /// Whether a cast from `from` to `to` is exact at the source (the value keeps its
     /// operand's semantics).
@@ -168,15 +185,22 @@ pub(crate) fn require(semantics: &Semantics, order: bool, expr: &Expr) -> Result
         return Ok(());
     }
     let verb = if order { "sorts" } else { "compares" };
-    Err(match &semantics.collation {
-        Some(collation) => format!(
-            "`{}` is text under collation `{collation}`, which {verb} differently from kyma (byte order)",
+    let what = match (&semantics.note, &semantics.collation) {
+        (Some(note), _) => note.to_string(),
+        (None, Some(collation)) => format!("text under collation `{collation}`"),
+        (None, None) => "dynamic or vector data".to_owned(),
+    };
+    Err(if semantics.collation.is_some() {
+        format!(
+            "`{}` is {what}, which {verb} differently from kyma (byte order)",
             shown(expr)
-        ),
-        None => format!(
-            "`{}` is dynamic or vector data, which the source cannot compare as kyma does",
-            shown(expr)
-        ),
+        )
+    } else {
+        format!(
+            "`{}` is {what}, which the source cannot {} as kyma does",
+            shown(expr),
+            if order { "sort" } else { "compare" }
+        )
     })
 }
 
@@ -219,11 +243,55 @@ fn compared<'e>(
     order: bool,
     scope: &Scope<'_>,
 ) -> Result<Semantics, String> {
+    let mut first: Option<(&Expr, DataType)> = None;
     for expr in exprs {
         let semantics = check_expr(expr, scope)?;
         require(&semantics, order, expr)?;
+        match &first {
+            None => first = Some((expr, type_of(expr, scope)?)),
+            Some((left, left_type)) => {
+                compare_types(left, left_type, expr, &type_of(expr, scope)?, scope)?;
+            }
+        }
     }
     Ok(Semantics::COMPARABLE)
+}
+
+/// The type of `expr` over the scope's schema; its columns may be qualified where the
+/// schema's are not (a table's filters), as [`Scope::column`] allows.
+fn type_of(expr: &Expr, scope: &Scope<'_>) -> Result<DataType, String> {
+    expr.get_type(scope.schema).or_else(|e| {
+        let unqualified = expr
+            .clone()
+            .transform(|e| match e {
+                Expr::Column(column) => Ok(Transformed::yes(Expr::Column(
+                    Column::new_unqualified(column.name),
+                ))),
+                other => Ok(Transformed::no(other)),
+            })
+            .map_err(|_| e.to_string())?
+            .data;
+        unqualified
+            .get_type(scope.schema)
+            .map_err(|_| e.to_string())
+    })
+}
+
+/// `Err` unless the source compares `left` (of `left_type`) with `right` as DataFusion does.
+fn compare_types(
+    left: &Expr,
+    left_type: &DataType,
+    right: &Expr,
+    right_type: &DataType,
+    scope: &Scope<'_>,
+) -> Result<(), String> {
+    if matches!(left_type, DataType::Null) || matches!(right_type, DataType::Null) {
+        return Ok(());
+    }
+    scope
+        .capabilities
+        .compare(left_type, right_type)
+        .map_err(|why| format!("`{}` against `{}`: {why}", shown(left), shown(right)))
 }
 
 fn check_binary(binary: &BinaryExpr, scope: &Scope<'_>) -> Result<Semantics, String> {
@@ -238,6 +306,13 @@ fn check_binary(binary: &BinaryExpr, scope: &Scope<'_>) -> Result<Semantics, Str
     };
     require(&l, order, left)?;
     require(&r, order, right)?;
+    compare_types(
+        left,
+        &type_of(left, scope)?,
+        right,
+        &type_of(right, scope)?,
+        scope,
+    )?;
     Ok(Semantics::COMPARABLE)
 }
 
@@ -258,16 +333,13 @@ fn check_case(case: &Case, scope: &Scope<'_>) -> Result<Semantics, String> {
 }
 
 fn check_like(like: &Like, scope: &Scope<'_>) -> Result<Semantics, String> {
-    scope.capabilities.like(like.case_insensitive)?;
+    scope.capabilities.like(like)?;
     compared([&*like.expr, &*like.pattern], false, scope)
 }
 
 fn check_cast(cast: &Cast, scope: &Scope<'_>) -> Result<Semantics, String> {
     let inner = check_expr(&cast.expr, scope)?;
-    let from = cast
-        .expr
-        .get_type(scope.schema)
-        .map_err(|e| e.to_string())?;
+    let from = type_of(&cast.expr, scope)?;
     let to = cast.field.data_type();
     if scope.capabilities.cast(&from, to) {
         Ok(inner)

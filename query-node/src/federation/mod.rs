@@ -14,10 +14,11 @@
 //! - [`capabilities`], [`rule`], [`summary`], [`scan`], [`table`]: what may run at a source,
 //!   the optimizer rule that moves it there, the `pushdown_summary`, the scan node, the table
 //!   provider — the same for every source.
-//! - [`sql`]: what SQL sources share; [`postgres`]: Postgres.
+//! - [`sql`]: what SQL sources share; [`postgres`]: Postgres; [`mysql`]: MySQL and MariaDB.
 
 pub mod capabilities;
 pub mod catalog;
+pub mod mysql;
 pub mod postgres;
 pub mod rule;
 pub mod scan;
@@ -74,7 +75,8 @@ pub type Implementation = fn(ConnectorSpec, SecretResolver) -> Arc<dyn Federated
 pub fn implementation(source_type: SourceType) -> Option<Implementation> {
     match source_type {
         SourceType::Postgres => Some(postgres::source),
-        SourceType::Mysql | SourceType::Mongodb => None,
+        SourceType::Mysql => Some(mysql::source),
+        SourceType::Mongodb => None,
     }
 }
 

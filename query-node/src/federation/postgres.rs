@@ -25,7 +25,7 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr::{Like, ScalarFunction};
 use datafusion::logical_expr::{Expr, ExprSchemable, JoinType, Operator};
 use datafusion::sql::sqlparser::dialect::{
     Dialect as ParserDialect, PostgreSqlDialect as PgParserDialect,
@@ -93,35 +93,15 @@ impl SqlExecutor for PgExecutor {
         let client = self.pool.get().await?;
         let columns = types::source_columns(&client, &spec.scope.include_schemas).await?;
         drop(client);
-        let mut tables: Vec<SqlTable> = Vec::new();
-        for column in columns {
-            if !spec.scope.covers(&column.schema, &column.table) {
-                continue;
-            }
-            let typed = typed_column(spec, &column);
-            match tables.last_mut() {
-                Some(t) if t.schema == column.schema && t.table == column.table => {
-                    t.columns.push(typed);
-                }
-                _ => tables.push(SqlTable {
-                    schema: column.schema,
-                    table: column.table,
-                    columns: vec![typed],
-                }),
-            }
-        }
-        Ok(tables)
+        let placed = columns
+            .into_iter()
+            .map(|c| (c.schema.clone(), c.table.clone(), c));
+        Ok(SqlTable::in_scope(spec, placed, typed_column))
     }
 
     fn execute(&self, sql: String, output: QueryOutput) -> RecordBatches {
-        let QueryOutput {
-            schema,
-            batch_rows,
-            received,
-        } = output;
-        query::copy_query(self.pool.clone(), sql, schema, batch_rows, move |bytes| {
-            received.add(bytes)
-        })
+        let (schema, batch_rows, received) = output.into_parts();
+        query::copy_query(self.pool.clone(), sql, schema, batch_rows, received)
     }
 }
 
@@ -153,6 +133,7 @@ fn column_semantics(column: &SourceColumn, ty: KymaType) -> Semantics {
             eq: column.deterministic,
             order: column.deterministic && types::sorts_bytewise(&column.collation),
             collation: Some(column.collation.clone().into()),
+            note: None,
         },
         KymaType::Dynamic | KymaType::Vector(_) => Semantics::OPAQUE,
     }
@@ -219,8 +200,8 @@ impl Capabilities for PgCapabilities {
         }
     }
 
-    fn like(&self, case_insensitive: bool) -> Result<(), String> {
-        if case_insensitive {
+    fn like(&self, like: &Like) -> Result<(), String> {
+        if like.case_insensitive {
             return Err(
                 "ILIKE is not pushed: Postgres folds case by the collation's locale, DataFusion by Unicode"
                     .into(),

@@ -116,6 +116,16 @@ pub struct QueryOutput {
     pub received: Count,
 }
 
+impl QueryOutput {
+    /// The schema, the rows per batch, and what to call with the size of each value received.
+    pub fn into_parts(self) -> (SchemaRef, usize, impl Fn(usize) + Send + Sync + 'static) {
+        let received = self.received;
+        (self.schema, self.batch_rows, move |bytes| {
+            received.add(bytes)
+        })
+    }
+}
+
 /// Where a source's queries run: two sources of equal identity are the same source and
 /// connection, so one query may read tables of both.
 #[derive(Debug, Clone, PartialEq, Eq)]

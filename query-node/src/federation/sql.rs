@@ -17,8 +17,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{DataFusionError, Result};
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, Projection};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::logical_expr::{
+    Aggregate, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, Projection, SortExpr,
+};
 use datafusion::sql::sqlparser::ast::{self, VisitMut, VisitorMut};
 use datafusion::sql::sqlparser::dialect::Dialect as ParserDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -47,6 +49,12 @@ pub trait SqlDialect: fmt::Debug + Send + Sync + 'static {
 
     /// What the source computes exactly as DataFusion does.
     fn capabilities(&self) -> &dyn Capabilities;
+
+    /// Whether the source's SQL has no `OFFSET` without a `LIMIT` (MySQL): an offset alone
+    /// is then written with the largest limit.
+    fn offset_needs_limit(&self) -> bool {
+        false
+    }
 
     /// The typed relation of `table`: each column read through its typed expression under
     /// its own name.
@@ -84,6 +92,33 @@ pub struct SqlTable {
     pub table: String,
     /// Its columns, in order.
     pub columns: Vec<SqlColumn>,
+}
+
+impl SqlTable {
+    /// The tables of `columns` (each with its schema and table, in table order) that the
+    /// scope of `spec` covers, each column read as `typed` says.
+    pub fn in_scope<C>(
+        spec: &ConnectorSpec,
+        columns: impl IntoIterator<Item = (String, String, C)>,
+        typed: impl Fn(&ConnectorSpec, &C) -> SqlColumn,
+    ) -> Vec<Self> {
+        let mut tables: Vec<Self> = Vec::new();
+        for (schema, table, column) in columns {
+            if !spec.scope.covers(&schema, &table) {
+                continue;
+            }
+            let column = typed(spec, &column);
+            match tables.last_mut() {
+                Some(t) if t.schema == schema && t.table == table => t.columns.push(column),
+                _ => tables.push(Self {
+                    schema,
+                    table,
+                    columns: vec![column],
+                }),
+            }
+        }
+        tables
+    }
 }
 
 /// A column and the SQL that reads it as its kyma type.
@@ -179,6 +214,7 @@ pub fn generate_sql(plan: &LogicalPlan, dialect: &dyn SqlDialect) -> Result<Stri
         Ok(TreeNodeRecursion::Continue)
     })?;
     let root = select_list_exact(simplify_for_sql(plan.clone())?)?;
+    let root = spell_out_for_dialect(root, dialect)?;
     let mut statement = Unparser::new(dialect.unparser()).plan_to_sql(&root)?;
     let mut replacer = TypedRelations {
         relations,
@@ -245,6 +281,47 @@ fn simplify_for_sql(plan: LogicalPlan) -> Result<LogicalPlan> {
             unbounded.fetch = None;
             let mut limit = limit;
             limit.input = Arc::new(LogicalPlan::Sort(unbounded));
+            Ok(Transformed::yes(LogicalPlan::Limit(limit)))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
+/// Writes what the dialect's SQL cannot say as DataFusion means it:
+///
+/// - where the unparser drops `NULLS FIRST`/`NULLS LAST` (its dialect does not support
+///   them, e.g. MySQL, which sorts NULLs first ascending and last descending), each sort key
+///   that may be NULL is preceded by `key IS NULL`, ascending for NULLs last and descending
+///   for NULLs first, so the source's own NULL order never decides;
+/// - an `OFFSET` without a `LIMIT` gets the largest limit where the dialect needs one.
+fn spell_out_for_dialect(plan: LogicalPlan, dialect: &dyn SqlDialect) -> Result<LogicalPlan> {
+    let nulls_written = dialect.unparser().supports_nulls_first_in_sort();
+    let offset_needs_limit = dialect.offset_needs_limit();
+    plan.transform_up(|node| match node {
+        LogicalPlan::Sort(mut sort) if !nulls_written => {
+            let schema = sort.input.schema().clone();
+            let mut keys = Vec::with_capacity(sort.expr.len() * 2);
+            for key in sort.expr {
+                if key.expr.nullable(schema.as_ref())? {
+                    keys.push(SortExpr::new(
+                        Expr::IsNull(Box::new(key.expr.clone())),
+                        !key.nulls_first,
+                        false,
+                    ));
+                }
+                keys.push(key);
+            }
+            sort.expr = keys;
+            Ok(Transformed::yes(LogicalPlan::Sort(sort)))
+        }
+        LogicalPlan::Limit(mut limit)
+            if offset_needs_limit && limit.skip.is_some() && limit.fetch.is_none() =>
+        {
+            limit.fetch = Some(Box::new(Expr::Literal(
+                ScalarValue::Int64(Some(i64::MAX)),
+                None,
+            )));
             Ok(Transformed::yes(LogicalPlan::Limit(limit)))
         }
         other => Ok(Transformed::no(other)),

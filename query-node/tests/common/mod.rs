@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -131,10 +133,20 @@ pub fn pg_connector(
     url: String,
     tls: &str,
 ) -> kyma_query_node::admin_grpc::proto::ConnectorSpec {
+    federation_connector("postgres", name, url, tls)
+}
+
+/// A connector of `source_type` in mode `federation` on `url`, with TLS policy `tls`.
+pub fn federation_connector(
+    source_type: &str,
+    name: &str,
+    url: String,
+    tls: &str,
+) -> kyma_query_node::admin_grpc::proto::ConnectorSpec {
     use kyma_query_node::admin_grpc::proto::{Connection, ConnectorSpec};
     ConnectorSpec {
         name: name.into(),
-        r#type: "postgres".into(),
+        r#type: source_type.into(),
         mode: "federation".into(),
         connection: Some(Connection {
             url,
