@@ -115,9 +115,9 @@ async fn unreachable_hosts_missing_databases_and_tls_not_offered_name_the_field(
     let (field, message) = field_of(f.admin.create(&required).await);
     assert_eq!(field, "connection.tls", "{message}");
 
-    let mut mysql = registration("maria", "mysql://root@127.0.0.1:3306/x");
-    mysql["type"] = json!("mysql");
-    let (field, message) = field_of(f.admin.create(&mysql).await);
+    let mut mongodb = registration("mongo", "mongodb://127.0.0.1:27017/x");
+    mongodb["type"] = json!("mongodb");
+    let (field, message) = field_of(f.admin.create(&mongodb).await);
     assert_eq!(field, "type", "{message}");
     assert!(
         f.admin.list().await.expect("list").is_empty(),

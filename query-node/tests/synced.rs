@@ -21,7 +21,7 @@ use kyma_query_node::GrpcOptions;
 use kyma_table::synced::{ChangeOp, system_columns};
 use kyma_table::types::UTC;
 use kyma_table::{ExtentStore, TableWriter, WriteOptions};
-use kyma_test_harness::Postgres;
+use kyma_test_harness::{MariaDb, Postgres};
 use tonic::transport::Channel;
 
 use ChangeOp::{Delete, Insert, Update};
@@ -246,9 +246,18 @@ async fn write(
 
 /// A Postgres connector spec (not checked against the source: written to the catalog as is).
 fn connector(name: &str, mode: ConnectorMode, url: String) -> ConnectorSpec {
+    connector_of(SourceType::Postgres, name, mode, url)
+}
+
+fn connector_of(
+    source_type: SourceType,
+    name: &str,
+    mode: ConnectorMode,
+    url: String,
+) -> ConnectorSpec {
     ConnectorSpec {
         name: name.into(),
-        source_type: SourceType::Postgres,
+        source_type,
         mode,
         connection: ConnectionSpec {
             url,
@@ -746,5 +755,62 @@ async fn live_reads_the_source_of_a_both_connector_whose_plain_names_read_the_sy
     assert!(
         error.contains("connector `pg_both` has no table `public.nope`"),
         "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_reads_mariadb_for_a_both_connector_whose_plain_names_read_the_synced_copy() {
+    let maria = MariaDb::shared();
+    let db = maria.create_database("synced").expect("database");
+    maria
+        .sql(&format!(
+            "CREATE TABLE `{db}`.users (id BIGINT PRIMARY KEY, name TEXT, score BIGINT);
+             INSERT INTO `{db}`.users VALUES (1, 'source-a', 1), (2, 'source-b', 2), (3, 'source-c', 3);"
+        ))
+        .expect("source table");
+    let (node, catalog, store) = standalone_with_storage(GrpcOptions::default(), true).await;
+    let mut spec = connector_of(
+        SourceType::Mysql,
+        "my_both",
+        ConnectorMode::Both,
+        maria.url(&db),
+    );
+    spec.scope.include_schemas = vec![db.clone()];
+    catalog.create_connector(&spec).await.expect("connector");
+    let users = TableRef::new("my_both", &db, "users");
+    create_synced(&catalog, &users).await;
+    write(
+        &catalog,
+        &store,
+        &users,
+        true,
+        &[version(1, Insert, 0, Some("synced-a"), Some(1))],
+    )
+    .await;
+    until_visible(&node, &catalog).await;
+    let mut flight = client(node.addr).await;
+
+    assert_eq!(
+        rows(
+            &mut flight,
+            &format!("SELECT id, name FROM my_both.{db}.users")
+        )
+        .await,
+        ["1|synced-a"],
+        "the plain name reads the synced copy"
+    );
+    let sql = format!("SELECT id, name FROM live(my_both.{db}.users) WHERE id >= 2 ORDER BY id");
+    let info = flight.execute(sql.clone(), None).await.expect("live query");
+    let summary = summary_of(&info);
+    assert_eq!(
+        rows(&mut flight, &sql).await,
+        ["2|source-b", "3|source-c"],
+        "live() reads the source"
+    );
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    let sent = summary[0]["sql"].as_str().unwrap_or_default();
+    assert!(
+        sent.contains("WHERE") && sent.contains("`users`"),
+        "the filter runs at MariaDB, in its dialect: {summary:?}"
     );
 }
