@@ -165,6 +165,8 @@ pub struct SourceColumn {
     /// Whether adding the column gives existing rows a value (a default other than NULL, or
     /// a generated expression) — which the binlog does not carry as row changes.
     pub fills_existing_rows: bool,
+    /// Part of the table's primary key.
+    pub in_primary_key: bool,
 }
 
 /// The reading of `column` under the connector's `scope`.
@@ -326,6 +328,17 @@ pub async fn read_catalog(
         columns.push(column(row, &json)?);
     }
     let keys = primary_keys(conn, &in_scope).await?;
+    let key_columns: HashSet<(&str, &str, &str)> = keys
+        .iter()
+        .flat_map(|((schema, table), key)| {
+            key.iter()
+                .map(move |c| (schema.as_str(), table.as_str(), c.as_str()))
+        })
+        .collect();
+    for column in &mut columns {
+        column.in_primary_key =
+            key_columns.contains(&(&column.schema, &column.table, &column.name));
+    }
     let estimated_rows: Vec<(String, String, Option<u64>)> = conn
         .query(format!(
             "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.TABLE_ROWS FROM information_schema.TABLES c \
@@ -411,6 +424,7 @@ fn column(
         json_checked,
         counter_fits_long,
         fills_existing_rows,
+        in_primary_key: false,
     })
 }
 
@@ -488,6 +502,7 @@ mod tests {
             json_checked: false,
             counter_fits_long: false,
             fills_existing_rows: false,
+            in_primary_key: false,
         }
     }
 

@@ -27,11 +27,13 @@ use mysql_common::proto::MyDeserialize;
 
 use super::super::types::{Reading, SourceColumn};
 use super::super::values::kyma_value;
+use super::binary::{self, Encoding};
 use crate::sync::{Cell, ChangeOp, OldRow, RowChange, TableId};
 
-/// The encoding of a text column's bytes in the binlog (the snapshot reads UTF-8 always).
+/// The character set of a text column's bytes in the binlog (the snapshot reads UTF-8
+/// always).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+enum Charset {
     Utf8,
     /// MySQL's `latin1`, which is Windows-1252.
     Latin1,
@@ -45,7 +47,11 @@ struct ColumnDecoder {
     metadata: Vec<u8>,
     unsigned: bool,
     reading: Reading,
+    charset: Charset,
+    /// How its values are read from a row image.
     encoding: Encoding,
+    /// Part of the primary key.
+    in_key: bool,
 }
 
 /// A table's rows as one TABLE_MAP lays them out (see the module doc).
@@ -92,13 +98,17 @@ impl TableDecoder {
                     column.name
                 ));
             }
+            let metadata = map.get_column_metadata(i).unwrap_or(&[]).to_vec();
+            let charset = charset(column);
             columns.push(ColumnDecoder {
                 name: column.name.clone(),
+                encoding: Encoding::of(binlog_type, &metadata, reading, charset == Charset::Utf8),
                 binlog_type,
-                metadata: map.get_column_metadata(i).unwrap_or(&[]).to_vec(),
+                metadata,
                 unsigned: column.column_type.contains("unsigned"),
                 reading: reading.clone(),
-                encoding: encoding(column),
+                charset,
+                in_key: column.in_primary_key,
             });
         }
         Ok(Self { table, columns })
@@ -141,24 +151,30 @@ impl TableDecoder {
                 (ChangeOp::Insert, _, Some(after)) => RowChange {
                     table: self.table.clone(),
                     op,
-                    cells: self.image(after, &mut buf, Cell::Unchanged)?,
+                    cells: self.image(after, &mut buf, Cell::Unchanged, false)?,
                     old: None,
                 },
                 (ChangeOp::Delete, Some(before), _) => RowChange {
                     table: self.table.clone(),
                     op,
-                    cells: self.image(before, &mut buf, Cell::Null)?,
+                    cells: self.image(before, &mut buf, Cell::Null, true)?,
                     old: None,
                 },
                 (ChangeOp::Update, Some(before), Some(after)) => {
-                    let old = self.image(before, &mut buf, Cell::Null)?;
+                    let old = self.image(before, &mut buf, Cell::Null, true)?;
+                    let cells = self.image(after, &mut buf, Cell::Unchanged, false)?;
+                    let key_changed = self
+                        .columns
+                        .iter()
+                        .zip(old.iter().zip(&cells))
+                        .any(|(c, (was, is))| c.in_key && was != is);
                     RowChange {
                         table: self.table.clone(),
                         op,
-                        cells: self.image(after, &mut buf, Cell::Unchanged)?,
-                        old: Some(OldRow {
+                        cells,
+                        old: key_changed.then_some(OldRow {
                             cells: old,
-                            whole: before.iter().all(|p| *p),
+                            whole: false,
                         }),
                     }
                 }
@@ -170,12 +186,15 @@ impl TableDecoder {
     }
 
     /// One row image: its null bitmap, then the values of the present, non-null columns;
-    /// `absent` stands for the columns the image leaves out.
+    /// `absent` stands for the columns the image leaves out. With `key_only`, only the key
+    /// columns are decoded (the others are skipped and read as NULL): what a delete or an
+    /// update's before image is needed for.
     fn image(
         &self,
         present: &[bool],
         buf: &mut ParseBuf<'_>,
         absent: Cell,
+        key_only: bool,
     ) -> Result<Vec<Cell>, String> {
         let sent = present.iter().filter(|p| **p).count();
         let nulls = buf
@@ -190,27 +209,69 @@ impl TableDecoder {
             }
             let null = nulls[index / 8] & (1 << (index % 8)) != 0;
             index += 1;
-            if null {
-                cells.push(Cell::Null);
-                continue;
-            }
-            let value = column
-                .read(buf)
-                .map_err(|e| format!("column `{}`: {e}", column.name))?;
-            cells.push(value.map_or(Cell::Null, Cell::Value));
+            let cell = if null {
+                Cell::Null
+            } else if key_only && !column.in_key {
+                column.skip(buf)?;
+                Cell::Null
+            } else {
+                let value = column
+                    .read(buf)
+                    .map_err(|e| format!("column `{}`: {e}", column.name))?;
+                value.map_or(Cell::Null, Cell::Value)
+            };
+            cells.push(cell);
         }
         Ok(cells)
     }
 }
 
 impl ColumnDecoder {
+    /// Reads one value: the common encodings directly ([`super::binary`]; mysql_common would
+    /// also read a signed MEDIUMINT without its sign), the rest through mysql_common.
     fn read(&self, buf: &mut ParseBuf<'_>) -> Result<Option<KymaValue>, String> {
-        if self.binlog_type == ColumnType::MYSQL_TYPE_INT24 && !self.unsigned {
-            // mysql_common reads a signed MEDIUMINT without extending its sign.
-            let bytes = buf.checked_eat(3).ok_or("a MEDIUMINT that ends early")?;
-            let value = i32::from_le_bytes([0, bytes[0], bytes[1], bytes[2]]) >> 8;
-            return kyma_value(&self.reading, Value::Int(i64::from(value)));
+        let value = match self.encoding {
+            Encoding::Integer(width) => {
+                let n = binary::integer(buf, width, self.unsigned)?;
+                match i64::try_from(n) {
+                    Ok(signed) => Value::Int(signed),
+                    Err(_) => Value::UInt(u64::try_from(n).map_err(|e| e.to_string())?),
+                }
+            }
+            Encoding::Float => Value::Float(f32::from_le_bytes(fixed(buf)?)),
+            Encoding::Double => Value::Double(f64::from_le_bytes(fixed(buf)?)),
+            Encoding::Text(prefix) => {
+                let bytes = binary::text(buf, prefix)?;
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| "text that is not UTF-8".to_owned())?;
+                return Ok(Some(KymaValue::String(text)));
+            }
+            Encoding::Decimal(precision, scale) => {
+                let text = binary::decimal(buf, precision, scale)?;
+                if self.reading == Reading::Real {
+                    let real = text
+                        .as_str()
+                        .parse()
+                        .map_err(|_| format!("`{}` is not a number", text.as_str()))?;
+                    return Ok(Some(KymaValue::Real(real)));
+                }
+                Value::Bytes(text.as_str().as_bytes().to_vec())
+            }
+            Encoding::Other => return self.read_other(buf),
+        };
+        kyma_value(&self.reading, value)
+    }
+
+    /// Moves past one value without converting it.
+    fn skip(&self, buf: &mut ParseBuf<'_>) -> Result<(), String> {
+        if !self.encoding.skip(buf)? {
+            self.read_other(buf)?;
         }
+        Ok(())
+    }
+
+    /// Reads a value of an encoding mysql_common decodes.
+    fn read_other(&self, buf: &mut ParseBuf<'_>) -> Result<Option<KymaValue>, String> {
         // The value borrows from both the metadata and the row, so it is read from a view of
         // the row with their common lifetime, and the row then skips what it consumed.
         let mut view = ParseBuf(buf.0);
@@ -293,13 +354,23 @@ impl ColumnDecoder {
                 digits => Value::Bytes(digits.to_vec()),
             },
             (Reading::Text | Reading::Json, Value::Bytes(bytes))
-                if self.encoding == Encoding::Latin1 =>
+                if self.charset == Charset::Latin1 =>
             {
                 Value::Bytes(windows_1252(&bytes).into_bytes())
             }
             (_, value) => value,
         })
     }
+}
+
+/// The next `N` bytes.
+fn fixed<const N: usize>(buf: &mut ParseBuf<'_>) -> Result<[u8; N], String> {
+    let bytes = buf
+        .checked_eat(N)
+        .ok_or("a row image that ends inside a value")?;
+    let mut out = [0; N];
+    out.copy_from_slice(bytes);
+    Ok(out)
 }
 
 /// The column names a TABLE_MAP carries (`binlog_row_metadata=FULL`), if it does.
@@ -314,11 +385,11 @@ fn binlog_names(map: &TableMapEvent<'_>) -> Option<Vec<String>> {
     (!names.is_empty()).then_some(names)
 }
 
-/// The encoding a text column's bytes have in the binlog.
-fn encoding(column: &SourceColumn) -> Encoding {
+/// The character set a text column's bytes have in the binlog.
+fn charset(column: &SourceColumn) -> Charset {
     match column.collation.as_deref() {
-        Some(c) if c.starts_with("latin1") => Encoding::Latin1,
-        _ => Encoding::Utf8,
+        Some(c) if c.starts_with("latin1") => Charset::Latin1,
+        _ => Charset::Utf8,
     }
 }
 

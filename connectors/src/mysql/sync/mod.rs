@@ -23,6 +23,7 @@
 //! - **Preflight** ([`setup`]) refuses, by name, the settings and privileges sync cannot work
 //!   with. MySQL proper is refused for sync (its snapshot path is not verified).
 
+pub mod binary;
 pub mod decode;
 pub mod gtid;
 pub mod setup;
