@@ -79,6 +79,7 @@
 //!   connector opts into a resnapshot. Source identity = replica set (or cluster) id.
 
 use std::fmt;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -180,8 +181,9 @@ pub struct OldRow {
 /// One row change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowChange {
-    /// The table.
-    pub table: TableId,
+    /// The table (shared by its row changes: a change is one per row, a table one per
+    /// relation).
+    pub table: Arc<TableId>,
     /// Insert, update or delete.
     pub op: ChangeOp,
     /// The new row (a delete: the deleted row, or at least its key), in the order of the

@@ -24,6 +24,8 @@ use super::super::types::Reading;
 const DIGIT_BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
 /// Digits in a full group.
 const GROUP_DIGITS: usize = 9;
+/// The bytes of a `datetime` without its fraction.
+const DATETIME_BYTES: usize = 5;
 /// A decimal's text at most: 65 digits, a sign and a point.
 const DECIMAL_TEXT: usize = 68;
 
@@ -40,6 +42,8 @@ pub enum Encoding {
     Text(u8),
     /// `decimal(precision, scale)`.
     Decimal(u8, u8),
+    /// `datetime(n)` with this many fraction digits, read as a timestamp.
+    Datetime(u8),
     /// Anything else (mysql_common decodes it).
     Other,
 }
@@ -56,6 +60,10 @@ impl Encoding {
             MYSQL_TYPE_LONG => Encoding::Integer(4),
             MYSQL_TYPE_LONGLONG => Encoding::Integer(8),
             MYSQL_TYPE_FLOAT => Encoding::Float,
+            MYSQL_TYPE_DATETIME2 if *reading == Reading::Timestamp => match metadata.first() {
+                Some(digits @ 0..=6) => Encoding::Datetime(*digits),
+                _ => Encoding::Other,
+            },
             MYSQL_TYPE_DOUBLE => Encoding::Double,
             MYSQL_TYPE_NEWDECIMAL => match metadata {
                 [precision, scale, ..] if precision >= scale && *precision <= 65 => {
@@ -65,13 +73,17 @@ impl Encoding {
             },
             MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING if *reading == Reading::Text && utf8 => {
                 match metadata {
-                    [low, high, ..] => {
-                        Encoding::Text(if u16::from_le_bytes([*low, *high]) < 256 { 1 } else { 2 })
-                    }
+                    [low, high, ..] => Encoding::Text(if u16::from_le_bytes([*low, *high]) < 256 {
+                        1
+                    } else {
+                        2
+                    }),
                     _ => Encoding::Other,
                 }
             }
-            MYSQL_TYPE_BLOB | MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB
+            MYSQL_TYPE_BLOB
+            | MYSQL_TYPE_TINY_BLOB
+            | MYSQL_TYPE_MEDIUM_BLOB
             | MYSQL_TYPE_LONG_BLOB
                 if *reading == Reading::Text && utf8 =>
             {
@@ -92,6 +104,7 @@ impl Encoding {
             Encoding::Float => 4,
             Encoding::Double => 8,
             Encoding::Decimal(precision, scale) => decimal_size(precision, scale),
+            Encoding::Datetime(digits) => DATETIME_BYTES + usize::from(digits).div_ceil(2),
             Encoding::Text(prefix) => text_length(buf, prefix)?,
             Encoding::Other => return Ok(false),
         };
@@ -133,6 +146,41 @@ fn text_length(buf: &mut ParseBuf<'_>, prefix: u8) -> Result<usize, String> {
     let mut raw = [0u8; 8];
     raw[..bytes.len()].copy_from_slice(bytes);
     usize::try_from(u64::from_le_bytes(raw)).map_err(|_| "a text length beyond memory".into())
+}
+
+/// Reads a `datetime(digits)` as microseconds since the epoch (`None` for a zero or partial
+/// date). Five big-endian bytes hold, above an offset of 2^39, `((year * 13 + month) << 5 |
+/// day) << 17 | hour << 12 | minute << 6 | second`; the fraction follows in
+/// `ceil(digits / 2)` big-endian bytes, in units of 10^(6 - 2 * ceil(digits / 2)) µs.
+pub fn datetime(buf: &mut ParseBuf<'_>, digits: u8) -> Result<Option<i64>, String> {
+    let fraction_bytes = usize::from(digits).div_ceil(2);
+    let bytes = buf
+        .checked_eat(DATETIME_BYTES + fraction_bytes)
+        .ok_or("a row image that ends inside a datetime")?;
+    let packed = bytes[..DATETIME_BYTES]
+        .iter()
+        .fold(0i64, |n, b| (n << 8) | i64::from(*b))
+        - (1 << 39);
+    let fraction = bytes[DATETIME_BYTES..]
+        .iter()
+        .fold(0i64, |n, b| (n << 8) | i64::from(*b));
+    let micros = fraction * 100i64.pow(3 - u32::try_from(fraction_bytes).unwrap_or(3));
+    let (ymd, hms) = (packed >> 17, packed & 0x1ffff);
+    let (year_month, day) = (ymd >> 5, ymd & 0x1f);
+    let (year, month) = (year_month / 13, year_month % 13);
+    let time = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    let at = i32::try_from(year)
+        .ok()
+        .and_then(|y| chrono::NaiveDate::from_ymd_opt(y, time(month), time(day)))
+        .and_then(|date| {
+            date.and_hms_micro_opt(
+                time(hms >> 12),
+                time((hms >> 6) & 0x3f),
+                time(hms & 0x3f),
+                time(micros),
+            )
+        });
+    Ok(at.map(|t| t.and_utc().timestamp_micros()))
 }
 
 /// The bytes a `decimal(precision, scale)` takes.
@@ -250,7 +298,10 @@ mod tests {
     /// `text` as MySQL stores a `decimal(precision, scale)`.
     fn stored(text: &str, precision: u8, scale: u8) -> Vec<u8> {
         let negative = text.starts_with('-');
-        let (int, frac) = text.trim_start_matches('-').split_once('.').unwrap_or((text.trim_start_matches('-'), ""));
+        let (int, frac) = text
+            .trim_start_matches('-')
+            .split_once('.')
+            .unwrap_or((text.trim_start_matches('-'), ""));
         let (integer, fraction) = (usize::from(precision - scale), usize::from(scale));
         let int = format!("{int:0>integer$}");
         let frac = format!("{frac:0<fraction$}");
@@ -292,9 +343,50 @@ mod tests {
         assert_eq!(read("0.5", 12, 2), "0.50");
         assert_eq!(read("-0.5", 12, 2), "-0.50");
         assert_eq!(read("0", 12, 2), "0.00");
-        assert_eq!(read("-12345678901234567890.1234", 30, 4), "-12345678901234567890.1234");
+        assert_eq!(
+            read("-12345678901234567890.1234", 30, 4),
+            "-12345678901234567890.1234"
+        );
         assert_eq!(read("1000000000", 10, 0), "1000000000");
         assert_eq!(read("7", 65, 30), format!("7.{}", "0".repeat(30)));
+    }
+
+    /// `datetime` as MySQL stores it with `digits` fraction digits.
+    fn stored_datetime(
+        ymd: (i64, i64, i64),
+        hms: (i64, i64, i64),
+        fraction: i64,
+        digits: u8,
+    ) -> Vec<u8> {
+        let packed =
+            ((((ymd.0 * 13 + ymd.1) << 5) | ymd.2) << 17 | hms.0 << 12 | hms.1 << 6 | hms.2)
+                + (1 << 39);
+        let mut bytes = packed.to_be_bytes()[3..].to_vec();
+        let n = usize::from(digits).div_ceil(2);
+        bytes.extend(&fraction.to_be_bytes()[8 - n..]);
+        bytes
+    }
+
+    #[test]
+    fn datetimes_read_to_the_microsecond_and_zero_dates_as_null() {
+        let read = |bytes: Vec<u8>, digits| datetime(&mut ParseBuf(&bytes), digits);
+        let second = 1_704_164_645; // 2024-01-02 03:04:05 UTC
+        assert_eq!(
+            read(stored_datetime((2024, 1, 2), (3, 4, 5), 0, 0), 0),
+            Ok(Some(second * 1_000_000))
+        );
+        assert_eq!(
+            read(stored_datetime((2024, 1, 2), (3, 4, 5), 6789, 4), 4),
+            Ok(Some(second * 1_000_000 + 678_900))
+        );
+        assert_eq!(
+            read(stored_datetime((2024, 1, 2), (3, 4, 5), 678_901, 6), 6),
+            Ok(Some(second * 1_000_000 + 678_901))
+        );
+        assert_eq!(
+            read(stored_datetime((0, 0, 0), (0, 0, 0), 0, 0), 0),
+            Ok(None)
+        );
     }
 
     #[test]

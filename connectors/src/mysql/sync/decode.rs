@@ -17,6 +17,8 @@
 //! `TIMESTAMP` seconds into microseconds, latin1 text into UTF-8, a `year` of 0 (written as
 //! 1900 by the driver) into NULL.
 
+use std::sync::Arc;
+
 use kyma_table::KymaValue;
 use mysql_common::Value;
 use mysql_common::binlog::events::{RowsEventData, TableMapEvent};
@@ -57,7 +59,7 @@ struct ColumnDecoder {
 /// A table's rows as one TABLE_MAP lays them out (see the module doc).
 #[derive(Debug)]
 pub struct TableDecoder {
-    table: TableId,
+    table: Arc<TableId>,
     columns: Vec<ColumnDecoder>,
 }
 
@@ -111,7 +113,10 @@ impl TableDecoder {
                 in_key: column.in_primary_key,
             });
         }
-        Ok(Self { table, columns })
+        Ok(Self {
+            table: Arc::new(table),
+            columns,
+        })
     }
 
     /// The table it decodes.
@@ -146,6 +151,8 @@ impl TableDecoder {
             .map(|bits| bits.iter().by_vals().collect());
         let mut buf = ParseBuf(event.rows_data());
         let mut changes = Vec::new();
+        // An update's before image, read for its key: kept only when the key changed.
+        let mut before_key = Vec::with_capacity(self.columns.len());
         while !buf.is_empty() {
             let change = match (op, &before, &after) {
                 (ChangeOp::Insert, _, Some(after)) => RowChange {
@@ -161,19 +168,19 @@ impl TableDecoder {
                     old: None,
                 },
                 (ChangeOp::Update, Some(before), Some(after)) => {
-                    let old = self.image(before, &mut buf, Cell::Null, true)?;
+                    self.read_image(before, &mut buf, Cell::Null, true, &mut before_key)?;
                     let cells = self.image(after, &mut buf, Cell::Unchanged, false)?;
                     let key_changed = self
                         .columns
                         .iter()
-                        .zip(old.iter().zip(&cells))
+                        .zip(before_key.iter().zip(&cells))
                         .any(|(c, (was, is))| c.in_key && was != is);
                     RowChange {
                         table: self.table.clone(),
                         op,
                         cells,
-                        old: key_changed.then_some(OldRow {
-                            cells: old,
+                        old: key_changed.then(|| OldRow {
+                            cells: before_key.clone(),
                             whole: false,
                         }),
                     }
@@ -185,10 +192,7 @@ impl TableDecoder {
         Ok(changes)
     }
 
-    /// One row image: its null bitmap, then the values of the present, non-null columns;
-    /// `absent` stands for the columns the image leaves out. With `key_only`, only the key
-    /// columns are decoded (the others are skipped and read as NULL): what a delete or an
-    /// update's before image is needed for.
+    /// One row image as a new vector of cells (see [`TableDecoder::read_image`]).
     fn image(
         &self,
         present: &[bool],
@@ -196,11 +200,28 @@ impl TableDecoder {
         absent: Cell,
         key_only: bool,
     ) -> Result<Vec<Cell>, String> {
+        let mut cells = Vec::with_capacity(self.columns.len());
+        self.read_image(present, buf, absent, key_only, &mut cells)?;
+        Ok(cells)
+    }
+
+    /// One row image into `cells` (cleared first): its null bitmap, then the values of the
+    /// present, non-null columns; `absent` stands for the columns the image leaves out. With
+    /// `key_only`, only the key columns are decoded (the others are skipped and read as
+    /// NULL): what a delete or an update's before image is needed for.
+    fn read_image(
+        &self,
+        present: &[bool],
+        buf: &mut ParseBuf<'_>,
+        absent: Cell,
+        key_only: bool,
+        cells: &mut Vec<Cell>,
+    ) -> Result<(), String> {
+        cells.clear();
         let sent = present.iter().filter(|p| **p).count();
         let nulls = buf
             .checked_eat(sent.div_ceil(8))
             .ok_or("a row image that ends in its null bitmap")?;
-        let mut cells = Vec::with_capacity(self.columns.len());
         let mut index = 0;
         for (column, present) in self.columns.iter().zip(present) {
             if !present {
@@ -222,7 +243,7 @@ impl TableDecoder {
             };
             cells.push(cell);
         }
-        Ok(cells)
+        Ok(())
     }
 }
 
@@ -256,6 +277,9 @@ impl ColumnDecoder {
                     return Ok(Some(KymaValue::Real(real)));
                 }
                 Value::Bytes(text.as_str().as_bytes().to_vec())
+            }
+            Encoding::Datetime(digits) => {
+                return Ok(binary::datetime(buf, digits)?.map(KymaValue::Timestamp));
             }
             Encoding::Other => return self.read_other(buf),
         };

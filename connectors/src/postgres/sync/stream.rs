@@ -12,6 +12,7 @@
 //! stream matches that against the relations it has seen, exactly.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use kyma_catalog::{KymaType, ScopeSpec};
@@ -38,7 +39,7 @@ struct StreamColumn {
 /// A table as its last relation message described it.
 #[derive(Debug)]
 struct Relation {
-    table: TableId,
+    table: Arc<TableId>,
     columns: Vec<StreamColumn>,
 }
 
@@ -110,7 +111,7 @@ impl PgChangeStream {
         self.relations.insert(
             oid,
             Relation {
-                table: table.clone(),
+                table: Arc::new(table.clone()),
                 columns: stream_columns,
             },
         );
@@ -205,19 +206,19 @@ impl PgChangeStream {
                 old,
             }),
             Err(reason) => SourceEvent::Unreadable {
-                tables: vec![relation.table.clone()],
+                tables: vec![TableId::clone(&relation.table)],
                 reason,
             },
         })
     }
 
-    fn truncate(&self, names: &[std::sync::Arc<str>]) -> SourceEvent {
+    fn truncate(&self, names: &[Arc<str>]) -> SourceEvent {
         let mut tables = Vec::with_capacity(names.len());
         for name in names {
             let matching: Vec<&TableId> = self
                 .relations
                 .values()
-                .map(|r| &r.table)
+                .map(|r| r.table.as_ref())
                 .filter(|t| format!("{}.{}", t.schema, t.table) == name.as_ref())
                 .collect();
             match matching.as_slice() {
