@@ -308,11 +308,7 @@ async fn stream(
             | SourceEvent::Idle {
                 position: Some(position),
                 ..
-            } => {
-                if GtidPosition::parse(&position.0)?.contains(&end) {
-                    break;
-                }
-            }
+            } if GtidPosition::parse(&position.0)?.contains(&end) => break,
             _ => {}
         }
     }

@@ -63,6 +63,7 @@
 
 pub mod mariadb;
 pub mod postgres;
+pub mod sql;
 
 use std::time::{Duration, Instant};
 

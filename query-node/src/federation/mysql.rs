@@ -523,6 +523,8 @@ mod tests {
             not_null: false,
             json_checked: false,
             counter_fits_long: false,
+            fills_existing_rows: false,
+            in_primary_key: false,
         }
     }
 

@@ -17,7 +17,8 @@ use kyma_table::synced;
 use kyma_test_harness::MariaDb;
 use mysql_async::prelude::Queryable;
 
-use super::{Kind, Op, Select, Set, SourceFixture, Table, Transaction, Value};
+use super::sql::{Spelling, key_list, statement};
+use super::{Kind, SourceFixture, Table, Transaction};
 use crate::common::sync::{Rows, row_values};
 
 /// A database on a MariaDB: the binary's shared server, or one of its own
@@ -192,7 +193,7 @@ impl SourceFixture for MariaDbSource {
             "COMMIT"
         };
         let statements = std::iter::once("START TRANSACTION".to_owned())
-            .chain(transaction.ops.iter().map(statement))
+            .chain(transaction.ops.iter().map(statement::<Maria>))
             .chain(std::iter::once(end.to_owned()));
         for sql in statements {
             if let Err(e) = session.conn.query_drop(&sql).await {
@@ -281,91 +282,25 @@ fn create_table(table: Table) -> String {
     )
 }
 
-fn statement(op: &Op) -> String {
-    match op {
-        Op::Insert { table, rows } => {
-            let rows: Vec<String> = rows
-                .iter()
-                .map(|row| {
-                    let values: Vec<String> = row.iter().map(literal).collect();
-                    format!("({})", values.join(", "))
-                })
-                .collect();
-            format!("INSERT INTO `{}` VALUES {}", table.name(), rows.join(", "))
-        }
-        Op::Update { table, rows, set } => {
-            let set: Vec<String> = set
-                .iter()
-                .map(|(column, set)| {
-                    let value = match set {
-                        Set::To(value) => literal(value),
-                        Set::Add(n) => format!("`{column}` + ({n})"),
-                        Set::Flip => format!("NOT COALESCE(`{column}`, FALSE)"),
-                    };
-                    format!("`{column}` = {value}")
-                })
-                .collect();
-            format!(
-                "UPDATE `{}` SET {} {}",
-                table.name(),
-                set.join(", "),
-                selection(*table, rows)
-            )
-        }
-        Op::Delete { table, rows } => {
-            format!("DELETE FROM `{}` {}", table.name(), selection(*table, rows))
-        }
-    }
-}
+/// How the suite's statements are spelled for MariaDB.
+struct Maria;
 
-/// The `WHERE` (and `ORDER BY … LIMIT`) that selects `rows` of `table` in a single-table
-/// UPDATE or DELETE.
-fn selection(table: Table, rows: &Select) -> String {
-    let list = |values: &[i64]| {
-        let values: Vec<String> = values.iter().map(i64::to_string).collect();
-        values.join(", ")
-    };
-    match rows {
-        Select::Key(values) => {
-            assert_eq!(values.len(), table.key().len(), "a key of {table:?}");
-            let parts: Vec<String> = table
-                .key()
-                .iter()
-                .zip(values)
-                .map(|(column, value)| format!("`{column}` = {value}"))
-                .collect();
-            format!("WHERE {}", parts.join(" AND "))
-        }
-        Select::In(_, values) if values.is_empty() => "WHERE FALSE".to_owned(),
-        Select::In(column, values) => format!("WHERE `{column}` IN ({})", list(values)),
-        Select::Modulo(column, modulus, rest) => {
-            format!("WHERE `{column}` % {modulus} = {rest}")
-        }
-        Select::First {
-            column,
-            value,
-            limit,
-        } => {
-            let key: Vec<String> = table.key().iter().map(|k| format!("`{k}`")).collect();
-            format!(
-                "WHERE `{column}` = {value} ORDER BY {} LIMIT {limit}",
-                key.join(", ")
-            )
-        }
+impl Spelling for Maria {
+    fn ident(name: &str) -> String {
+        kyma_connectors::mysql::quote_ident(name)
     }
-}
 
-fn literal(value: &Value) -> String {
-    match value {
-        Value::Null => "NULL".to_owned(),
-        Value::Int(n) => n.to_string(),
-        Value::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_owned(),
-        Value::Text(text) => format!("'{}'", text.replace('\'', "''")),
-        Value::Decimal(hundredths) => {
-            let sign = if *hundredths < 0 { "-" } else { "" };
-            let abs = hundredths.unsigned_abs();
-            format!("{sign}{}.{:02}", abs / 100, abs % 100)
-        }
-        Value::Timestamp(seconds) => format!("FROM_UNIXTIME({seconds})"),
+    fn timestamp(seconds: i64) -> String {
+        format!("FROM_UNIXTIME({seconds})")
+    }
+
+    /// A single-table UPDATE or DELETE takes `ORDER BY … LIMIT`, and MySQL refuses `LIMIT`
+    /// in an `IN` subquery.
+    fn first(table: Table, column: &str, value: i64, limit: u32) -> String {
+        format!(
+            "WHERE {} = {value} ORDER BY {} LIMIT {limit}",
+            Self::ident(column),
+            key_list::<Self>(table)
+        )
     }
 }

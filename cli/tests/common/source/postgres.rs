@@ -12,7 +12,8 @@ use kyma_connectors::postgres::sync::{SyncNames, discover_tables};
 use kyma_table::synced;
 use kyma_test_harness::Postgres;
 
-use super::{Kind, Op, Select, Set, SourceFixture, Table, Transaction, Value};
+use super::sql::{Spelling, key_list, statement};
+use super::{Kind, SourceFixture, Table, Transaction};
 use crate::common::sync::{Rows, row_values};
 
 /// A database on a Postgres: borrowed (the binary's shared server, or one a test owns) or
@@ -247,7 +248,7 @@ fn create_table(table: Table) -> String {
 /// Postgres runs as one transaction (and rolls back whole if a statement fails); rolled back,
 /// an explicit `BEGIN; …; ROLLBACK`.
 fn render(transaction: &Transaction) -> String {
-    let statements: Vec<String> = transaction.ops.iter().map(statement).collect();
+    let statements: Vec<String> = transaction.ops.iter().map(statement::<Pg>).collect();
     let statements = statements.join(";\n");
     if transaction.rolled_back {
         format!("BEGIN;\n{statements};\nROLLBACK")
@@ -256,92 +257,24 @@ fn render(transaction: &Transaction) -> String {
     }
 }
 
-fn statement(op: &Op) -> String {
-    match op {
-        Op::Insert { table, rows } => {
-            let rows: Vec<String> = rows
-                .iter()
-                .map(|row| {
-                    let values: Vec<String> = row.iter().map(literal).collect();
-                    format!("({})", values.join(", "))
-                })
-                .collect();
-            format!("INSERT INTO {} VALUES {}", table.name(), rows.join(", "))
-        }
-        Op::Update { table, rows, set } => {
-            let set: Vec<String> = set
-                .iter()
-                .map(|(column, set)| {
-                    let value = match set {
-                        Set::To(value) => literal(value),
-                        Set::Add(n) => format!("{column} + ({n})"),
-                        Set::Flip => format!("NOT coalesce({column}, false)"),
-                    };
-                    format!("{column} = {value}")
-                })
-                .collect();
-            format!(
-                "UPDATE {} SET {} WHERE {}",
-                table.name(),
-                set.join(", "),
-                condition(*table, rows)
-            )
-        }
-        Op::Delete { table, rows } => {
-            format!(
-                "DELETE FROM {} WHERE {}",
-                table.name(),
-                condition(*table, rows)
-            )
-        }
-    }
-}
+/// How the suite's statements are spelled for Postgres.
+struct Pg;
 
-/// The `WHERE` condition that selects `rows` of `table`.
-fn condition(table: Table, rows: &Select) -> String {
-    let list = |values: &[i64]| {
-        let values: Vec<String> = values.iter().map(i64::to_string).collect();
-        values.join(", ")
-    };
-    match rows {
-        Select::Key(values) => {
-            assert_eq!(values.len(), table.key().len(), "a key of {table:?}");
-            let parts: Vec<String> = table
-                .key()
-                .iter()
-                .zip(values)
-                .map(|(column, value)| format!("{column} = {value}"))
-                .collect();
-            parts.join(" AND ")
-        }
-        Select::In(_, values) if values.is_empty() => "false".to_owned(),
-        Select::In(column, values) => format!("{column} IN ({})", list(values)),
-        Select::Modulo(column, modulus, rest) => format!("{column} % {modulus} = {rest}"),
-        Select::First {
-            column,
-            value,
-            limit,
-        } => {
-            let key = table.key().join(", ");
-            format!(
-                "({key}) IN (SELECT {key} FROM {} WHERE {column} = {value} ORDER BY {key} LIMIT {limit})",
-                table.name()
-            )
-        }
+impl Spelling for Pg {
+    fn ident(name: &str) -> String {
+        kyma_connectors::postgres::quote_ident(name)
     }
-}
 
-fn literal(value: &Value) -> String {
-    match value {
-        Value::Null => "NULL".to_owned(),
-        Value::Int(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Text(text) => format!("'{}'", text.replace('\'', "''")),
-        Value::Decimal(hundredths) => {
-            let sign = if *hundredths < 0 { "-" } else { "" };
-            let abs = hundredths.unsigned_abs();
-            format!("{sign}{}.{:02}", abs / 100, abs % 100)
-        }
-        Value::Timestamp(seconds) => format!("to_timestamp({seconds})"),
+    fn timestamp(seconds: i64) -> String {
+        format!("to_timestamp({seconds})")
+    }
+
+    fn first(table: Table, column: &str, value: i64, limit: u32) -> String {
+        let key = key_list::<Self>(table);
+        format!(
+            "WHERE ({key}) IN (SELECT {key} FROM {} WHERE {} = {value} ORDER BY {key} LIMIT {limit})",
+            Self::ident(table.name()),
+            Self::ident(column)
+        )
     }
 }
