@@ -59,16 +59,16 @@
 //!   (a slot dropped and created again) is refused. The replication session pins TimeZone,
 //!   DateStyle, IntervalStyle and extra_float_digits, so values decode the same whatever the
 //!   server's defaults.
-//! - **MySQL / MariaDB** (next): no slot, so `prepare` changes nothing at the source; it
-//!   checks that the binlog still holds the cursor's GTIDs (`gtid_purged`), else a definite
-//!   "history lost" error. Position = a GTID set (MariaDB: `domain-server-seq` per domain;
-//!   MySQL: `uuid:interval`), never compared across the two; `covers(mark, txn)` = the
-//!   transaction's GTID is in the mark's set. A snapshot is `START TRANSACTION WITH
-//!   CONSISTENT SNAPSHOT` and (MariaDB) `Binlog_snapshot_file/position` turned into a GTID
-//!   position by `BINLOG_GTID_POS`, taken per table, which is why `since` is per table. DDL
-//!   in the binlog is a schema checkpoint: the source re-reads the table's columns and emits
-//!   a `Relation` when columns were only added, else a `Resnapshot` of the table. Minimal or NOBLOB row images become `Cell::Unchanged`. Source identity =
-//!   server UUID (and GTID domain).
+//! - **MariaDB** (`crate::mysql::sync`): no slot, so `prepare` changes nothing at the
+//!   source; a cursor the binlog no longer holds fails the stream's start with a definite
+//!   "history lost" error naming the fix. Position = a MariaDB GTID position
+//!   (`domain-server-seq` per domain); `covers(mark, txn)` = for every domain of `txn`, the
+//!   mark is at or past it. A snapshot is `START TRANSACTION WITH CONSISTENT SNAPSHOT` with
+//!   `Binlog_snapshot_file/position` turned into a GTID position by `BINLOG_GTID_POS`. DDL in
+//!   the binlog is a schema checkpoint: the source re-reads the table's columns and emits a
+//!   `Relation` when nullable columns were only added, else a `Resnapshot` of the table.
+//!   Minimal row images become `Cell::Unchanged`. Source identity = the server id. MySQL
+//!   proper (UUID GTID sets, a locked snapshot anchor) is refused for sync.
 //! - **MongoDB** (next): `prepare` opens nothing durable. Position = resume token plus its
 //!   cluster time; a snapshot opens the change stream first (keeping its post-batch resume
 //!   token) and reads the collections in a snapshot session at a cluster time at or after
