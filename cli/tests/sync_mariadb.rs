@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::source::mariadb::MariaDbSource;
-use common::source::on_shared_source;
+use common::source::{SourceFixture, on_shared_source};
 use kyma_catalog::{TablePhase, TableRef};
 
 /// Every row of the MySQL mapping table (seeds/schema-mappings.txt), one column each.
@@ -291,5 +291,99 @@ fn a_keyless_table_is_refused_and_ddl_widens_truncates_or_copies_a_table_again()
                 .await;
         }
         assert_eq!(source.rows_of("events").await.len(), 1);
+    });
+}
+
+#[test]
+fn a_schema_change_while_no_worker_runs_copies_the_table_again_rather_than_misreading_rows() {
+    on_shared_source::<MariaDbSource>("myoffline", async |source, kyma| {
+        source.sql(
+            "CREATE TABLE orders (id INT PRIMARY KEY, qty INT, note VARCHAR(20));
+             INSERT INTO orders VALUES (1, 10, 'a'), (2, 20, 'b');",
+        );
+        let worker = kyma.worker("w-1");
+        kyma.register_source(source, "my_offline").await;
+        kyma.wait_caught_up_with(source, "my_offline", &worker)
+            .await;
+        let orders = TableRef::new("my_offline", source.database(), "orders");
+        let copied = kyma.catalog.table(&orders).await.expect("orders").sync;
+        worker.terminate();
+
+        // Rows under the old layout, a column dropped (no row events for the rows it
+        // rewrites), rows under the new one: the binlog's first rows no longer match the
+        // table's definition when the next worker reads them.
+        source.sql(
+            "INSERT INTO orders VALUES (3, 30, 'c');
+             ALTER TABLE orders DROP COLUMN qty;
+             INSERT INTO orders VALUES (4, 'd');
+             UPDATE orders SET note = 'a2' WHERE id = 1;",
+        );
+        let worker = kyma.worker("w-2");
+        kyma.wait_caught_up_with(source, "my_offline", &worker)
+            .await;
+        kyma.assert_rows(
+            "my_offline",
+            source.database(),
+            "orders",
+            &source.rows_of("orders").await,
+        )
+        .await;
+        let recopied = kyma.catalog.table(&orders).await.expect("orders").sync;
+        assert_ne!(
+            copied.map(|s| s.since),
+            recopied.map(|s| s.since),
+            "the table was copied again under a new snapshot"
+        );
+    });
+}
+
+#[test]
+fn a_cursor_the_binlog_no_longer_holds_fails_the_connector_naming_the_fix() {
+    let Some(source) = <MariaDbSource as SourceFixture>::private("mypurged") else {
+        return;
+    };
+    common::runtime().block_on(async {
+        let kyma = common::sync::Deployment::new("mypurged").await;
+        source.sql(
+            "CREATE TABLE t (id INT PRIMARY KEY);
+             INSERT INTO t VALUES (1);",
+        );
+        let worker = kyma.worker("w-1");
+        kyma.register_source(&source, "my_purged").await;
+        kyma.wait_caught_up_with(&source, "my_purged", &worker)
+            .await;
+        worker.terminate();
+
+        // While no worker runs, the binlog holding the cursor's position is purged.
+        source.sql(
+            "INSERT INTO t VALUES (2);
+             FLUSH BINARY LOGS;
+             INSERT INTO t VALUES (3);
+             FLUSH BINARY LOGS;
+             PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY;",
+        );
+        let worker = kyma.worker("w-2");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let error = loop {
+            let status = kyma
+                .catalog
+                .connector("my_purged")
+                .await
+                .expect("connector")
+                .status;
+            if let Some(error) = status.last_error {
+                break error;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no error shows: {status:?}\n{}",
+                worker.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert!(
+            error.contains("no longer holds") && error.contains("resync"),
+            "{error}"
+        );
     });
 }

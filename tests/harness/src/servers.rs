@@ -385,7 +385,9 @@ impl MariaDb {
             Command::new(install_db)
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
-                .args(["--auth-root-authentication-method=normal", "--skip-test-db"]),
+                .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+                // Temporary tables of its own: bootstraps running at once must not share /tmp.
+                .arg(format!("--tmpdir={}", dir.display())),
             run_as,
         )?;
         let port = free_port()?;
@@ -402,6 +404,7 @@ impl MariaDb {
             "--bind-address=127.0.0.1".into(),
             format!("--socket={}", socket.display()),
             format!("--pid-file={}", dir.join("mysqld.pid").display()),
+            format!("--tmpdir={}", dir.display()),
             log_bin,
             "--server-id=1".into(),
             "--binlog-format=ROW".into(),
