@@ -42,7 +42,7 @@ use kyma_connectors::mysql::sync::decode::TableDecoder;
 use kyma_connectors::mysql::sync::gtid::GtidPosition;
 use kyma_connectors::mysql::sync::snapshot::{Layout, MySnapshot};
 use kyma_connectors::mysql::sync::stream::MyChangeStream;
-use kyma_connectors::mysql::sync::{MyChangeSource, read_layouts};
+use kyma_connectors::mysql::sync::{Layouts, MyChangeSource, read_layouts};
 use kyma_connectors::sync::{
     ChangeSource, ChangeStream, Snapshot, SourceEvent, SourcePosition, TableId,
 };
@@ -106,8 +106,10 @@ async fn run(args: &Args) -> BenchResult<()> {
 
     println!("## Decode (binlog in memory, CPU only)\n");
     println!("| decoder | median s | MiB/s | row changes/s |\n|---|---|---|---|");
-    let kyma = median(args.runs, || decode(&files, &layouts).map(|(n, _)| n))?;
-    let decoded = decode(&files, &layouts)?.0;
+    let kyma = median(args.runs, || {
+        decode(&files, &layouts.tables).map(|(n, _)| n)
+    })?;
+    let decoded = decode(&files, &layouts.tables)?.0;
     row("kyma TableDecoder → row changes", kyma, bytes, decoded);
     let paths = binlog_paths(&server)?;
     for (label, verbose) in [
@@ -288,7 +290,7 @@ fn mariadb_binlog(paths: &[String], verbose: bool) -> BenchResult<u64> {
 async fn stream(
     spec: &ConnectorSpec,
     secrets: &SecretResolver,
-    layouts: &BTreeMap<TableId, Layout>,
+    layouts: &Layouts,
     server: &MariaDb,
 ) -> BenchResult<(Duration, u64)> {
     let end = GtidPosition::parse(server.sql("SELECT @@gtid_binlog_pos")?.trim())?;
@@ -322,7 +324,7 @@ async fn snapshot(spec: &ConnectorSpec, secrets: &SecretResolver) -> BenchResult
     let mut conn = kyma_connectors::mysql::connect(&spec.connection, secrets).await?;
     let layouts = read_layouts(&mut conn, &spec.scope).await?;
     let started = Instant::now();
-    let mut snapshot = MySnapshot::open(conn, Arc::new(layouts)).await?;
+    let mut snapshot = MySnapshot::open(conn, Arc::new(layouts.tables)).await?;
     let mut rows = 0;
     {
         let mut batches = snapshot.copy(table, 8192).await?;

@@ -99,7 +99,7 @@ impl MariaDbSource {
             .await
             .expect("connect");
         let layouts = read_layouts(&mut conn, &spec.scope).await.expect("layouts");
-        let mut snapshot = MySnapshot::open(conn, Arc::new(layouts))
+        let mut snapshot = MySnapshot::open(conn, Arc::new(layouts.tables))
             .await
             .expect("snapshot");
         let mut rows = Rows::new();

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kyma_catalog::{ConnectorSpec, ScopeSpec};
 use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
 
 use super::connect;
 use super::types::{self, read_catalog};
@@ -54,7 +55,18 @@ pub struct MyChangeSource {
     spec: ConnectorSpec,
     secrets: SecretResolver,
     /// The tables in scope as last discovered, with how each column reads.
-    layouts: BTreeMap<TableId, Layout>,
+    layouts: Layouts,
+}
+
+/// The tables in scope with how each column reads, as defined at `read_at`: the binlog
+/// position read just *after* the definitions, so that every schema change they reflect is
+/// at or before it.
+#[derive(Debug, Clone, Default)]
+pub struct Layouts {
+    /// Each table's columns.
+    pub tables: BTreeMap<TableId, Layout>,
+    /// Where the binlog was when they had been read.
+    pub read_at: GtidPosition,
 }
 
 impl MyChangeSource {
@@ -63,7 +75,7 @@ impl MyChangeSource {
         Self {
             spec: spec.clone(),
             secrets: secrets.clone(),
-            layouts: BTreeMap::new(),
+            layouts: Layouts::default(),
         }
     }
 
@@ -73,18 +85,28 @@ impl MyChangeSource {
 
     async fn open_snapshot(&self) -> Result<Box<dyn Snapshot>, ConnectorError> {
         let conn = self.connect().await?;
-        let layouts = Arc::new(self.layouts.clone());
+        let layouts = Arc::new(self.layouts.tables.clone());
         Ok(Box::new(MySnapshot::open(conn, layouts).await?))
     }
 }
 
-/// The columns of every table in `scope`, each with its reading.
-pub async fn read_layouts(
-    conn: &mut Conn,
-    scope: &ScopeSpec,
-) -> Result<BTreeMap<TableId, Layout>, ConnectorError> {
+/// The columns of every table in `scope`, each with its reading, and where the binlog was
+/// once they had been read.
+pub async fn read_layouts(conn: &mut Conn, scope: &ScopeSpec) -> Result<Layouts, ConnectorError> {
     let catalog = read_catalog(conn, &scope.include_schemas).await?;
-    Ok(layouts_of(catalog.columns, scope))
+    Ok(Layouts {
+        tables: layouts_of(catalog.columns, scope),
+        read_at: binlog_position(conn).await?,
+    })
+}
+
+/// Where the binlog is now (`@@gtid_binlog_pos`).
+async fn binlog_position(conn: &mut Conn) -> Result<GtidPosition, ConnectorError> {
+    let position: Option<String> = conn
+        .query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .map_err(super::refused)?;
+    GtidPosition::parse(&position.unwrap_or_default())
 }
 
 fn layouts_of(columns: Vec<types::SourceColumn>, scope: &ScopeSpec) -> BTreeMap<TableId, Layout> {
@@ -126,6 +148,7 @@ impl ChangeSource for MyChangeSource {
     async fn discover(&mut self) -> Result<Vec<SourceTable>, ConnectorError> {
         let mut conn = self.connect().await?;
         let catalog = read_catalog(&mut conn, &self.spec.scope.include_schemas).await?;
+        let read_at = binlog_position(&mut conn).await?;
         let _ = conn.disconnect().await;
         let layouts = layouts_of(catalog.columns, &self.spec.scope);
         let keys: BTreeMap<TableId, Vec<String>> = catalog
@@ -147,7 +170,10 @@ impl ChangeSource for MyChangeSource {
                 estimated_rows: estimates.get(id).copied().unwrap_or(0),
             })
             .collect();
-        self.layouts = layouts;
+        self.layouts = Layouts {
+            tables: layouts,
+            read_at,
+        };
         Ok(tables)
     }
 

@@ -47,7 +47,7 @@ use super::decode::TableDecoder;
 use super::gtid::{Gtid, GtidPosition};
 use super::setup::reader_server_id;
 use super::snapshot::Layout;
-use super::{columns_of, read_layouts};
+use super::{Layouts, columns_of, read_layouts};
 use crate::error::ConnectorError;
 use crate::secrets::SecretResolver;
 use crate::sync::{ChangeStream, SourceEvent, SourcePosition, TableId};
@@ -88,6 +88,8 @@ pub struct MyChangeStream {
     spec: ConnectorSpec,
     secrets: SecretResolver,
     layouts: BTreeMap<TableId, Layout>,
+    /// Where the binlog was when `layouts` had been read (see [`Layouts`]).
+    layouts_read_at: GtidPosition,
     mapped: HashMap<u64, MappedTable>,
     described: BTreeSet<TableId>,
     position: GtidPosition,
@@ -105,7 +107,7 @@ impl MyChangeStream {
     pub async fn open(
         spec: &ConnectorSpec,
         secrets: &SecretResolver,
-        layouts: BTreeMap<TableId, Layout>,
+        layouts: Layouts,
         from: &SourcePosition,
     ) -> Result<Self, ConnectorError> {
         let position = GtidPosition::parse(&from.0)?;
@@ -131,7 +133,8 @@ impl MyChangeStream {
             binlog,
             spec: spec.clone(),
             secrets: secrets.clone(),
-            layouts,
+            layouts: layouts.tables,
+            layouts_read_at: layouts.read_at,
             mapped: HashMap::new(),
             described: BTreeSet::new(),
             position,
@@ -301,12 +304,32 @@ impl MyChangeStream {
             let _ = conn.disconnect().await;
             self.begin();
             let kind = DdlKind::of(&lower);
+            let already_read = self.open.as_ref().is_some_and(|open| {
+                let mut at = GtidPosition::default();
+                at.advance(open.gtid);
+                self.layouts_read_at.contains(&at)
+            });
             for table in named {
-                self.compare(&table, now.get(&table), kind);
+                if already_read && kind != DdlKind::Truncate {
+                    // The definitions the stream holds were read after this change: rows of
+                    // the table read since the stream began may have been laid out before
+                    // it, which no definition at hand describes.
+                    self.queue.push_back(SourceEvent::Resnapshot {
+                        tables: vec![table.clone()],
+                        reason: "its schema changed before the stream caught up with it".into(),
+                    });
+                    match now.tables.get(&table) {
+                        Some(layout) => self.layouts.insert(table, layout.clone()),
+                        None => self.layouts.remove(&table),
+                    };
+                } else {
+                    self.compare(&table, now.tables.get(&table), kind);
+                }
             }
-            for (table, layout) in now {
+            for (table, layout) in now.tables {
                 self.layouts.entry(table).or_insert(layout);
             }
+            self.layouts_read_at = now.read_at;
         }
         if self.open.as_ref().is_some_and(|o| o.standalone) {
             self.end_transaction();
