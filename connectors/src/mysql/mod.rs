@@ -121,11 +121,28 @@ pub fn endpoint(url: &str) -> Result<Endpoint, ConnectorError> {
     })
 }
 
+/// `text` with its `%XX` escapes decoded (a `+` stays a `+`, as in a URL's user and path).
 fn percent_decoded(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={text}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The driver's options for `spec`: endpoint, secret, TLS (`tls` overrides the spec's mode,
@@ -323,6 +340,10 @@ mod tests {
                 database: "shop".into(),
                 user: "App".into(),
             }
+        );
+        assert_eq!(
+            endpoint("mysql://a+b@h/db").map(|e| e.user).ok().as_deref(),
+            Some("a+b")
         );
         assert_eq!(
             endpoint("mariadb://a%40b@h:3307")

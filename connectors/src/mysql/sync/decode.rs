@@ -36,9 +36,12 @@ use crate::sync::{Cell, ChangeOp, OldRow, RowChange, TableId};
 /// always).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Charset {
+    /// UTF-8 (`utf8mb4`, `utf8mb3`) and its subset `ascii`.
     Utf8,
     /// MySQL's `latin1`, which is Windows-1252.
     Latin1,
+    /// Any other: its text is not read from the binlog (it would be misread as UTF-8).
+    Other,
 }
 
 /// How one column decodes.
@@ -377,11 +380,16 @@ impl ColumnDecoder {
                 b"1900" => Value::NULL,
                 digits => Value::Bytes(digits.to_vec()),
             },
-            (Reading::Text | Reading::Json, Value::Bytes(bytes))
-                if self.charset == Charset::Latin1 =>
-            {
-                Value::Bytes(windows_1252(&bytes).into_bytes())
-            }
+            (Reading::Text | Reading::Json, Value::Bytes(bytes)) => match self.charset {
+                Charset::Utf8 => Value::Bytes(bytes),
+                Charset::Latin1 => Value::Bytes(windows_1252(&bytes).into_bytes()),
+                Charset::Other => {
+                    return Err(
+                        "its character set is neither UTF-8 nor latin1, which kyma reads from the binlog; convert the column to utf8mb4"
+                            .into(),
+                    );
+                }
+            },
             (_, value) => value,
         })
     }
@@ -412,8 +420,10 @@ fn binlog_names(map: &TableMapEvent<'_>) -> Option<Vec<String>> {
 /// The character set a text column's bytes have in the binlog.
 fn charset(column: &SourceColumn) -> Charset {
     match column.collation.as_deref() {
+        None => Charset::Utf8,
         Some(c) if c.starts_with("latin1") => Charset::Latin1,
-        _ => Charset::Utf8,
+        Some(c) if ["utf8", "ascii", "binary"].iter().any(|p| c.starts_with(p)) => Charset::Utf8,
+        Some(_) => Charset::Other,
     }
 }
 

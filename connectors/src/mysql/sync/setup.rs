@@ -70,7 +70,7 @@ pub fn reader_server_id(name: &str) -> u32 {
 pub async fn preflight(conn: &mut Conn, scope: &ScopeSpec) -> Result<(), ConnectorError> {
     if flavor(conn).await? == Flavor::Mysql {
         return Err(ConnectorError::invalid(
-            "type",
+            "mode",
             "sync from MySQL (not MariaDB) is not available in this kyma: its snapshot position needs a table lock path that has not been verified; use mode federation",
         ));
     }
