@@ -1,10 +1,11 @@
 //! What MariaDB sync refuses before it starts, each refusal naming the setting or privilege
 //! to fix, on real servers: one with a binary log whose settings the test turns wrong one at
-//! a time (and back), and one without a binary log. Plus registration's probe errors.
+//! a time (and back), and one without a binary log; compressed events met while streaming.
+//! Plus registration's probe errors.
 
 use kyma_catalog::{ConnectorSpec, SourceType};
 use kyma_connectors::mysql::sync::MyChangeSource;
-use kyma_connectors::sync::ChangeSource;
+use kyma_connectors::sync::{ChangeSource, SourceEvent, SourcePosition};
 use kyma_connectors::{ConnectorError, SecretResolver};
 use kyma_test_harness::MariaDb;
 
@@ -165,4 +166,56 @@ async fn registration_names_the_field_for_a_wrong_password_database_or_host() {
         .expect_err("nothing listens");
     assert!(unreachable.is_retryable(), "{unreachable}");
     assert_eq!(unreachable.field(), Some("connection.url"), "{unreachable}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_binlog_events_fail_the_stream_closed_naming_the_setting() {
+    let server = MariaDb::start().expect("a private MariaDB");
+    server
+        .sql("CREATE DATABASE shop; CREATE TABLE shop.t (id INT PRIMARY KEY, body TEXT)")
+        .expect("schema");
+    let secrets = SecretResolver::new("/nonexistent");
+    let mut source = MyChangeSource::new(&spec(&server.url("shop"), None), &secrets);
+    source.discover().await.expect("tables");
+    let from = SourcePosition(
+        server
+            .sql("SELECT @@gtid_binlog_pos")
+            .expect("position")
+            .trim()
+            .to_owned(),
+    );
+    let mut stream = source.stream(&from).await.expect("stream");
+
+    // The first row is read; once the server compresses its events, the stream stops
+    // with a definite error instead of skipping what it cannot read.
+    server
+        .sql("INSERT INTO shop.t VALUES (1, 'plain')")
+        .expect("insert");
+    server
+        .sql(&format!(
+            "SET GLOBAL log_bin_compress = ON; SET GLOBAL log_bin_compress_min_len = 10;
+             INSERT INTO shop.t VALUES (2, '{}')",
+            "x".repeat(1000)
+        ))
+        .expect("compressed insert");
+    let mut rows = 0;
+    let error = loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next());
+        match next
+            .await
+            .expect("the stream reports the compressed events within 30 s")
+        {
+            Some(Ok(SourceEvent::Row(_))) => rows += 1,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without an error"),
+        }
+    };
+    assert_eq!(rows, 1, "the uncompressed row was read");
+    assert!(!error.is_retryable(), "{error}");
+    assert_eq!(
+        error.field(),
+        Some("source setting log_bin_compress"),
+        "{error}"
+    );
 }
