@@ -402,3 +402,46 @@ fn a_cursor_the_binlog_no_longer_holds_fails_the_connector_naming_the_fix() {
         );
     });
 }
+
+#[test]
+fn binlog_text_in_a_character_set_kyma_does_not_read_fails_its_table_not_the_others() {
+    on_shared_source::<MariaDbSource>("mycharset", async |source, kyma| {
+        source.sql(
+            "CREATE TABLE wide (id INT PRIMARY KEY, name VARCHAR(20) CHARACTER SET utf16);
+             CREATE TABLE plain (id INT PRIMARY KEY, name VARCHAR(20));
+             INSERT INTO wide VALUES (1, 'snapshot');
+             INSERT INTO plain VALUES (1, 'snapshot');",
+        );
+        let worker = kyma.worker("w-1");
+        kyma.register_source(source, "my_charset").await;
+        kyma.wait_caught_up_with(source, "my_charset", &worker)
+            .await;
+        let db = source.database();
+        // The snapshot reads it (the server converts to UTF-8); the binlog carries UTF-16.
+        kyma.assert_rows("my_charset", db, "wide", &source.rows_of("wide").await)
+            .await;
+
+        source.sql(
+            "INSERT INTO wide VALUES (2, 'streamed');
+             INSERT INTO plain VALUES (2, 'streamed');",
+        );
+        kyma.wait_caught_up_with(source, "my_charset", &worker)
+            .await;
+        kyma.assert_rows("my_charset", db, "plain", &source.rows_of("plain").await)
+            .await;
+        let status = kyma
+            .catalog
+            .connector("my_charset")
+            .await
+            .expect("connector")
+            .status;
+        let wide = &status.tables[&format!("{db}.wide")];
+        assert_eq!(wide.phase, TablePhase::Failed, "{status:?}");
+        assert!(
+            wide.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("character set") && e.contains("utf8mb4")),
+            "{wide:?}"
+        );
+    });
+}
