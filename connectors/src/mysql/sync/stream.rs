@@ -176,7 +176,7 @@ impl MyChangeStream {
             Some(EventData::QueryEvent(query)) => {
                 let text = query.query().trim().to_owned();
                 match text.to_ascii_uppercase().as_str() {
-                    "BEGIN" | "XA START" => {}
+                    "BEGIN" => {}
                     "COMMIT" | "ROLLBACK" => self.end_transaction(),
                     _ => {
                         self.pending_ddl = Some((query.schema().into_owned(), text));
