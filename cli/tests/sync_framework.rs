@@ -8,38 +8,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::sync::{SyncSetup, connect_source};
+use common::sync::{SyncSetup, connect_source, poll};
 use common::{Kyma, runtime};
 use kyma_catalog::{SyncPhase, TablePhase, TableRef, TableState};
 use kyma_connectors::postgres::sync::SyncNames;
 use kyma_query_node::admin_grpc::proto::ResyncTableRequest;
 use kyma_query_node::admin_grpc::proto::connector_admin_client::ConnectorAdminClient;
 use kyma_test_harness::{S3, free_port};
-
-/// Polls `probe` every 50 ms until it yields a value; fails after `within` with `what` and
-/// the logs.
-async fn poll<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    within: Duration,
-    logs: impl Fn() -> String,
-    mut probe: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {what}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The synced tables of `connector`, by table name.
 async fn synced_tables(setup: &SyncSetup<'_>, connector: &str) -> BTreeMap<String, TableState> {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use common::source::mariadb::MariaDbSource;
 use common::source::{SourceFixture, on_shared_source};
+use common::sync::poll;
 use kyma_catalog::{TablePhase, TableRef};
 
 /// Every row of the MySQL mapping table (seeds/schema-mappings.txt), one column each.
@@ -182,7 +183,7 @@ fn every_mapped_type_reads_the_same_through_the_snapshot_and_the_binlog() {
         ));
         let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(rows["1"]["js"], hex, "json as dynamic");
-        let bits = kyma_table::dynamic::encode(&ciborium_integer(21));
+        let bits = kyma_table::dynamic::encode(&ciborium::Value::Integer(21.into()));
         let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(rows["1"]["bit5"], hex, "bit(5) as a dynamic integer");
 
@@ -208,10 +209,6 @@ fn every_mapped_type_reads_the_same_through_the_snapshot_and_the_binlog() {
             "bigint unsigned read as string says so: {warnings:?}"
         );
     });
-}
-
-fn ciborium_integer(n: u64) -> ciborium::Value {
-    ciborium::Value::Integer(n.into())
 }
 
 #[test]
@@ -378,24 +375,16 @@ fn a_cursor_the_binlog_no_longer_holds_fails_the_connector_naming_the_fix() {
              PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY;",
         );
         let worker = kyma.worker("w-2");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let error = loop {
-            let status = kyma
-                .catalog
-                .connector("my_purged")
-                .await
-                .expect("connector")
-                .status;
-            if let Some(error) = status.last_error {
-                break error;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no error shows: {status:?}\n{}",
-                worker.log()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
+        let error = poll(
+            "the connector shows an error",
+            std::time::Duration::from_secs(60),
+            || worker.log(),
+            || async {
+                let state = kyma.catalog.connector("my_purged").await.ok()?;
+                state.status.last_error
+            },
+        )
+        .await;
         assert!(
             error.contains("no longer holds") && error.contains("resync"),
             "{error}"

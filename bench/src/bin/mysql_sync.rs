@@ -106,10 +106,8 @@ async fn run(args: &Args) -> BenchResult<()> {
 
     println!("## Decode (binlog in memory, CPU only)\n");
     println!("| decoder | median s | MiB/s | row changes/s |\n|---|---|---|---|");
-    let kyma = median(args.runs, || {
-        decode(&files, &layouts.tables).map(|(n, _)| n)
-    })?;
-    let decoded = decode(&files, &layouts.tables)?.0;
+    let kyma = median(args.runs, || decode(&files, &layouts.tables))?;
+    let decoded = decode(&files, &layouts.tables)?;
     row("kyma TableDecoder → row changes", kyma, bytes, decoded);
     let paths = binlog_paths(&server)?;
     for (label, verbose) in [
@@ -236,18 +234,16 @@ fn binlog_files(server: &MariaDb) -> BenchResult<Vec<Vec<u8>>> {
     Ok(files)
 }
 
-/// Decodes every rows event of `files` of tables in `layouts` into row changes; returns the
-/// changes and the events read.
-fn decode(files: &[Vec<u8>], layouts: &BTreeMap<TableId, Layout>) -> BenchResult<(u64, u64)> {
+/// Decodes every rows event of `files` of tables in `layouts` into row changes; returns how
+/// many.
+fn decode(files: &[Vec<u8>], layouts: &BTreeMap<TableId, Layout>) -> BenchResult<u64> {
     let mut changes = 0;
-    let mut events = 0;
     for file in files {
         let mut decoders: HashMap<u64, Option<TableDecoder>> = HashMap::new();
         for event in
             mysql_common::binlog::BinlogFile::new(BinlogVersion::Version4, Cursor::new(file))?
         {
             let event = event?;
-            events += 1;
             match event.read_data()? {
                 Some(EventData::TableMapEvent(map)) => {
                     let id = TableId::new(map.database_name(), map.table_name());
@@ -266,10 +262,10 @@ fn decode(files: &[Vec<u8>], layouts: &BTreeMap<TableId, Layout>) -> BenchResult
             }
         }
     }
-    Ok((changes, events))
+    Ok(changes)
 }
 
-fn mariadb_binlog(paths: &[String], verbose: bool) -> BenchResult<u64> {
+fn mariadb_binlog(paths: &[String], verbose: bool) -> BenchResult<()> {
     let mut command = Command::new("mariadb-binlog");
     command.arg("--no-defaults");
     if verbose {
@@ -283,7 +279,7 @@ fn mariadb_binlog(paths: &[String], verbose: bool) -> BenchResult<u64> {
     if !status.success() {
         return Err(format!("mariadb-binlog failed: {status}").into());
     }
-    Ok(0)
+    Ok(())
 }
 
 /// Reads the whole binlog through kyma's change stream; returns the time and row changes.
@@ -352,7 +348,7 @@ async fn client_read(spec: &ConnectorSpec, secrets: &SecretResolver) -> BenchRes
     Ok(started.elapsed())
 }
 
-fn into_outfile(server: &MariaDb) -> BenchResult<u64> {
+fn into_outfile(server: &MariaDb) -> BenchResult<()> {
     let path = std::env::temp_dir().join(format!("kyma-bench-{}.tsv", std::process::id()));
     let _ = std::fs::remove_file(&path);
     server.sql(&format!(
@@ -360,7 +356,7 @@ fn into_outfile(server: &MariaDb) -> BenchResult<u64> {
         path.display()
     ))?;
     let _ = std::fs::remove_file(&path);
-    Ok(0)
+    Ok(())
 }
 
 fn table_rows(server: &MariaDb) -> BenchResult<u64> {

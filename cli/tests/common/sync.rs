@@ -3,6 +3,8 @@
 //! Postgres source for the Postgres-only tests ([`SyncSetup`]).
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::util::display::array_value_to_string;
@@ -340,4 +342,26 @@ pub fn row_values(batch: &RecordBatch) -> Vec<(String, BTreeMap<String, String>)
             (pk.value(row).to_owned(), values)
         })
         .collect()
+}
+
+/// Polls `probe` every 50 ms until it yields a value; fails after `within` with `what` and
+/// the logs.
+pub async fn poll<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    within: Duration,
+    logs: impl Fn() -> String,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -26,12 +26,12 @@ pub fn kyma_value(reading: &Reading, value: Value) -> Result<Option<KymaValue>, 
         Reading::Int => KymaValue::Int(
             i32::try_from(integer(&value)?).map_err(|_| format!("{value:?} is not an int"))?,
         ),
-        Reading::Long => KymaValue::Long(i64::try_from(integer(&value)?).map_err(|_| {
-            format!(
-                "{} exceeds the long range; set scope.numeric_mode or resync",
-                integer(&value).unwrap_or_default()
-            )
-        })?),
+        Reading::Long => {
+            let n = integer(&value)?;
+            KymaValue::Long(i64::try_from(n).map_err(|_| {
+                format!("{n} exceeds the long range; set scope.numeric_mode or resync")
+            })?)
+        }
         Reading::UnsignedText => KymaValue::String(integer(&value)?.to_string()),
         Reading::Real => KymaValue::Real(real(&value)?),
         Reading::Bool => KymaValue::Bool(match &value {
