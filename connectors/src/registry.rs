@@ -8,7 +8,7 @@ use kyma_catalog::{ConnectorSpec, SourceType};
 use crate::error::ConnectorError;
 use crate::secrets::SecretResolver;
 use crate::sync::ChangeSource;
-use crate::{mysql, postgres};
+use crate::{mongodb, mysql, postgres};
 
 /// What registration learns from a source before it stores a connector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,14 +52,6 @@ pub fn kind(source_type: SourceType) -> Result<&'static dyn SourceKind, Connecto
     match source_type {
         SourceType::Postgres => Ok(&postgres::PostgresKind),
         SourceType::Mysql => Ok(&mysql::MysqlKind),
-        SourceType::Mongodb => Err(ConnectorError::invalid(
-            "type",
-            format!(
-                "{} connectors are not available in this kyma yet; postgres and mysql are",
-                serde_json::to_string(&source_type)
-                    .unwrap_or_default()
-                    .trim_matches('"')
-            ),
-        )),
+        SourceType::Mongodb => Ok(&mongodb::MongodbKind),
     }
 }
