@@ -594,14 +594,32 @@ pub struct RetentionSpec {
     /// Days a tombstone is kept before compaction drops it.
     #[serde(default = "default_tombstone_days")]
     pub tombstone_days: u32,
+    /// What to do when the source no longer retains the change history the cursor needs.
+    #[serde(default)]
+    pub on_history_lost: HistoryLostPolicy,
 }
 
 impl Default for RetentionSpec {
     fn default() -> Self {
         Self {
             tombstone_days: default_tombstone_days(),
+            on_history_lost: HistoryLostPolicy::default(),
         }
     }
+}
+
+/// What sync does when the source's change log no longer holds the connector's cursor (a
+/// purged binlog, an oplog that rolled past the resume token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryLostPolicy {
+    /// Fail the connector, naming the fix (the default: changes were missed, and only the
+    /// operator can decide that copying everything again is acceptable).
+    #[default]
+    Fail,
+    /// Copy every table again under a new snapshot, then stream from there. Never "resume
+    /// from now": that would silently skip what was lost.
+    Resnapshot,
 }
 
 fn default_tombstone_days() -> u32 {

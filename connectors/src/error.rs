@@ -25,6 +25,15 @@ pub enum ConnectorError {
     /// (definite: the same query fails again).
     #[error("the source: {0}")]
     Source(String),
+    /// The source changed under a read in a way the next attempt takes into account (e.g. a
+    /// MongoDB copy met fields its sample missed): retry.
+    #[error("the source changed during the read: {0}")]
+    Changed(String),
+    /// The source no longer holds the change history the cursor needs (a purged binlog, an
+    /// oplog that rolled past the resume token): definite; the connector's
+    /// `retention.on_history_lost` policy says whether kyma copies everything again.
+    #[error("the source's change history is lost: {0}")]
+    HistoryLost(String),
     /// No connector of that name.
     #[error("connector `{0}` does not exist")]
     NotFound(String),
@@ -46,10 +55,11 @@ impl ConnectorError {
     /// Whether retrying the same call may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ConnectorError::Unreachable { .. } => true,
+            ConnectorError::Unreachable { .. } | ConnectorError::Changed(_) => true,
             ConnectorError::Catalog(e) => e.is_retryable(),
             ConnectorError::Invalid { .. }
             | ConnectorError::Source(_)
+            | ConnectorError::HistoryLost(_)
             | ConnectorError::NotFound(_)
             | ConnectorError::Fenced { .. } => false,
         }

@@ -46,7 +46,10 @@ fn status_of(e: ConnectorError) -> Status {
         ConnectorError::Invalid { .. } | ConnectorError::Unreachable { .. } => {
             Status::invalid_argument(message)
         }
-        ConnectorError::Source(_) => Status::failed_precondition(message),
+        ConnectorError::Source(_) | ConnectorError::HistoryLost(_) => {
+            Status::failed_precondition(message)
+        }
+        ConnectorError::Changed(_) => Status::unavailable(message),
         ConnectorError::NotFound(_) => Status::not_found(message),
         ConnectorError::Fenced { .. } => Status::aborted(message),
         ConnectorError::Catalog(c) if c.is_retryable() => Status::unavailable(message),
@@ -102,8 +105,15 @@ fn spec_json(spec: &proto::ConnectorSpec) -> Value {
         );
         body.insert("scope".into(), Value::Object(scope));
     }
-    if let Some(days) = spec.retention.as_ref().and_then(|r| r.tombstone_days) {
-        body.insert("retention".into(), json!({ "tombstone_days": days }));
+    if let Some(retention) = &spec.retention {
+        let mut fields = serde_json::Map::new();
+        if let Some(days) = retention.tombstone_days {
+            fields.insert("tombstone_days".into(), json!(days));
+        }
+        if let Some(policy) = &retention.on_history_lost {
+            fields.insert("on_history_lost".into(), json!(policy));
+        }
+        body.insert("retention".into(), Value::Object(fields));
     }
     Value::Object(body)
 }
@@ -133,6 +143,7 @@ fn connector_of(view: ConnectorView) -> proto::Connector {
             }),
             retention: Some(proto::Retention {
                 tombstone_days: Some(spec.retention.tombstone_days),
+                on_history_lost: Some(json_name(&spec.retention.on_history_lost)),
             }),
         }),
         state: json_name(&view.state),

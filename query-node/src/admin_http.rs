@@ -67,9 +67,15 @@ fn failure(e: &ConnectorError) -> Response {
                 &message,
             )
         }
-        ConnectorError::Source(_) => {
+        ConnectorError::Source(_) | ConnectorError::HistoryLost(_) => {
             error_body(StatusCode::BAD_GATEWAY, "source_error", None, &message)
         }
+        ConnectorError::Changed(_) => error_body(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            None,
+            &message,
+        ),
         ConnectorError::NotFound(_) => {
             error_body(StatusCode::NOT_FOUND, "not_found", None, &message)
         }

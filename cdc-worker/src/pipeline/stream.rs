@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use kyma_catalog::{SyncPhase, TableFailure, TablePhase, TableRef, TableSyncState};
+use kyma_catalog::{
+    HistoryLostPolicy, SyncPhase, TableFailure, TablePhase, TableRef, TableSyncState,
+};
+use kyma_connectors::ConnectorError;
 use kyma_connectors::sync::{
     Cell, ChangeOp, ChangeSource, ChangeStream, RowChange, SourceColumn, SourceEvent,
     SourcePosition, TableId,
@@ -71,7 +74,15 @@ impl ConnectorSync {
                 "there is no cursor to stream from".into(),
             ));
         };
-        let mut stream = source.stream(&from).await?;
+        let mut stream = match source.stream(&from).await {
+            Err(ConnectorError::HistoryLost(why))
+                if self.spec.retention.on_history_lost == HistoryLostPolicy::Resnapshot =>
+            {
+                self.start_over(&why).await?;
+                return Ok(Ended::Rescan);
+            }
+            opened => opened?,
+        };
         for run in self.tables.values() {
             if run.state.phase == SyncPhase::Streaming {
                 self.status.table(&run.key()).phase = TablePhase::Streaming;
@@ -121,6 +132,35 @@ impl ConnectorSync {
             }
             self.keep_safe(&mut s.batch).await?;
         }
+    }
+
+    /// The source lost the history the cursor needs and the connector opts into copying
+    /// again (`retention.on_history_lost: resnapshot`): in one commit every table goes back
+    /// to pending and the cursor is cleared, so the next round takes a new snapshot, copies
+    /// every table under it and streams from there. A crash before the commit finds the
+    /// history still lost and decides again; a crash after it resumes the copies.
+    async fn start_over(&mut self, why: &str) -> Result<(), SyncError> {
+        tracing::warn!(connector = %self.spec.name, %why, "change history lost: copying every table again");
+        let mut states = BTreeMap::new();
+        for run in self.tables.values_mut() {
+            if run.state.phase == SyncPhase::Failed {
+                continue;
+            }
+            run.state.phase = SyncPhase::Pending;
+            states.insert(run.table.clone(), run.state.clone());
+        }
+        let batch = self.new_batch(false);
+        self.cursor
+            .commit(batch, &SourcePosition(String::new()), &states)
+            .await?;
+        self.cursor.position = None;
+        let warning =
+            format!("{why}; retention.on_history_lost is resnapshot, so the table is copied again");
+        for run in self.tables.values() {
+            self.status.show(&run.key(), &run.state);
+            self.status.warn(&run.key(), warning.clone());
+        }
+        self.write_status(true).await
     }
 
     fn resync_requested(&self, requests: &BTreeMap<String, u64>) -> bool {

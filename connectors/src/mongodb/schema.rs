@@ -311,6 +311,13 @@ impl Shape {
             .collect()
     }
 
+    /// Widens the shape to read whatever `other` reads (a fresh sample's shape).
+    pub fn absorb(&mut self, other: &Shape) {
+        for column in other.columns.iter().skip(1) {
+            self.widen(column.path.clone(), column.kind, column.warning.as_deref());
+        }
+    }
+
     /// Widens the shape to read `document`; `true` when it changed.
     pub fn observe(&mut self, document: &Document) -> bool {
         let mut changed = false;
@@ -517,8 +524,8 @@ mod tests {
             "ts": mongodb::bson::Timestamp { time: 1, increment: 2 },
             "u": Bson::Binary(mongodb::bson::Binary { subtype: BinarySubtype::Uuid, bytes: vec![7; 16] }),
             "bin": Bson::Binary(mongodb::bson::Binary { subtype: BinarySubtype::Generic, bytes: vec![1, 2] }),
-            "dec_int": "42".parse::<Decimal128>().unwrap(),
-            "dec_frac": "4.2".parse::<Decimal128>().unwrap(),
+            "dec_int": "42".parse::<Decimal128>().expect("test input"),
+            "dec_frac": "4.2".parse::<Decimal128>().expect("test input"),
             "arr": [1, 2],
             "re": Bson::RegularExpression(mongodb::bson::Regex { pattern: "a".into(), options: "i".into() }),
             "nothing": Bson::Null,
@@ -561,7 +568,8 @@ mod tests {
             decimal_text: true,
             ..ShapeOptions::default()
         };
-        let document = doc! { "_id": 1, "price": "4.20".parse::<Decimal128>().unwrap() };
+        let document =
+            doc! { "_id": 1, "price": "4.20".parse::<Decimal128>().expect("test input") };
         let shape = Shape::infer(options, [&document]);
         assert_eq!(
             shape.column("price").map(|c| c.kind),
@@ -571,7 +579,7 @@ mod tests {
             decimal128_mode: Some("float".into()),
             ..ScopeSpec::default()
         };
-        let e = ShapeOptions::of(&scope).unwrap_err();
+        let e = ShapeOptions::of(&scope).expect_err("must fail");
         assert_eq!(e.field(), Some("scope.decimal128_mode"));
     }
 

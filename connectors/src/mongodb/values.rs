@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn keys_stringify() {
-        let oid = ObjectId::parse_str("507f1f77bcf86cd799439011").unwrap();
+        let oid = ObjectId::parse_str("507f1f77bcf86cd799439011").expect("test input");
         assert_eq!(key_text(&Bson::ObjectId(oid)), "507f1f77bcf86cd799439011");
         assert_eq!(key_text(&Bson::String("k".into())), "k");
         assert_eq!(key_text(&Bson::Int32(7)), "7");
@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn decimals_that_hold_integers_read_as_longs() {
-        let d = |s: &str| s.parse::<Decimal128>().unwrap();
+        let d = |s: &str| s.parse::<Decimal128>().expect("test input");
         assert_eq!(decimal_integer(&d("42")), Some(42));
         assert_eq!(decimal_integer(&d("-42")), Some(-42));
         assert_eq!(decimal_integer(&d("4.20E+1")), Some(42));
@@ -324,7 +324,7 @@ mod tests {
             kyma_value(&bin, Kind::Binary),
             Some(KymaValue::String("/wA=".into()))
         );
-        let dec = Bson::Decimal128("1.10".parse().unwrap());
+        let dec = Bson::Decimal128("1.10".parse().expect("test input"));
         assert_eq!(
             kyma_value(&dec, Kind::DecimalText),
             Some(KymaValue::String("1.10".into()))
@@ -338,7 +338,7 @@ mod tests {
         let Some(KymaValue::Dynamic(bytes)) = kyma_value(&value, Kind::Dynamic) else {
             panic!("not dynamic");
         };
-        let decoded = kyma_table::dynamic::decode(&bytes).unwrap();
+        let decoded = kyma_table::dynamic::decode(&bytes).expect("test input");
         assert_eq!(
             kyma_table::dynamic::to_json(&decoded),
             serde_json::json!({ "tags": ["a", 1], "at": "1970-01-01T00:00:00Z" })

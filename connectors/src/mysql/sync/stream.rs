@@ -469,8 +469,8 @@ fn binlog_error(e: mysql_async::Error) -> ConnectorError {
     match e {
         // ER_MASTER_FATAL_ERROR_READING_BINLOG: purged, or not in strict order.
         mysql_async::Error::Server(server) if server.code == 1236 => {
-            ConnectorError::Source(format!(
-                "the binlog no longer holds the connector's position ({}); resync the connector, and keep binlogs longer (expire_logs_days / binlog_expire_logs_seconds) than a worker may be down",
+            ConnectorError::HistoryLost(format!(
+                "the binlog no longer holds the connector's position ({}); resync the connector or set retention.on_history_lost to resnapshot, and keep binlogs longer (expire_logs_days / binlog_expire_logs_seconds) than a worker may be down",
                 server.message
             ))
         }
