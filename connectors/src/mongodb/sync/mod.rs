@@ -10,7 +10,8 @@
 //! - **Snapshot, then stream, exactly once** ([`MongoChangeSource::snapshot`]): open the
 //!   change stream at the present and keep its post-batch resume token `R` (the first batch
 //!   of a fresh stream is empty); open a snapshot read session and let the server pick its
-//!   cluster time `T` (≥ `R`'s, checked); copy the collections in that session. The
+//!   cluster time `T` (checked: no write can fall between `T` and `R`'s time); copy the
+//!   collections in that session. The
 //!   snapshot's position is `snapshot:T/R` ([`position`]): the stream resumes after `R`,
 //!   and every event at a cluster time ≤ `T` is covered by the copy and dropped for its
 //!   table. A copy that outlives the server's snapshot history
@@ -180,9 +181,15 @@ impl ChangeSource for MongoChangeSource {
         let resume_point = MongoPosition::of_token(&token)?;
         let read = self.deployment.snapshot().await?;
         let time = read.cluster_time();
-        if time < resume_point.time {
+        // The stream delivers every event at or after the resume point's time; the copy
+        // holds every write at or before `time`: no write may fall strictly between.
+        let after_snapshot = time
+            .1
+            .checked_add(1)
+            .map_or((time.0 + 1, 0), |i| (time.0, i));
+        if resume_point.time > after_snapshot {
             return Err(ConnectorError::Changed(format!(
-                "the snapshot's cluster time {}.{} is before the stream's resume point {}; taking it again",
+                "the snapshot's cluster time {}.{} is before the stream's resume point {}, which would leave a gap; taking it again",
                 time.0, time.1, resume_point
             )));
         }
