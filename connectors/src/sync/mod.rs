@@ -69,14 +69,16 @@
 //!   `Relation` when nullable columns were only added, else a `Resnapshot` of the table.
 //!   Minimal row images become `Cell::Unchanged`. Source identity = the server id. MySQL
 //!   proper (UUID GTID sets, a locked snapshot anchor) is refused for sync.
-//! - **MongoDB** (next): `prepare` opens nothing durable. Position = resume token plus its
+//! - **MongoDB** (`crate::mongodb::sync`): `prepare` opens nothing durable. Position = resume token plus its
 //!   cluster time; a snapshot opens the change stream first (keeping its post-batch resume
 //!   token) and reads the collections in a snapshot session at a cluster time at or after
 //!   it; `covers(mark, txn)` = the event's cluster time (and transaction index) is at or
 //!   before the mark's. Update descriptions without a full document become
 //!   `Cell::Unchanged` for the fields not in them. Idle batches carry the post-batch resume
-//!   token as `Idle { position }`. History lost (error 286) is a definite error unless the
-//!   connector opts into a resnapshot. Source identity = replica set (or cluster) id.
+//!   token as `Idle { position }`. History lost (error 286, like a purged MariaDB binlog) is
+//!   [`ConnectorError::HistoryLost`]: the pipeline fails the connector, or copies every table
+//!   again under `retention.on_history_lost: resnapshot`. Source identity = the replica
+//!   set's name.
 
 use std::fmt;
 use std::sync::Arc;
