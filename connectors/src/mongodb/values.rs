@@ -165,14 +165,6 @@ pub fn cbor(value: &Bson) -> Cbor {
     }
 }
 
-/// The cells of `document` for `columns`, in order.
-pub fn document_values(document: &Document, columns: &[FieldColumn]) -> Vec<Option<KymaValue>> {
-    columns
-        .iter()
-        .map(|c| value_at(document, &c.path).and_then(|v| kyma_value(v, c.kind)))
-        .collect()
-}
-
 /// Builds record batches of kyma-typed columns from documents, each column read by its
 /// path and kind.
 pub struct DocumentBatcher {

@@ -17,7 +17,8 @@ use super::position::ClusterTime;
 use crate::error::ConnectorError;
 use crate::mongodb::schema::{self, Collection};
 use crate::mongodb::{
-    CHANGE_STREAM_HISTORY_LOST, Topology, command_code, connect, refused, topology,
+    CHANGE_STREAM_HISTORY_LOST, SNAPSHOT_TOO_OLD, Topology, command_code, connect, refused,
+    topology,
 };
 use crate::secrets::SecretResolver;
 use crate::sync::TableId;
@@ -228,6 +229,17 @@ impl Deployment for DriverDeployment {
     }
 }
 
+/// A snapshot read's error: one older than the server keeps history names the setting.
+fn snapshot_error(e: mongodb::error::Error) -> ConnectorError {
+    if command_code(&e) == Some(SNAPSHOT_TOO_OLD) {
+        return ConnectorError::Source(format!(
+            "the copy outlived the server's snapshot history ({}); raise minSnapshotHistoryWindowInSeconds on the source above the longest collection's copy time, then resync",
+            refused(e)
+        ));
+    }
+    refused(e)
+}
+
 /// A resume token's `_data` as the driver takes it.
 fn resume_token(data: &str) -> Result<ResumeToken, ConnectorError> {
     mongodb::bson::from_bson(Bson::Document(doc! { "_data": data }))
@@ -293,7 +305,7 @@ impl SnapshotRead for DriverSnapshot {
         Ok(
             futures::stream::unfold((cursor, session), |(mut cursor, session)| async move {
                 let next = cursor.next(session).await?;
-                Some((next.map_err(refused), (cursor, session)))
+                Some((next.map_err(snapshot_error), (cursor, session)))
             })
             .boxed(),
         )
