@@ -115,10 +115,15 @@ async fn unreachable_hosts_missing_databases_and_tls_not_offered_name_the_field(
     let (field, message) = field_of(f.admin.create(&required).await);
     assert_eq!(field, "connection.tls", "{message}");
 
-    let mut mongodb = registration("mongo", "mongodb://127.0.0.1:27017/x");
+    let mongo_port = free_port().expect("port");
+    let mut mongodb = registration("mongo", &format!("mongodb://127.0.0.1:{mongo_port}/x"));
     mongodb["type"] = json!("mongodb");
     let (field, message) = field_of(f.admin.create(&mongodb).await);
-    assert_eq!(field, "type", "{message}");
+    assert_eq!(field, "connection.url", "{message}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{mongo_port}")),
+        "{message}"
+    );
     assert!(
         f.admin.list().await.expect("list").is_empty(),
         "nothing refused was stored"

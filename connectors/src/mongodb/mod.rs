@@ -179,7 +179,7 @@ fn is_tls_failure(e: &ConnectorError) -> bool {
         if reason.contains("tls") || reason.contains("TLS") || reason.contains("handshake"))
 }
 
-/// A driver error without the server's topology dump, which can be long.
+/// A driver error as the operator reads it (a server's refusal with its code name).
 fn message(e: &DriverError) -> String {
     match &*e.kind {
         ErrorKind::Command(command) => {
@@ -188,11 +188,6 @@ fn message(e: &DriverError) -> String {
                 command.message, command.code_name, command.code
             )
         }
-        ErrorKind::ServerSelection { message, .. } => message
-            .split(", Topology:")
-            .next()
-            .unwrap_or(message)
-            .to_owned(),
         other => other.to_string(),
     }
 }
