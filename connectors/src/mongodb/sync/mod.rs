@@ -95,16 +95,13 @@ impl MongoChangeSource {
         }
     }
 
+    /// What positions are positions in: the replica set, or the sharded cluster.
     async fn source_id(&self) -> Result<String, ConnectorError> {
-        Ok(match self.deployment.topology().await? {
+        let topology = self.deployment.topology().await?;
+        topology.require_change_streams()?;
+        Ok(match topology {
             Topology::ReplicaSet(name) => format!("replica set {name}"),
-            Topology::Sharded => "sharded cluster".into(),
-            Topology::Standalone => {
-                return Err(Topology::Standalone
-                    .require_change_streams()
-                    .err()
-                    .unwrap_or_else(|| ConnectorError::Source("standalone".into())));
-            }
+            _ => "sharded cluster".into(),
         })
     }
 }
