@@ -291,7 +291,8 @@ impl Capabilities for MongoCapabilities {
     }
 
     fn literal(&self, value: &ScalarValue) -> Result<(), String> {
-        if value.is_null() {
+        // Doubles are compared with double columns only, which are opaque.
+        if value.is_null() || matches!(value, ScalarValue::Float32(_) | ScalarValue::Float64(_)) {
             return Ok(());
         }
         pipeline::literal(value).map(|_| ())
@@ -313,8 +314,9 @@ impl Capabilities for MongoCapabilities {
         }
     }
 
-    fn cast(&self, _from: &DataType, _to: &DataType) -> bool {
-        false
+    /// Only int to long, which DataFusion puts under SUM (the pipeline sums the ints).
+    fn cast(&self, from: &DataType, to: &DataType) -> bool {
+        matches!((from, to), (DataType::Int32, DataType::Int64))
     }
 
     fn function(
@@ -332,7 +334,7 @@ impl Capabilities for MongoCapabilities {
         match (name, types) {
             ("count", _) => Ok(AggregateResult::Comparable),
             ("min" | "max", _) => Ok(AggregateResult::Ordered),
-            ("sum", [DataType::Int32]) => Ok(AggregateResult::Comparable),
+            ("sum", [DataType::Int32 | DataType::Int64]) => Ok(AggregateResult::Comparable),
             ("sum", _) => Err(
                 "SUM is pushed over int fields only: MongoDB's $sum turns an overflowing long into a double"
                     .into(),

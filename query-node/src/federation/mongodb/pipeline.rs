@@ -1016,9 +1016,14 @@ fn accumulate(
             Ok(field.kind)
         }
         ("sum", [arg]) => {
+            // DataFusion sums ints as longs: `sum(CAST(x AS BIGINT))`.
+            let arg = match arg {
+                Expr::Cast(cast) => cast.expr.as_ref(),
+                other => other,
+            };
             let field = b.compared(arg)?;
             if field.kind != Kind::Int {
-                return Err("SUM is pushed over int fields only".into());
+                return Err("SUM is pushed over int fields only: MongoDB's $sum turns an overflowing long into a double".into());
             }
             let counted = format!("c{name}");
             group
