@@ -388,9 +388,10 @@ async fn check_case(
     };
     let mut failures = Vec::new();
     let pipeline = pipeline_of(&one.sql);
-    if pipeline.to_string() != golden {
+    let compiled = pipeline.to_string();
+    if compiled != golden {
         failures.push(format!(
-            "{full}:\n  golden   {golden}\n  compiled {pipeline}"
+            "{full}:\n  golden   {golden}\n  compiled {compiled}"
         ));
     }
     if !one.not_pushed.is_empty() {
