@@ -42,12 +42,15 @@ install_test_deps() {
 }
 
 # The Python clients the tests drive kyma with (ADBC Flight SQL and pyarrow), pinned, in a
-# virtualenv outside the clone. Exports KYMA_TEST_PYTHON for cli/tests/python_clients.rs.
+# virtualenv outside the clone, with the MongoDB stand-ins (mongomock evaluates the federation
+# corpus's `$match` filters, query-node/tests/federation_mongodb.rs; mockupdb scripts a wire
+# server). Exports KYMA_TEST_PYTHON for cli/tests/python_clients.rs and those tests.
 install_python_clients() {
   install_debian_packages python3 python3-venv
   local venv="${XDG_CACHE_HOME:-$HOME/.cache}/kyma/venv"
-  local pins=(adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1)
-  if ! "$venv/bin/python" -c 'import adbc_driver_flightsql, pyarrow' >/dev/null 2>&1; then
+  local pins=(adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1
+    mongomock==4.3.0 pymongo==4.20.1 mockupdb==1.8.1)
+  if ! "$venv/bin/python" -c 'import adbc_driver_flightsql, pyarrow, mongomock, mockupdb' >/dev/null 2>&1; then
     echo "kyma: installing the Python test clients into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"

@@ -44,7 +44,7 @@ pub const SAMPLE_SIZE: u32 = 1000;
 pub const DEFAULT_FLATTEN_DEPTH: u32 = 2;
 
 /// What a column reads: the BSON types it accepts and the kyma type they become.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// `_id`, stringified: any BSON type.
     Key,

@@ -14,10 +14,12 @@
 //! - [`capabilities`], [`rule`], [`summary`], [`scan`], [`table`]: what may run at a source,
 //!   the optimizer rule that moves it there, the `pushdown_summary`, the scan node, the table
 //!   provider — the same for every source.
-//! - [`sql`]: what SQL sources share; [`postgres`]: Postgres; [`mysql`]: MySQL and MariaDB.
+//! - [`sql`]: what SQL sources share; [`postgres`]: Postgres; [`mysql`]: MySQL and MariaDB;
+//!   [`mongodb`]: MongoDB, which compiles aggregation pipelines instead of SQL.
 
 pub mod capabilities;
 pub mod catalog;
+pub mod mongodb;
 pub mod mysql;
 pub mod postgres;
 pub mod rule;
@@ -76,7 +78,7 @@ pub fn implementation(source_type: SourceType) -> Option<Implementation> {
     match source_type {
         SourceType::Postgres => Some(postgres::source),
         SourceType::Mysql => Some(mysql::source),
-        SourceType::Mongodb => None,
+        SourceType::Mongodb => Some(mongodb::source),
     }
 }
 

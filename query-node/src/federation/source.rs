@@ -49,13 +49,14 @@
 //!   compares and sorts as kyma does; PAD SPACE loses equality (trailing blanks compare
 //!   equal); `_ci` and `_ai` collations lose both, so string equality, LIKE and ORDER BY on
 //!   such columns stay in kyma.
-//! - **MongoDB** will implement this trait directly: `compile` turns the subtree into an
-//!   aggregation pipeline (filters into `$match`, the projection into `$project`, ORDER BY
-//!   into `$sort`, LIMIT into `$limit`, GROUP BY and aggregates into `$group`), a
-//!   `SourceQuery::Pipeline` shown as JSON in the summary's `sql` field. A collection's
-//!   relation is the collection with the stages that read it as kyma types (flattening);
-//!   values compare bytewise unless the collection has a collation, and fields holding mixed
-//!   BSON types are opaque.
+//! - **MongoDB** ([`super::mongodb`]) implements this trait directly: `compile` turns the
+//!   subtree into an aggregation pipeline (filters into query-language `$match` with a type
+//!   guard per column, the projection into `$project`, ORDER BY into `$sort` over typed keys,
+//!   LIMIT into `$skip`/`$limit`, GROUP BY and aggregates into `$group`), a
+//!   [`SourceQuery::Pipeline`] shown as the `aggregate` command's JSON in the summary's `sql`
+//!   field. A table accepts only the filters that compile ([`FederatedSource::accepts_filter`]).
+//!   Values compare bytewise (every pipeline runs under the simple collation); a field
+//!   whose BSON types MongoDB compares differently from kyma is opaque.
 
 use std::fmt;
 use std::sync::Arc;
@@ -64,11 +65,13 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::{DataFusionError, Result};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::metrics::Count;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use kyma_catalog::{ConnectorSpec, KymaType, SourceType, TlsMode};
 use kyma_connectors::ConnectorError;
+use kyma_connectors::mongodb::schema::Kind;
 use kyma_connectors::pool::Endpoint;
 
 use super::capabilities::{Capabilities, Semantics};
@@ -93,6 +96,14 @@ pub trait FederatedSource: fmt::Debug + Send + Sync + 'static {
 
     /// What it computes exactly as DataFusion does.
     fn capabilities(&self) -> &dyn Capabilities;
+
+    /// Whether filter `filter` on `table`, which the capability checks admit, can also be
+    /// written as the source's query: a table pushes only filters it can compile (by default
+    /// every admitted one; MongoDB's `$match` compares a field with constants only).
+    fn accepts_filter(&self, table: &SourceTable, filter: &Expr) -> Result<(), String> {
+        let _ = (table, filter);
+        Ok(())
+    }
 
     /// The query answering `subtree` (whose every expression passed the capability checks
     /// and whose scans are all of sources with this one's identity).
@@ -169,13 +180,38 @@ impl SourceIdentity {
 pub enum SourceQuery {
     /// SQL in the source's dialect.
     Sql(String),
+    /// A MongoDB aggregation ([`super::mongodb`]).
+    Pipeline {
+        /// The database.
+        database: String,
+        /// The collection.
+        collection: String,
+        /// The stages as relaxed Extended JSON (an array), as the summary shows them.
+        shown: String,
+        /// The stages as sent: each one BSON document.
+        stages: Vec<Vec<u8>>,
+        /// How each output column reads from the result documents: its path and kind.
+        columns: Vec<(Vec<String>, Kind)>,
+    },
 }
 
 impl fmt::Display for SourceQuery {
-    /// The query as the summary and EXPLAIN show it.
+    /// The query as the summary and EXPLAIN show it: SQL, or the `aggregate` command
+    /// (`{"aggregate": "<collection>", "$db": "<database>", "pipeline": [...]}`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SourceQuery::Sql(sql) => f.write_str(sql),
+            SourceQuery::Pipeline {
+                database,
+                collection,
+                shown,
+                ..
+            } => write!(
+                f,
+                "{{\"aggregate\": {}, \"$db\": {}, \"pipeline\": {shown}}}",
+                serde_json::Value::from(collection.as_str()),
+                serde_json::Value::from(database.as_str()),
+            ),
         }
     }
 }
@@ -229,6 +265,12 @@ impl SourceTable {
             relation,
         }
     }
+}
+
+/// The rows of a query a source did not compile: none, and a failure saying so.
+pub fn refused_query(query: &SourceQuery) -> RecordBatches {
+    let error = ConnectorError::Source(format!("this source did not compile the query {query}"));
+    futures::stream::once(async move { Err(error) }).boxed()
 }
 
 /// An error from a federated source, naming its connector.

@@ -32,7 +32,7 @@ use kyma_connectors::ConnectorError;
 use super::capabilities::Capabilities;
 use super::source::{
     FederatedColumn, FederatedSource, QueryOutput, RecordBatches, SourceIdentity, SourceQuery,
-    SourceTable,
+    SourceTable, refused_query,
 };
 use super::table::federated_table;
 
@@ -187,9 +187,11 @@ impl<D: SqlDialect, E: SqlExecutor> FederatedSource for SqlFederation<D, E> {
     }
 
     fn execute(&self, query: &SourceQuery, output: QueryOutput) -> RecordBatches {
-        // A SQL source compiles only SQL; a new kind of query must be refused here.
-        let SourceQuery::Sql(sql) = query;
-        self.executor.execute(sql.clone(), output)
+        // A SQL source compiles only SQL.
+        match query {
+            SourceQuery::Sql(sql) => self.executor.execute(sql.clone(), output),
+            other => refused_query(other),
+        }
     }
 }
 

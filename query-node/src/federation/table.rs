@@ -19,7 +19,8 @@ use super::scan::FederatedScanExec;
 use super::source::{FederatedSource, SourceTable};
 
 /// A source table. Filters are pushed Exact when [`check_filter`] finds them safe for the
-/// source, Unsupported otherwise (DataFusion then runs them); the optimizer rule turns scans,
+/// source and the source can compile them ([`FederatedSource::accepts_filter`]), Unsupported
+/// otherwise (DataFusion then runs them); the optimizer rule turns scans,
 /// and whatever above them is safe, into one source query.
 #[derive(Debug, Clone)]
 pub struct FederatedTable {
@@ -68,7 +69,8 @@ impl TableProvider for FederatedTable {
             .iter()
             .map(|filter| {
                 let safe = self.pushdown
-                    && check_filter(filter, &schema, &self.meta.semantics, capabilities).is_ok();
+                    && check_filter(filter, &schema, &self.meta.semantics, capabilities).is_ok()
+                    && self.source.accepts_filter(&self.meta, filter).is_ok();
                 if safe {
                     TableProviderFilterPushDown::Exact
                 } else {
