@@ -11,7 +11,7 @@
 //!   (`connector.database.collection`). Collection names may hold dots; the status names
 //!   them unambiguously ([`kyma_catalog::table_key`]). System collections (`system.*`) and
 //!   views are left out.
-//! - Sync ([`sync`]). Federation through aggregation pipelines is still to come.
+//! - Federation's execution of aggregation pipelines ([`query`]) and sync ([`sync`]).
 //!
 //! # TLS (`connection.tls`)
 //!
@@ -28,6 +28,7 @@
 //! unreachable deployment names `connection.url` (transient). No message carries the
 //! password (the driver's errors never hold it: it is set on the credential, not the URL).
 
+pub mod query;
 pub mod schema;
 pub mod sync;
 pub mod values;

@@ -130,6 +130,24 @@ impl Kind {
         }
     }
 
+    /// The BSON type names (`$type`) of the values a column of this kind reads as typed
+    /// values; empty for `_id` and `dynamic`, which read anything.
+    pub fn bson_types(self) -> &'static [&'static str] {
+        match self {
+            Kind::Int => &["int"],
+            Kind::Long => &["int", "long", "decimal"],
+            Kind::Real => &["int", "long", "double", "decimal"],
+            Kind::DecimalText => &["decimal"],
+            Kind::Bool => &["bool"],
+            Kind::String => &["string"],
+            Kind::ObjectId => &["objectId"],
+            Kind::Uuid | Kind::Binary => &["binData"],
+            Kind::Date => &["date"],
+            Kind::Timestamp => &["timestamp"],
+            Kind::Key | Kind::Dynamic => &[],
+        }
+    }
+
     fn rare(value: &Bson) -> Option<&'static str> {
         Some(match value {
             Bson::RegularExpression(_) => "regular expression",
