@@ -349,6 +349,35 @@ fn a_schema_change_while_no_worker_runs_copies_the_table_again_rather_than_misre
     });
 }
 
+/// Syncs table `t` of `source` under connector `connector` (registered as `body` says), stops
+/// the worker, changes `t` and purges the binlogs holding those changes, then starts a worker
+/// again (returned).
+async fn purge_behind_a_stopped_worker(
+    source: &MariaDbSource,
+    kyma: &common::sync::Deployment<'_>,
+    connector: &str,
+    body: serde_json::Value,
+) -> common::Kyma {
+    source.sql(
+        "CREATE TABLE t (id INT PRIMARY KEY);
+         INSERT INTO t VALUES (1), (9);",
+    );
+    let worker = kyma.worker("w-1");
+    kyma.create_connector(body).await;
+    kyma.wait_caught_up_with(source, connector, &worker).await;
+    worker.terminate();
+    // While no worker runs, the binlog holding the cursor's position is purged.
+    source.sql(
+        "INSERT INTO t VALUES (2);
+         DELETE FROM t WHERE id = 9;
+         FLUSH BINARY LOGS;
+         INSERT INTO t VALUES (3);
+         FLUSH BINARY LOGS;
+         PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY;",
+    );
+    kyma.worker("w-2")
+}
+
 #[test]
 fn a_cursor_the_binlog_no_longer_holds_fails_the_connector_naming_the_fix() {
     let Some(source) = <MariaDbSource as SourceFixture>::private("mypurged") else {
@@ -356,25 +385,8 @@ fn a_cursor_the_binlog_no_longer_holds_fails_the_connector_naming_the_fix() {
     };
     common::runtime().block_on(async {
         let kyma = common::sync::Deployment::new("mypurged").await;
-        source.sql(
-            "CREATE TABLE t (id INT PRIMARY KEY);
-             INSERT INTO t VALUES (1);",
-        );
-        let worker = kyma.worker("w-1");
-        kyma.register_source(&source, "my_purged").await;
-        kyma.wait_caught_up_with(&source, "my_purged", &worker)
-            .await;
-        worker.terminate();
-
-        // While no worker runs, the binlog holding the cursor's position is purged.
-        source.sql(
-            "INSERT INTO t VALUES (2);
-             FLUSH BINARY LOGS;
-             INSERT INTO t VALUES (3);
-             FLUSH BINARY LOGS;
-             PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY;",
-        );
-        let worker = kyma.worker("w-2");
+        let body = source.connector("my_purged");
+        let worker = purge_behind_a_stopped_worker(&source, &kyma, "my_purged", body).await;
         let error = poll(
             "the connector shows an error",
             std::time::Duration::from_secs(60),
@@ -386,9 +398,59 @@ fn a_cursor_the_binlog_no_longer_holds_fails_the_connector_naming_the_fix() {
         )
         .await;
         assert!(
-            error.contains("no longer holds") && error.contains("resync"),
+            error.contains("no longer holds")
+                && error.contains("resync")
+                && error.contains("retention.on_history_lost"),
             "{error}"
         );
+    });
+}
+
+#[test]
+fn a_lost_history_under_the_resnapshot_policy_copies_every_table_again() {
+    let Some(source) = <MariaDbSource as SourceFixture>::private("myresnap") else {
+        return;
+    };
+    common::runtime().block_on(async {
+        let kyma = common::sync::Deployment::new("myresnap").await;
+        let mut body = source.connector("my_resnap");
+        body["retention"] = serde_json::json!({ "on_history_lost": "resnapshot" });
+        let table = TableRef::new("my_resnap", source.database(), "t");
+        let worker = purge_behind_a_stopped_worker(&source, &kyma, "my_resnap", body).await;
+        let copied = kyma.catalog.table(&table).await.expect("t").sync;
+        kyma.wait_caught_up_with(&source, "my_resnap", &worker)
+            .await;
+        // The purged changes (an insert, a delete, another insert) are in kyma: by the copy.
+        kyma.assert_rows(
+            "my_resnap",
+            source.database(),
+            "t",
+            &source.rows_of("t").await,
+        )
+        .await;
+        let recopied = kyma.catalog.table(&table).await.expect("t").sync;
+        assert_ne!(
+            copied.map(|s| s.since),
+            recopied.map(|s| s.since),
+            "the table was copied again under a new snapshot"
+        );
+        let state = kyma.catalog.connector("my_resnap").await.expect("state");
+        let warnings = format!("{:?}", state.status.tables);
+        assert!(
+            warnings.contains("on_history_lost is resnapshot"),
+            "{warnings}"
+        );
+        // And it streams on from the new snapshot.
+        source.sql("INSERT INTO t VALUES (4);");
+        kyma.wait_caught_up_with(&source, "my_resnap", &worker)
+            .await;
+        kyma.assert_rows(
+            "my_resnap",
+            source.database(),
+            "t",
+            &source.rows_of("t").await,
+        )
+        .await;
     });
 }
 

@@ -16,9 +16,10 @@ use kyma_connectors::mongodb::Topology;
 use kyma_connectors::mongodb::schema::{Collection, Shape, ShapeOptions};
 use kyma_connectors::mongodb::sync::MongoChangeSource;
 use kyma_connectors::mongodb::sync::deployment::{
-    ChangeFeed, Deployment, FeedError, FullDocument, SnapshotRead, StreamStart,
+    ChangeFeed, Chunk, Deployment, FeedError, FullDocument, ReadError, SnapshotRead, StreamStart,
 };
 use kyma_connectors::mongodb::sync::position::ClusterTime;
+use kyma_connectors::mongodb::sync::ranges::Bracket;
 use kyma_connectors::sync::{
     Cell, ChangeOp, ChangeSource, Fence, SourceEvent, SourcePosition, SourceTable, TableId,
 };
@@ -59,6 +60,10 @@ struct State {
     before_snapshot: Vec<Write>,
     /// The documents a sample sees (the first `sample` ones).
     sample: usize,
+    /// A snapshot session gives out (error 239) after this many documents.
+    gives_out_after: Option<usize>,
+    /// Writes made before each ranged read (one entry per read).
+    before_ranges: Vec<Vec<Write>>,
 }
 
 #[derive(Clone)]
@@ -219,6 +224,40 @@ impl Deployment for FakeDeployment {
         }))
     }
 
+    async fn read_range(
+        &self,
+        _: &TableId,
+        bracket: Bracket,
+        after: Option<&Bson>,
+        limit: usize,
+    ) -> Result<Chunk, ConnectorError> {
+        let writes = {
+            let mut state = self.state();
+            if state.before_ranges.is_empty() {
+                Vec::new()
+            } else {
+                state.before_ranges.remove(0)
+            }
+        };
+        self.write(&writes, None);
+        let time = self.now();
+        let after = after.and_then(Bson::as_i32);
+        let documents = match bracket {
+            Bracket::Integer => documents_at(&self.state().oplog, time)
+                .into_iter()
+                .filter(|(id, _)| after.is_none_or(|a| *id > a))
+                .map(|(_, d)| d)
+                .take(limit)
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Chunk { time, documents })
+    }
+
+    async fn other_id_type(&self, _: &TableId) -> Result<Option<String>, ConnectorError> {
+        Ok(None)
+    }
+
     async fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, ConnectorError> {
         let writes = std::mem::take(&mut self.state().before_snapshot);
         self.write(&writes, None);
@@ -285,9 +324,17 @@ impl SnapshotRead for FakeSnapshot {
     async fn documents<'a>(
         &'a mut self,
         _: &'a TableId,
-    ) -> Result<BoxStream<'a, Result<Document, ConnectorError>>, ConnectorError> {
+    ) -> Result<BoxStream<'a, Result<Document, ReadError>>, ConnectorError> {
         let documents = documents_at(&self.deployment.state().oplog, self.time);
-        Ok(futures::stream::iter(documents.into_values().map(Ok)).boxed())
+        let gives_out_after = self
+            .deployment
+            .state()
+            .gives_out_after
+            .unwrap_or(usize::MAX);
+        let read = documents.into_values().map(Ok).take(gives_out_after);
+        let too_old = (gives_out_after != usize::MAX)
+            .then(|| Err(ReadError::TooOld("SnapshotTooOld (error 239)".into())));
+        Ok(futures::stream::iter(read.chain(too_old)).boxed())
     }
 }
 
@@ -585,4 +632,118 @@ async fn an_update_without_its_document_sends_the_changed_fields_only() {
             Cell::Value(KymaValue::Long(7)),
         ])
     );
+}
+
+/// The rows of `table`'s copy plus the streamed changes the copy does not hold, as
+/// `_id` → `qty` text (what kyma ends up with), and the keys of the changes applied.
+async fn copy_and_apply(
+    source: &MongoChangeSource,
+    copied: Vec<(String, String)>,
+    since: &SourcePosition,
+    events: &[SourceEvent],
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut rows: BTreeMap<String, String> = copied.into_iter().collect();
+    let mut applied = Vec::new();
+    let mut begin = None;
+    for event in events {
+        match event {
+            SourceEvent::Begin { position, .. } => begin = Some(position.clone()),
+            SourceEvent::Row(row) => {
+                let txn = begin.as_ref().expect("a transaction");
+                if source.covers_row(since, txn, row).expect("covers") {
+                    continue;
+                }
+                let text = |cell: &Cell| match cell {
+                    Cell::Value(KymaValue::String(s)) => s.clone(),
+                    Cell::Value(KymaValue::Int(n)) => n.to_string(),
+                    other => format!("{other:?}"),
+                };
+                let id = text(&row.cells[0]);
+                applied.push(id.clone());
+                match row.op {
+                    ChangeOp::Delete => {
+                        rows.remove(&id);
+                    }
+                    _ => {
+                        rows.insert(id, text(&row.cells[1]));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (rows, applied)
+}
+
+#[tokio::test]
+async fn a_copy_past_the_snapshot_history_goes_on_in_id_ranges_each_exact_per_key() {
+    let deployment = FakeDeployment::default();
+    deployment.state().sample = 100;
+    deployment.write(
+        &[order(1, 10), order(2, 20), order(3, 30), order(5, 50)],
+        None,
+    );
+    // The session gives out after ids 1 and 2, read at its time; before the ranged read,
+    // a key the session read changes (only the stream has it), and keys after it change
+    // (the range read holds them).
+    deployment.state().gives_out_after = Some(2);
+    deployment.state().before_ranges = vec![vec![
+        Write::Update {
+            id: 1,
+            set: doc! { "qty": 11 },
+            full: true,
+        },
+        Write::Update {
+            id: 5,
+            set: doc! { "qty": 55 },
+            full: true,
+        },
+        order(7, 70),
+        Write::Delete(3),
+    ]];
+    let mut source = MongoChangeSource::with_deployment(&spec(), Box::new(deployment.clone()));
+    let tables = source.discover().await.expect("discover");
+    let prepared = source
+        .prepare(&[&tables[0]], None, &Unfenced)
+        .await
+        .expect("prepare");
+    let mut snapshot = prepared.initial.expect("snapshot");
+    let position = snapshot.position().clone();
+    let copied = copy_rows(snapshot.as_mut(), &tables[0])
+        .await
+        .expect("copy");
+    let since = snapshot.since(&orders());
+    assert!(
+        since.0.starts_with("ranges:"),
+        "the copy stands at its ranges: {since}"
+    );
+    snapshot.close().await.expect("close");
+    // After the copy: more changes on both sides of the session's last key.
+    deployment.write(
+        &[
+            Write::Update {
+                id: 2,
+                set: doc! { "qty": 22 },
+                full: true,
+            },
+            order(9, 90),
+        ],
+        None,
+    );
+    let mut stream = source.stream(&position).await.expect("stream");
+    let events = until_idle(stream.as_mut()).await;
+    let (synced, applied) = copy_and_apply(&source, copied, &since, &events).await;
+    // Key 1 changed after the session read it; 5, 7 and 3 changed before the range read
+    // them (already in the copy); 2 and 9 changed after the copy.
+    assert_eq!(
+        applied,
+        ["1", "2", "9"],
+        "each change applied once, where the copy lacks it"
+    );
+    let now = deployment.now();
+    let truth: BTreeMap<String, String> = documents_at(&deployment.state().oplog, now)
+        .into_iter()
+        .map(|(id, d)| (id.to_string(), d.get_i32("qty").expect("qty").to_string()))
+        .collect();
+    assert_eq!(synced, truth, "nothing lost, nothing applied twice");
 }

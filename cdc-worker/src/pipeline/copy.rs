@@ -84,7 +84,7 @@ impl ConnectorSync {
         drop(rows);
         let copied = TableSyncState {
             phase: SyncPhase::Streaming,
-            since: Some(position.0.clone()),
+            since: Some(snapshot.since(id).0),
             copy_seq: u64::try_from(seq).ok(),
             resyncs: requested,
             failure: None,

@@ -193,7 +193,7 @@ impl ConnectorSync {
             }
             SourceEvent::Relation { table, columns } => self.relation(s, &table, &columns).await?,
             SourceEvent::Row(change) => {
-                if let Some(id) = self.applies_to(s, source, &change.table)? {
+                if let Some(id) = self.applies_to(s, source, &change)? {
                     self.row(s, &id, change).await?;
                 }
             }
@@ -240,14 +240,15 @@ impl ConnectorSync {
         Ok(())
     }
 
-    /// The table a change of `table` in the open transaction is applied to, if any: a
-    /// streaming table whose snapshot does not contain the transaction.
+    /// The table `change` in the open transaction is applied to, if any: a streaming table
+    /// whose copy does not contain the change.
     fn applies_to(
         &self,
         s: &Streaming,
         source: &dyn ChangeSource,
-        table: &TableId,
+        change: &RowChange,
     ) -> Result<Option<TableId>, SyncError> {
+        let table = change.table.as_ref();
         let Some(open) = s.open.as_ref() else {
             return Err(SyncError::Transient(
                 "a change arrived outside a transaction".into(),
@@ -260,7 +261,7 @@ impl ConnectorSync {
             return Ok(None);
         }
         if let Some(since) = &run.state.since
-            && source.covers(&SourcePosition(since.clone()), &open.position)?
+            && source.covers_row(&SourcePosition(since.clone()), &open.position, change)?
         {
             return Ok(None);
         }

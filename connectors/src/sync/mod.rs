@@ -193,6 +193,11 @@ pub struct RowChange {
     pub cells: Vec<Cell>,
     /// The row before an update, when the source sent it (it does when the key changed).
     pub old: Option<OldRow>,
+    /// Where the row's key sorts among the table's keys, as bytes that compare as the source
+    /// orders keys — for a table copied in key ranges, each at its own time
+    /// ([`ChangeSource::covers_row`]; MongoDB's `_id`). `None` when the source copies whole
+    /// tables.
+    pub key_order: Option<Vec<u8>>,
 }
 
 /// What a change stream delivers.
@@ -320,6 +325,20 @@ pub trait ChangeSource: Send + Sync {
     /// position or a committed position).
     fn covers(&self, mark: &SourcePosition, txn: &SourcePosition) -> Result<bool, ConnectorError>;
 
+    /// Whether change `row` of the transaction at `txn` is contained in data taken at `mark`
+    /// (a table's [`Snapshot::since`]). A table copied whole answers for the transaction
+    /// ([`ChangeSource::covers`]); one copied in key ranges, each at its own time, answers
+    /// for the range the row's key falls in.
+    fn covers_row(
+        &self,
+        mark: &SourcePosition,
+        txn: &SourcePosition,
+        row: &RowChange,
+    ) -> Result<bool, ConnectorError> {
+        let _ = row;
+        self.covers(mark, txn)
+    }
+
     /// Drops what the connector owns at the source (the connector was deleted).
     async fn teardown(&mut self) -> Result<(), ConnectorError>;
 }
@@ -329,6 +348,15 @@ pub trait ChangeSource: Send + Sync {
 pub trait Snapshot: Send {
     /// The position it was taken at.
     fn position(&self) -> &SourcePosition;
+
+    /// Where the copy of `table` stands once it is done: what its streamed changes are
+    /// compared with ([`ChangeSource::covers_row`]). A table copied whole stands at
+    /// [`Snapshot::position`]; one copied in key ranges (MongoDB past its snapshot history),
+    /// at each range's time.
+    fn since(&self, table: &TableId) -> SourcePosition {
+        let _ = table;
+        self.position().clone()
+    }
 
     /// Every row of `table` as batches of at most `batch_rows` rows: the table's columns (as
     /// discovered), of their kyma types, in order.

@@ -14,6 +14,7 @@ use mongodb::options::{ChangeStreamOptions, FullDocumentType, SessionOptions};
 use mongodb::{Client, ClientSession};
 
 use super::position::ClusterTime;
+use super::ranges::Bracket;
 use crate::error::ConnectorError;
 use crate::mongodb::schema::{self, Collection};
 use crate::mongodb::{
@@ -80,11 +81,41 @@ pub trait SnapshotRead: Send {
     /// The cluster time every read of the session sees.
     fn cluster_time(&self) -> ClusterTime;
 
-    /// Every document of `collection` as of that time.
+    /// Every document of `collection` as of that time, in `_id` order.
     async fn documents<'a>(
         &'a mut self,
         collection: &'a TableId,
-    ) -> Result<BoxStream<'a, Result<Document, ConnectorError>>, ConnectorError>;
+    ) -> Result<BoxStream<'a, Result<Document, ReadError>>, ConnectorError>;
+}
+
+/// A snapshot read's failure: one past the server's snapshot history is told apart (the copy
+/// goes on in `_id` ranges, [`super::ranges`]).
+#[derive(Debug)]
+pub enum ReadError {
+    /// The session's time fell out of the server's snapshot history (error 239).
+    TooOld(String),
+    /// Anything else.
+    Other(ConnectorError),
+}
+
+impl From<ReadError> for ConnectorError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::TooOld(why) => ConnectorError::Source(format!(
+                "the copy outlived the server's snapshot history ({why}); raise minSnapshotHistoryWindowInSeconds"
+            )),
+            ReadError::Other(e) => e,
+        }
+    }
+}
+
+/// One chunk of a ranged copy: documents in `_id` order and the time they were read at.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The cluster time of the chunk's own snapshot read.
+    pub time: ClusterTime,
+    /// The documents.
+    pub documents: Vec<Document>,
 }
 
 /// What MongoDB sync asks of the deployment.
@@ -106,6 +137,20 @@ pub trait Deployment: Send + Sync {
         start: StreamStart,
         full: FullDocument,
     ) -> Result<Box<dyn ChangeFeed>, FeedError>;
+
+    /// Up to `limit` documents of `collection` whose `_id`s are of `bracket` and, when
+    /// `after` is given, sort after it, in `_id` order, read in a snapshot session of their
+    /// own.
+    async fn read_range(
+        &self,
+        collection: &TableId,
+        bracket: Bracket,
+        after: Option<&Bson>,
+        limit: usize,
+    ) -> Result<Chunk, ConnectorError>;
+
+    /// The type of an `_id` in `collection` outside every [`Bracket`], if there is one.
+    async fn other_id_type(&self, collection: &TableId) -> Result<Option<String>, ConnectorError>;
 
     /// Opens a snapshot read session at a cluster time the server picks.
     async fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, ConnectorError>;
@@ -199,14 +244,55 @@ impl Deployment for DriverDeployment {
         Ok(Box::new(DriverFeed { stream }))
     }
 
-    async fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, ConnectorError> {
+    async fn read_range(
+        &self,
+        collection: &TableId,
+        bracket: Bracket,
+        after: Option<&Bson>,
+        limit: usize,
+    ) -> Result<Chunk, ConnectorError> {
         let client = self.client().await?;
-        let options = SessionOptions::builder().snapshot(true).build();
-        let mut session = client
-            .start_session()
-            .with_options(options)
+        let mut session = snapshot_session(client).await?;
+        let filter = match after {
+            Some(last) => doc! { "_id": { "$gt": last.clone() } },
+            None => bracket.filter(),
+        };
+        let mut cursor = client
+            .database(&collection.schema)
+            .collection::<Document>(&collection.table)
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .session(&mut session)
             .await
             .map_err(refused)?;
+        let mut documents = Vec::new();
+        while let Some(document) = cursor.next(&mut session).await {
+            documents.push(document.map_err(refused)?);
+        }
+        Ok(Chunk {
+            time: session_time(&session)?,
+            documents,
+        })
+    }
+
+    async fn other_id_type(&self, collection: &TableId) -> Result<Option<String>, ConnectorError> {
+        let ordered = ["int", "long", "string", "objectId"];
+        let found = self
+            .client()
+            .await?
+            .database(&collection.schema)
+            .collection::<Document>(&collection.table)
+            .find_one(doc! { "_id": { "$not": { "$type": ordered.to_vec() } } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(refused)?;
+        Ok(found.and_then(|d| d.get("_id").map(|id| format!("{:?}", id.element_type()))))
+    }
+
+    async fn snapshot(&self) -> Result<Box<dyn SnapshotRead>, ConnectorError> {
+        let client = self.client().await?;
+        let mut session = snapshot_session(client).await?;
         // The session's first read fixes its cluster time; a collection that does not exist
         // answers empty at no cost.
         let databases = schema::databases(client, self.scope()).await?;
@@ -218,26 +304,37 @@ impl Deployment for DriverDeployment {
             .session(&mut session)
             .await
             .map_err(refused)?;
-        let time = session.snapshot_time().ok_or_else(|| {
-            ConnectorError::Source("the server gave the snapshot session no cluster time".into())
-        })?;
         Ok(Box::new(DriverSnapshot {
             client: client.clone(),
+            time: session_time(&session)?,
             session,
-            time: cluster_time(time),
         }))
     }
 }
 
+/// A new snapshot session (its time is fixed by its first read).
+async fn snapshot_session(client: &Client) -> Result<ClientSession, ConnectorError> {
+    let options = SessionOptions::builder().snapshot(true).build();
+    client
+        .start_session()
+        .with_options(options)
+        .await
+        .map_err(refused)
+}
+
+/// The cluster time a snapshot session's first read fixed.
+fn session_time(session: &ClientSession) -> Result<ClusterTime, ConnectorError> {
+    session.snapshot_time().map(cluster_time).ok_or_else(|| {
+        ConnectorError::Source("the server gave the snapshot session no cluster time".into())
+    })
+}
+
 /// A snapshot read's error: one older than the server keeps history names the setting.
-fn snapshot_error(e: mongodb::error::Error) -> ConnectorError {
+fn snapshot_error(e: mongodb::error::Error) -> ReadError {
     if command_code(&e) == Some(SNAPSHOT_TOO_OLD) {
-        return ConnectorError::Source(format!(
-            "the copy outlived the server's snapshot history ({}); raise minSnapshotHistoryWindowInSeconds on the source above the longest collection's copy time, then resync",
-            refused(e)
-        ));
+        return ReadError::TooOld(refused(e).to_string());
     }
-    refused(e)
+    ReadError::Other(refused(e))
 }
 
 /// A resume token's `_data` as the driver takes it.
@@ -292,12 +389,13 @@ impl SnapshotRead for DriverSnapshot {
     async fn documents<'a>(
         &'a mut self,
         collection: &'a TableId,
-    ) -> Result<BoxStream<'a, Result<Document, ConnectorError>>, ConnectorError> {
+    ) -> Result<BoxStream<'a, Result<Document, ReadError>>, ConnectorError> {
         let cursor = self
             .client
             .database(&collection.schema)
             .collection::<Document>(&collection.table)
             .find(doc! {})
+            .sort(doc! { "_id": 1 })
             .session(&mut self.session)
             .await
             .map_err(refused)?;

@@ -32,6 +32,7 @@
 
 pub mod deployment;
 pub mod position;
+pub mod ranges;
 pub mod snapshot;
 pub mod stream;
 
@@ -43,6 +44,7 @@ use kyma_catalog::ConnectorSpec;
 
 use self::deployment::{Deployment, DriverDeployment, FullDocument, StreamStart};
 use self::position::MongoPosition;
+use self::ranges::RangeMark;
 use self::snapshot::MongoSnapshot;
 use self::stream::MongoChangeStream;
 use crate::error::ConnectorError;
@@ -50,8 +52,8 @@ use crate::mongodb::Topology;
 use crate::mongodb::schema::Shape;
 use crate::secrets::SecretResolver;
 use crate::sync::{
-    ChangeSource, ChangeStream, Fence, Prepared, Resume, Snapshot, SourcePosition, SourceTable,
-    TableId,
+    ChangeSource, ChangeStream, Fence, Prepared, Resume, RowChange, Snapshot, SourcePosition,
+    SourceTable, TableId,
 };
 
 /// The collections' shapes, shared by discovery, the copy and the stream.
@@ -65,7 +67,7 @@ pub(crate) fn lock(shapes: &Shapes) -> MutexGuard<'_, BTreeMap<TableId, Shape>> 
 /// The change log of one MongoDB connector (see the module doc).
 pub struct MongoChangeSource {
     spec: ConnectorSpec,
-    deployment: Box<dyn Deployment>,
+    deployment: Arc<dyn Deployment>,
     shapes: Shapes,
     /// Whether every collection in scope records post-images.
     images: bool,
@@ -81,7 +83,7 @@ impl MongoChangeSource {
     pub fn with_deployment(spec: &ConnectorSpec, deployment: Box<dyn Deployment>) -> Self {
         Self {
             spec: spec.clone(),
-            deployment,
+            deployment: Arc::from(deployment),
             shapes: Arc::default(),
             images: false,
         }
@@ -199,6 +201,7 @@ impl ChangeSource for MongoChangeSource {
             read,
             &position,
             self.shapes.clone(),
+            self.deployment.clone(),
         )))
     }
 
@@ -215,7 +218,29 @@ impl ChangeSource for MongoChangeSource {
     }
 
     fn covers(&self, mark: &SourcePosition, txn: &SourcePosition) -> Result<bool, ConnectorError> {
-        Ok(MongoPosition::parse(mark)?.covers(&MongoPosition::parse(txn)?))
+        let txn = MongoPosition::parse(txn)?;
+        if RangeMark::is_one(mark) {
+            return Ok(RangeMark::parse(mark)?.covers_all(txn.time));
+        }
+        Ok(MongoPosition::parse(mark)?.covers(&txn))
+    }
+
+    fn covers_row(
+        &self,
+        mark: &SourcePosition,
+        txn: &SourcePosition,
+        row: &RowChange,
+    ) -> Result<bool, ConnectorError> {
+        if !RangeMark::is_one(mark) {
+            return self.covers(mark, txn);
+        }
+        let key = row.key_order.as_deref().ok_or_else(|| {
+            ConnectorError::Source(format!(
+                "{} was copied in _id ranges, and a change came for an `_id` of a type ranges cannot order; resync the table",
+                row.table
+            ))
+        })?;
+        Ok(RangeMark::parse(mark)?.covers_key(key, MongoPosition::parse(txn)?.time))
     }
 
     async fn teardown(&mut self) -> Result<(), ConnectorError> {

@@ -173,6 +173,7 @@ impl MongoChangeStream {
                     op: ChangeOp::Delete,
                     cells,
                     old: None,
+                    key_order: id_order(event),
                 }));
                 out
             }
@@ -260,6 +261,7 @@ impl MongoChangeStream {
             op,
             cells,
             old: None,
+            key_order: id_order(event),
         }));
         Ok(out)
     }
@@ -349,6 +351,12 @@ fn namespace(ns: Option<&Document>) -> Option<TableId> {
         ns.get_str("db").ok()?,
         ns.get_str("coll").unwrap_or_default(),
     ))
+}
+
+/// Where a change event's `_id` sorts ([`super::ranges::key_order`]).
+fn id_order(event: &Document) -> Option<Vec<u8>> {
+    let key = event.get_document("documentKey").ok()?;
+    super::ranges::key_order(key.get("_id")?)
 }
 
 /// The `_id` cell of a change event.

@@ -163,12 +163,14 @@ impl TableDecoder {
                     op,
                     cells: self.image(after, &mut buf, Cell::Unchanged, false)?,
                     old: None,
+                    key_order: None,
                 },
                 (ChangeOp::Delete, Some(before), _) => RowChange {
                     table: self.table.clone(),
                     op,
                     cells: self.image(before, &mut buf, Cell::Null, true)?,
                     old: None,
+                    key_order: None,
                 },
                 (ChangeOp::Update, Some(before), Some(after)) => {
                     self.read_image(before, &mut buf, Cell::Null, true, &mut before_key)?;
@@ -186,6 +188,7 @@ impl TableDecoder {
                             cells: before_key.clone(),
                             whole: false,
                         }),
+                        key_order: None,
                     }
                 }
                 _ => return Err("a rows event without the image it needs".into()),

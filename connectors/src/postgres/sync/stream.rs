@@ -204,6 +204,7 @@ impl PgChangeStream {
                 op,
                 cells,
                 old,
+                key_order: None,
             }),
             Err(reason) => SourceEvent::Unreadable {
                 tables: vec![TableId::clone(&relation.table)],
