@@ -118,7 +118,7 @@ async fn client(url: &str) -> Result<Client, DriverError> {
 
 /// `documents` as kyma reads them, keyed by `_kyma_pk`: a shape inferred from all of them,
 /// each converted by the connector's [`DocumentBatcher`].
-fn rows(options: ShapeOptions, documents: &[Document]) -> Rows {
+pub fn rows(options: ShapeOptions, documents: &[Document]) -> Rows {
     if documents.is_empty() {
         return Rows::new();
     }
@@ -533,7 +533,7 @@ fn key_bson(table: Table, column: &str, value: i64) -> Bson {
 
 /// The document of a row of `table` (values in column order): `_id` from the key columns,
 /// the other columns as fields.
-fn document(table: Table, row: &[Value]) -> Document {
+pub fn document(table: Table, row: &[Value]) -> Document {
     let columns = table.columns();
     assert_eq!(row.len(), columns.len(), "a row of {table:?}: {row:?}");
     let key = table.key();
