@@ -18,6 +18,53 @@ for_every_source!(
     a_worker_killed_mid_stream_is_replaced_without_losing_or_duplicating_a_row,
 );
 
+/// The MongoDB fixture's rendering, checked without a server (its tests need one): seeded
+/// rows as documents (`_id` the key, `items`' a document `{owner, n}`, decimals as
+/// Decimal128) and those documents displayed as kyma displays them.
+#[test]
+fn mongodb_fixture_documents_read_as_kyma_shows_them() {
+    use common::source::mongodb::{document, rows};
+    let canonical = |document| {
+        ::mongodb::bson::Bson::Document(document)
+            .into_canonical_extjson()
+            .to_string()
+    };
+    assert_eq!(
+        canonical(document(Table::Accounts, &Table::Accounts.seed_row(3))),
+        r#"{"_id":{"$numberLong":"3"},"balance":{"$numberLong":"1000"},"name":"account 3","touched":{"$numberInt":"0"},"active":true}"#
+    );
+    assert_eq!(
+        canonical(document(Table::Items, &Table::Items.seed_row(10))),
+        r#"{"_id":{"owner":{"$numberLong":"11"},"n":{"$numberInt":"10"}},"qty":{"$numberInt":"3"},"price":{"$numberDecimal":"2.50"},"note":"item 10","at":{"$date":{"$numberLong":"1704067210000"}}}"#
+    );
+    let items: Vec<_> = (1..=4)
+        .map(|i| document(Table::Items, &Table::Items.seed_row(i)))
+        .chain([document(Table::Items, &item(7, 9, 2))])
+        .collect();
+    let shown = rows(Default::default(), &items);
+    let keys: Vec<&String> = shown.keys().collect();
+    assert_eq!(
+        keys,
+        [
+            r#"{"owner":2,"n":1}"#,
+            r#"{"owner":3,"n":2}"#,
+            r#"{"owner":4,"n":3}"#,
+            r#"{"owner":5,"n":4}"#,
+            r#"{"owner":7,"n":9}"#
+        ]
+    );
+    let row = |key: &str| format!("{:?}", shown[key]);
+    assert_eq!(
+        row(r#"{"owner":5,"n":4}"#),
+        r#"{"_id": "{\"owner\":5,\"n\":4}", "at": "2024-01-01T00:00:04Z", "note": "item 4", "price": "1.0", "qty": "4"}"#,
+        "a Decimal128 column with fractions reads as real"
+    );
+    assert_eq!(
+        row(r#"{"owner":7,"n":9}"#),
+        r#"{"_id": "{\"owner\":7,\"n\":9}", "at": "NULL", "note": "NULL", "price": "NULL", "qty": "2"}"#
+    );
+}
+
 /// An account row: `id`, `balance`, `name`, `touched` 0, `active`.
 fn account(id: i64, balance: i64, name: Value, active: Value) -> Vec<Value> {
     vec![

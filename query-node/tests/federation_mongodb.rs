@@ -7,6 +7,11 @@
 //! reads the documents through kyma's mapping (`values::DocumentBatcher`). Several filters are
 //! where a naive translation differs (`!=` against null and missing, scalars against array
 //! elements, `<` across types): the type guard is what makes them agree.
+//!
+//! The same corpus also runs against a real MongoDB
+//! (`corpus_on_a_real_mongodb_server_matches_datafusion_over_kyma_reading`), ONLY when
+//! `KYMA_TEST_MONGODB_URL` names a replica set (or any deployment): the harness cannot run
+//! MongoDB here, so without it that test prints a `SKIP` line and passes.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -21,6 +26,7 @@ use kyma_connectors::mongodb::values::{DocumentBatcher, key_text};
 use kyma_connectors::sync::TableId;
 use kyma_query_node::federation::mongodb::MongoFederation;
 use kyma_query_node::federation::rule::FederationPushdown;
+use kyma_query_node::federation::source::{FederatedSource, SourceTable};
 use kyma_query_node::federation::summary::{SourceSummary, summaries};
 use kyma_query_node::federation::table::FederatedTable;
 use mongodb::bson::oid::ObjectId;
@@ -221,6 +227,11 @@ fn federated_session() -> SessionContext {
         vec![(TableId::new("shop", "items"), shape())],
     ));
     let meta = source.tables().pop().expect("one table");
+    session_over(source, meta)
+}
+
+/// A session with kyma's federation rule, `meta` of `source` registered as `items`.
+fn session_over(source: Arc<MongoFederation>, meta: SourceTable) -> SessionContext {
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_optimizer_rule(Arc::new(FederationPushdown))
@@ -420,4 +431,168 @@ async fn corpus_pushes_exact_pipelines_and_mongomock_agrees_with_datafusion() {
         failures.extend(check_case(case, &federated, &reference).await);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The rows of `sql` on `ctx`, each value displayed as text (NULL as `NULL`).
+async fn displayed_rows(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<String>>, String> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| format!("{sql}: {e}"))?
+        .collect()
+        .await
+        .map_err(|e| format!("{sql}: {e}"))?;
+    let mut rows = Vec::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            let mut values = Vec::with_capacity(batch.num_columns());
+            for column in batch.columns() {
+                values.push(if column.is_null(row) {
+                    "NULL".to_owned()
+                } else {
+                    arrow::util::display::array_value_to_string(column, row)
+                        .map_err(|e| format!("{sql}: {e}"))?
+                });
+            }
+            rows.push(values);
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs corpus case `case` through the federation on the real server and over kyma's reading
+/// of the documents; the difference, if any. Rows compare in order under `ORDER BY`, as
+/// multisets otherwise; a `LIMIT` without `ORDER BY` may keep any rows, so its rows must be
+/// as many and among those of the query without the `LIMIT`.
+async fn check_on_server(
+    case: &Case,
+    federated: &SessionContext,
+    reference: &SessionContext,
+) -> Option<String> {
+    let full = if case.sql.starts_with("SELECT") {
+        case.sql.to_owned()
+    } else {
+        format!("SELECT \"_id\" FROM items WHERE {}", case.sql)
+    };
+    let (got, expected) = match (
+        displayed_rows(federated, &full).await,
+        displayed_rows(reference, &full).await,
+    ) {
+        (Ok(got), Ok(expected)) => (got, expected),
+        (got, expected) => {
+            return Some(format!(
+                "{full}: federated {:?}, reference {:?}",
+                got.err(),
+                expected.err()
+            ));
+        }
+    };
+    let ordered = full.contains("ORDER BY");
+    if !ordered && let Some((unlimited, _)) = full.split_once(" LIMIT ") {
+        let mut pool = match displayed_rows(reference, unlimited).await {
+            Ok(rows) => rows,
+            Err(e) => return Some(e),
+        };
+        let from_pool = got.iter().all(|row| {
+            pool.iter()
+                .position(|r| r == row)
+                .map(|i| pool.swap_remove(i))
+                .is_some()
+        });
+        return (got.len() != expected.len() || !from_pool).then(|| {
+            format!(
+                "{full}: the federation returned {got:?}; expected {} rows of {unlimited}",
+                expected.len()
+            )
+        });
+    }
+    let (mut got, mut expected) = (got, expected);
+    if !ordered {
+        got.sort();
+        expected.sort();
+    }
+    (got != expected).then(|| {
+        format!("{full}:\n  the federation on MongoDB {got:?}\n  DataFusion over kyma's reading {expected:?}")
+    })
+}
+
+/// The corpus on a real MongoDB (when `KYMA_TEST_MONGODB_URL` names one; `SKIP` otherwise):
+/// the sample documents are inserted into a fresh database's collection `items`, a
+/// `MongoFederation` discovers it (its shape must be the sample's, as in the tests above),
+/// then the other documents arrive; every corpus query, run through the federation rule
+/// against the server, must return the rows DataFusion returns over the documents read
+/// through kyma's mapping. The database is dropped at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_on_a_real_mongodb_server_matches_datafusion_over_kyma_reading() {
+    let Some(url) = kyma_test_harness::mongodb_url_or_skip(
+        "corpus_on_a_real_mongodb_server_matches_datafusion_over_kyma_reading",
+    ) else {
+        return;
+    };
+    let database = kyma_test_harness::unique_name("kyma_fed");
+    let client = mongodb::Client::with_uri_str(&url)
+        .await
+        .expect("a client of KYMA_TEST_MONGODB_URL");
+    let items = client.database(&database).collection::<Document>("items");
+    let mut later = documents();
+    let sample: Vec<Document> = later.drain(..4).collect();
+    items
+        .insert_many(sample)
+        .await
+        .expect("the sample inserted");
+
+    let tls = if url.to_ascii_lowercase().contains("tls=true") {
+        "required"
+    } else {
+        "disable"
+    };
+    let spec: kyma_catalog::ConnectorSpec = serde_json::from_value(serde_json::json!({
+        "name": "mg", "type": "mongodb", "mode": "federation",
+        "connection": { "url": url, "tls": tls },
+        "scope": { "include_schemas": [database] }
+    }))
+    .expect("spec");
+    let source = Arc::new(MongoFederation::new(
+        spec,
+        kyma_connectors::SecretResolver::new("/nonexistent"),
+    ));
+    let mut discovered = source.discover().await.expect("discovery");
+    assert_eq!(discovered.len(), 1, "one collection: {discovered:#?}");
+    let meta = discovered.pop().expect("the collection");
+    assert_eq!(
+        meta.arrow,
+        federated_session_meta().arrow,
+        "discovery reads the sample as the corpus's shape"
+    );
+    let federated = session_over(source, meta);
+    items
+        .insert_many(later)
+        .await
+        .expect("the later documents inserted");
+
+    let reference = reference_session();
+    let mut failures = Vec::new();
+    for case in CORPUS {
+        failures.extend(check_on_server(case, &federated, &reference).await);
+    }
+    client
+        .database(&database)
+        .drop()
+        .await
+        .expect("the database dropped");
+    assert!(
+        failures.is_empty(),
+        "{} of {} queries differ:\n\n{}",
+        failures.len(),
+        CORPUS.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The table the corpus's shape reads as (what discovery of the sample must find).
+fn federated_session_meta() -> SourceTable {
+    MongoFederation::with_tables(spec(), vec![(TableId::new("shop", "items"), shape())])
+        .tables()
+        .pop()
+        .expect("one table")
 }

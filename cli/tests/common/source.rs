@@ -50,7 +50,7 @@
 //!   (`state.cursor.value.position`, a GTID set) contains it. Rows are read back through the
 //!   connector's own snapshot reader, as the Postgres fixture does, so that values display
 //!   as kyma types them.
-//! - **MongoDB**: a real server only when `KYMA_TEST_MONGODB_URL` names a replica set
+//! - **MongoDB** ([`mongodb`]): a real server only when `KYMA_TEST_MONGODB_URL` names a replica set
 //!   (`kyma_test_harness::mongodb_url_or_skip`): otherwise `shared` and `private` print a
 //!   `SKIP` line and return `None`, and each test returns without running. `private` also
 //!   returns `None` (with a `SKIP` line) while the harness does not run the server itself,
@@ -62,6 +62,7 @@
 //!   compares it with the cluster time in the committed cursor's resume token.
 
 pub mod mariadb;
+pub mod mongodb;
 pub mod postgres;
 pub mod sql;
 
@@ -478,7 +479,8 @@ macro_rules! for_every_source {
             $crate::common::source::postgres::PostgresSource<'static>; $($case),*);
         $crate::common::source::for_every_source!(@source mariadb,
             $crate::common::source::mariadb::MariaDbSource; $($case),*);
-        // Next: `@source mongodb, …::mongodb::MongoSource;` (see this module's docs).
+        $crate::common::source::for_every_source!(@source mongodb,
+            $crate::common::source::mongodb::MongoSource; $($case),*);
     };
     (@source $source:ident, $fixture:ty; $($case:ident),*) => {
         mod $source {
