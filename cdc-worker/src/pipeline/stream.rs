@@ -75,9 +75,7 @@ impl ConnectorSync {
             ));
         };
         let mut stream = match source.stream(&from).await {
-            Err(ConnectorError::HistoryLost(why))
-                if self.spec.retention.on_history_lost == HistoryLostPolicy::Resnapshot =>
-            {
+            Err(ConnectorError::HistoryLost(why)) if self.resnapshots_lost_history() => {
                 self.start_over(&why).await?;
                 return Ok(Ended::Rescan);
             }
@@ -127,11 +125,21 @@ impl ConnectorSync {
                 }
                 event = stream.next() => match event {
                     None => return Err(SyncError::Transient("the change stream ended".into())),
+                    Some(Err(ConnectorError::HistoryLost(why))) if self.resnapshots_lost_history() => {
+                        self.start_over(&why).await?;
+                        return Ok(Ended::Rescan);
+                    }
                     Some(event) => self.apply(&mut s, &*source, stream.as_mut(), event?).await?,
                 },
             }
             self.keep_safe(&mut s.batch).await?;
         }
+    }
+
+    /// Whether the connector copies everything again when the source lost the history its
+    /// cursor needs (at the stream's start, or at its first read: MariaDB says so only then).
+    fn resnapshots_lost_history(&self) -> bool {
+        self.spec.retention.on_history_lost == HistoryLostPolicy::Resnapshot
     }
 
     /// The source lost the history the cursor needs and the connector opts into copying
@@ -193,27 +201,27 @@ impl ConnectorSync {
             }
             SourceEvent::Relation { table, columns } => self.relation(s, &table, &columns).await?,
             SourceEvent::Row(change) => {
-                if let Some(id) = self.applies_to(s, source, &change)? {
+                if let Some(id) = self.applies_to(s, source, &change.table, Some(&change))? {
                     self.row(s, &id, change).await?;
                 }
             }
             SourceEvent::Unreadable { tables, reason } => {
                 for table in tables {
-                    if let Some(id) = self.applies_to(s, source, &table)? {
+                    if let Some(id) = self.applies_to(s, source, &table, None)? {
                         self.fail_table(s, &id, reason.clone(), FIX_DATA)?;
                     }
                 }
             }
             SourceEvent::Resnapshot { tables, reason } => {
                 for table in tables {
-                    if let Some(id) = self.applies_to(s, source, &table)? {
+                    if let Some(id) = self.applies_to(s, source, &table, None)? {
                         self.copy_again(s, &id, reason.clone())?;
                     }
                 }
             }
             SourceEvent::Truncate { tables } => {
                 for table in tables {
-                    if let Some(id) = self.applies_to(s, source, &table)? {
+                    if let Some(id) = self.applies_to(s, source, &table, None)? {
                         self.truncate(s, &id).await?;
                     }
                 }
@@ -240,15 +248,15 @@ impl ConnectorSync {
         Ok(())
     }
 
-    /// The table `change` in the open transaction is applied to, if any: a streaming table
-    /// whose copy does not contain the change.
+    /// The table a change of `table` in the open transaction (the row `row`, or the whole
+    /// table) is applied to, if any: a streaming table whose copy does not contain the change.
     fn applies_to(
         &self,
         s: &Streaming,
         source: &dyn ChangeSource,
-        change: &RowChange,
+        table: &TableId,
+        row: Option<&RowChange>,
     ) -> Result<Option<TableId>, SyncError> {
-        let table = change.table.as_ref();
         let Some(open) = s.open.as_ref() else {
             return Err(SyncError::Transient(
                 "a change arrived outside a transaction".into(),
@@ -260,10 +268,15 @@ impl ConnectorSync {
         if open.skip || run.state.phase != SyncPhase::Streaming {
             return Ok(None);
         }
-        if let Some(since) = &run.state.since
-            && source.covers_row(&SourcePosition(since.clone()), &open.position, change)?
-        {
-            return Ok(None);
+        if let Some(since) = &run.state.since {
+            let since = SourcePosition(since.clone());
+            let covered = match row {
+                Some(row) => source.covers_row(&since, &open.position, row)?,
+                None => source.covers(&since, &open.position)?,
+            };
+            if covered {
+                return Ok(None);
+            }
         }
         Ok(Some(table.clone()))
     }

@@ -14,9 +14,9 @@
 //!   expired) → the fields the update description names, the rest `Unchanged`; a field
 //!   that cannot be resolved without the document (a column holding a sub-document that
 //!   changed inside, an array element) makes the collection copy again (`Resnapshot`).
-//!   delete → delete by `_id`; drop → truncate; rename → truncate the old name, copy the
-//!   new one again; dropDatabase → truncate its collections; invalidate → commit at its
-//!   token and end, so the next stream starts after it.
+//!   delete → delete by `_id`; drop, rename (both names) and dropDatabase → copy the
+//!   collections again (exact whatever they held, also after a copy in `_id` ranges);
+//!   invalidate → idle at its token and end, so the next stream starts after it.
 //! - A dry batch with no transaction open is `Idle` at the post-batch resume token, so an
 //!   idle source keeps its committed token fresh.
 
@@ -177,37 +177,25 @@ impl MongoChangeStream {
                 }));
                 out
             }
-            "drop" if in_scope(&self.shapes, &table) => vec![SourceEvent::Truncate {
-                tables: vec![table],
-            }],
+            "drop" if in_scope(&self.shapes, &table) => {
+                resnapshot(vec![table], "the collection was dropped")
+            }
             "dropDatabase" => {
-                let tables: Vec<TableId> = lock(&self.shapes)
+                let tables = lock(&self.shapes)
                     .keys()
                     .filter(|t| t.schema == table.schema)
                     .cloned()
                     .collect();
-                if tables.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![SourceEvent::Truncate { tables }]
-                }
+                resnapshot(tables, "the database was dropped")
             }
             "rename" => {
-                let mut out = Vec::new();
-                if in_scope(&self.shapes, &table) {
-                    out.push(SourceEvent::Truncate {
-                        tables: vec![table],
-                    });
-                }
-                if let Some(to) =
-                    namespace(event.get_document("to").ok()).filter(|t| in_scope(&self.shapes, t))
-                {
-                    out.push(SourceEvent::Resnapshot {
-                        tables: vec![to],
-                        reason: "a collection was renamed to this name".into(),
-                    });
-                }
-                out
+                let to = namespace(event.get_document("to").ok());
+                let tables = [Some(table), to]
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| in_scope(&self.shapes, t))
+                    .collect();
+                resnapshot(tables, "a collection was renamed from or to this name")
             }
             _ => Vec::new(),
         })
@@ -341,6 +329,19 @@ impl Change {
             committed_at_micros,
         })
     }
+}
+
+/// Copying `tables` again (none: nothing). A collection dropped or renamed is copied again
+/// rather than truncated: the copy is exact whatever it held, and also when it was copied in
+/// `_id` ranges at several times.
+fn resnapshot(tables: Vec<TableId>, reason: &str) -> Vec<SourceEvent> {
+    if tables.is_empty() {
+        return Vec::new();
+    }
+    vec![SourceEvent::Resnapshot {
+        tables,
+        reason: reason.into(),
+    }]
 }
 
 /// The collection a change event's `ns` (or `to`) names; for `dropDatabase`, the database
