@@ -17,7 +17,8 @@
 //!   GTID position, a MongoDB resume token with its cluster time): the pipeline stores them
 //!   in the cursor and in `_kyma_lsn`, and compares them only through
 //!   [`ChangeSource::covers`] — "is the transaction at `txn` already contained in data taken
-//!   at `mark`". A mark is a table's snapshot position or the connector's committed position.
+//!   at `mark`" — and, for one row, [`ChangeSource::covers_row`]. A mark is a table's
+//!   `since` ([`Snapshot::since`]) or the connector's committed position.
 //! - **Snapshot, then stream, with no gap**: a [`Snapshot`] is a consistent read of the
 //!   source at [`Snapshot::position`]; every transaction not covered by it reaches the
 //!   stream started at any position at or before it. The pipeline copies each table under a
@@ -69,11 +70,15 @@
 //!   `Relation` when nullable columns were only added, else a `Resnapshot` of the table.
 //!   Minimal row images become `Cell::Unchanged`. Source identity = the server id. MySQL
 //!   proper (UUID GTID sets, a locked snapshot anchor) is refused for sync.
-//! - **MongoDB** (`crate::mongodb::sync`): `prepare` opens nothing durable. Position = resume token plus its
-//!   cluster time; a snapshot opens the change stream first (keeping its post-batch resume
-//!   token) and reads the collections in a snapshot session at a cluster time at or after
-//!   it; `covers(mark, txn)` = the event's cluster time (and transaction index) is at or
-//!   before the mark's. Update descriptions without a full document become
+//! - **MongoDB** (`crate::mongodb::sync`): `prepare` opens nothing durable. Position =
+//!   resume token plus its cluster time; a snapshot opens the change stream first (keeping
+//!   its post-batch resume token) and reads the collections in a snapshot session at a
+//!   cluster time that leaves no gap after it; `covers(mark, txn)` = the event's cluster
+//!   time is at or before the snapshot's, or its resume token sorts at or before the mark's.
+//!   A collection whose copy outlives the server's snapshot history goes on in `_id` ranges,
+//!   each read at its own time: its `since` ([`Snapshot::since`]) is the list of ranges, and
+//!   [`ChangeSource::covers_row`] compares a row's change with the range its key
+//!   ([`RowChange::key_order`]) falls in. Update descriptions without a full document become
 //!   `Cell::Unchanged` for the fields not in them. Idle batches carry the post-batch resume
 //!   token as `Idle { position }`. History lost (error 286, like a purged MariaDB binlog) is
 //!   [`ConnectorError::HistoryLost`]: the pipeline fails the connector, or copies every table

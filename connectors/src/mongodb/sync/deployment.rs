@@ -98,17 +98,6 @@ pub enum ReadError {
     Other(ConnectorError),
 }
 
-impl From<ReadError> for ConnectorError {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::TooOld(why) => ConnectorError::Source(format!(
-                "the copy outlived the server's snapshot history ({why}); raise minSnapshotHistoryWindowInSeconds"
-            )),
-            ReadError::Other(e) => e,
-        }
-    }
-}
-
 /// One chunk of a ranged copy: documents in `_id` order and the time they were read at.
 #[derive(Debug, Clone)]
 pub struct Chunk {
