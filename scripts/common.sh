@@ -42,7 +42,7 @@ install_test_deps() {
 }
 
 # The Python clients the tests drive kyma with (ADBC Flight SQL and pyarrow), pinned, in a
-# virtualenv outside the clone, with the MongoDB stand-ins (mongomock evaluates the federation
+# virtualenv outside the clone, with the MongoDB test tools (mongomock evaluates the federation
 # corpus's `$match` filters, query-node/tests/federation_mongodb.rs; mockupdb scripts a wire
 # server). Exports KYMA_TEST_PYTHON for cli/tests/python_clients.rs and those tests.
 install_python_clients() {
