@@ -3,6 +3,7 @@
 //! writer that streams batches into extents, evolves the schema mid-batch and commits through
 //! the catalog.
 
+pub mod cache;
 pub mod compaction;
 pub mod dynamic;
 mod error;

@@ -1,5 +1,7 @@
 //! Reading extents back: the Parquet reader's access to one extent in object storage (its
 //! size comes from the manifest, so no HEAD request), with storage failures kept retryable.
+//! A small extent is fetched whole, once per process, and its ranges served from the
+//! store's [`ExtentCache`]; a large one is read by range.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
+use crate::cache::ExtentCache;
 use crate::error::TableError;
 use crate::manifest::ExtentEntry;
 use crate::store::ExtentStore;
@@ -29,6 +32,10 @@ pub(crate) async fn open_extent(
         store: store.object_store().clone(),
         path: Path::from(entry.path.as_str()),
         size: entry.bytes,
+        cache: store
+            .cache()
+            .takes(entry.bytes)
+            .then(|| store.cache().clone()),
     };
     let builder = ParquetRecordBatchStreamBuilder::new_with_options(
         reader,
@@ -72,11 +79,57 @@ pub(crate) struct ExtentReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
     size: u64,
+    /// Set when the extent is small enough to be read whole through the cache.
+    cache: Option<Arc<ExtentCache>>,
+}
+
+impl ExtentReader {
+    /// The whole extent, from the cache or fetched once into it.
+    async fn whole(&self, cache: &ExtentCache) -> parquet::errors::Result<Bytes> {
+        if let Some(bytes) = cache.get(&self.path) {
+            return Ok(bytes);
+        }
+        let bytes = self
+            .store
+            .get(&self.path)
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?
+            .bytes()
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        if bytes.len() as u64 != self.size {
+            return Err(ParquetError::General(format!(
+                "extent {} holds {} bytes, its manifest says {}",
+                self.path,
+                bytes.len(),
+                self.size
+            )));
+        }
+        cache.insert(self.path.clone(), bytes.clone());
+        Ok(bytes)
+    }
+}
+
+/// `range` of `whole`, or an error naming `path` when the range runs past its end.
+fn slice(whole: &Bytes, range: &Range<u64>, path: &Path) -> parquet::errors::Result<Bytes> {
+    let (Ok(start), Ok(end)) = (usize::try_from(range.start), usize::try_from(range.end)) else {
+        return Err(ParquetError::EOF(format!("range {range:?} of {path}")));
+    };
+    if start > end || end > whole.len() {
+        return Err(ParquetError::EOF(format!(
+            "range {range:?} of {path}, which holds {} bytes",
+            whole.len()
+        )));
+    }
+    Ok(whole.slice(start..end))
 }
 
 impl AsyncFileReader for ExtentReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
+            if let Some(cache) = self.cache.clone() {
+                return slice(&self.whole(&cache).await?, &range, &self.path);
+            }
             self.store
                 .get_range(&self.path, range)
                 .await
@@ -90,6 +143,13 @@ impl AsyncFileReader for ExtentReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
+            if let Some(cache) = self.cache.clone() {
+                let whole = self.whole(&cache).await?;
+                return ranges
+                    .iter()
+                    .map(|r| slice(&whole, r, &self.path))
+                    .collect();
+            }
             self.store
                 .get_ranges(&self.path, &ranges)
                 .await
@@ -111,5 +171,78 @@ impl AsyncFileReader for ExtentReader {
             Ok(Arc::new(metadata))
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    use super::*;
+
+    async fn stored(content: &'static [u8]) -> (Arc<dyn ObjectStore>, Path) {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("tables/t/extents/e.parquet");
+        store
+            .put(&path, PutPayload::from_static(content))
+            .await
+            .expect("put");
+        (store, path)
+    }
+
+    fn reader(
+        store: &Arc<dyn ObjectStore>,
+        path: &Path,
+        cache: Option<Arc<ExtentCache>>,
+    ) -> ExtentReader {
+        ExtentReader {
+            store: store.clone(),
+            path: path.clone(),
+            size: 10,
+            cache,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_extent_is_fetched_once_then_served_from_the_cache() {
+        let (store, path) = stored(b"0123456789").await;
+        let cache = Arc::new(ExtentCache::new(1024, 64));
+        let first = reader(&store, &path, Some(cache.clone()))
+            .get_bytes(2..5)
+            .await
+            .expect("read");
+        assert_eq!(&first[..], b"234");
+        // Gone from the store: only the cache can answer now.
+        store.delete(&path).await.expect("delete");
+        let mut again = reader(&store, &path, Some(cache.clone()));
+        let ranges = again
+            .get_byte_ranges(vec![0..1, 8..10])
+            .await
+            .expect("cached");
+        assert_eq!(
+            ranges,
+            vec![Bytes::from_static(b"0"), Bytes::from_static(b"89")]
+        );
+        assert!(
+            again.get_bytes(8..11).await.is_err(),
+            "a range past the end is an error"
+        );
+        assert!(
+            reader(&store, &path, None).get_bytes(0..1).await.is_err(),
+            "uncached reads go to the store"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_extent_whose_size_disagrees_with_its_manifest_is_not_cached() {
+        let (store, path) = stored(b"0123").await;
+        let cache = Arc::new(ExtentCache::new(1024, 64));
+        let e = reader(&store, &path, Some(cache.clone()))
+            .get_bytes(0..1)
+            .await
+            .expect_err("size");
+        assert!(e.to_string().contains("manifest says 10"), "{e}");
+        assert_eq!(cache.held(), 0);
     }
 }

@@ -23,6 +23,8 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use uuid::Uuid;
 
+use crate::cache::ExtentCache;
+
 use crate::error::TableError;
 
 /// Object storage for extents and manifests, as named on the command line.
@@ -107,6 +109,8 @@ pub struct S3Options {
 #[derive(Debug, Clone)]
 pub struct ExtentStore {
     store: Arc<dyn ObjectStore>,
+    /// Small extents already read, shared by every clone ([`crate::cache`]).
+    cache: Arc<ExtentCache>,
 }
 
 impl ExtentStore {
@@ -148,12 +152,26 @@ impl ExtentStore {
             ),
             StoreLocation::Memory => Arc::new(InMemory::new()),
         };
-        Ok(Self { store })
+        Ok(Self::from_object_store(store))
     }
 
     /// A store over an existing object store (tests, embedding).
     pub fn from_object_store(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            cache: Arc::new(ExtentCache::default()),
+        }
+    }
+
+    /// The same store reading small extents through `cache` instead of the default one.
+    pub fn with_cache(mut self, cache: ExtentCache) -> Self {
+        self.cache = Arc::new(cache);
+        self
+    }
+
+    /// The cache small extents are read through.
+    pub fn cache(&self) -> &Arc<ExtentCache> {
+        &self.cache
     }
 
     /// The object store, rooted at the prefix.
