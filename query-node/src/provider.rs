@@ -33,7 +33,9 @@ use datafusion::common::{
     plan_err,
 };
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{ViewTable, provider_as_source};
@@ -44,15 +46,18 @@ use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     Expr, LogicalPlanBuilder, TableProviderFilterPushDown, TableType, col, lit,
 };
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use kyma_catalog::{Catalog, TableOrigin, TableRef};
 use kyma_table::types::{UTC, arrow_schema};
 use kyma_table::{
-    ExtentEntry, ExtentStore, Manifest, StatValue, TableError, TableWriter, WriteOptions,
+    ExtentEntry, ExtentReader, ExtentStore, Manifest, StatValue, TableError, TableWriter,
+    WriteOptions,
 };
 
 use crate::dynamic_sql::DynamicFunctions;
@@ -361,7 +366,9 @@ impl KymaTable {
         let rows: u64 = extents.iter().map(|e| e.rows).sum();
         let bytes: u64 = extents.iter().map(|e| e.bytes).sum();
         let groups = file_groups(&extents, state.config().target_partitions());
-        let mut source = ParquetSource::new(self.schema.clone()).with_enable_page_index(true);
+        let mut source = ParquetSource::new(self.schema.clone())
+            .with_enable_page_index(true)
+            .with_parquet_file_reader_factory(Arc::new(CachedExtents(self.tables.store.clone())));
         if let Some(predicate) = predicate {
             source = source.with_predicate(predicate);
         }
@@ -625,4 +632,26 @@ pub fn count_batch(count: u64) -> Result<RecordBatch> {
         schema,
         vec![Arc::new(UInt64Array::from(vec![count]))],
     )?)
+}
+
+/// Extents read as the table crate reads them ([`ExtentReader`]): small ones once per
+/// process, through the store's cache, so no query fetches a delta extent it (or another
+/// query) has fetched before; large ones by range.
+#[derive(Debug)]
+struct CachedExtents(ExtentStore);
+
+impl ParquetFileReaderFactory for CachedExtents {
+    fn create_reader(
+        &self,
+        _partition_index: usize,
+        file: PartitionedFile,
+        _metadata_size_hint: Option<usize>,
+        _metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        Ok(Box::new(ExtentReader::new(
+            &self.0,
+            file.object_meta.location,
+            file.object_meta.size,
+        )))
+    }
 }

@@ -25,6 +25,7 @@ pub use error::TableError;
 pub use extent::ExtentWriter;
 pub use gc::{GcOptions, GcSummary, collect_garbage};
 pub use manifest::{ColumnStats, ExtentEntry, Manifest, StatValue};
+pub use reader::ExtentReader;
 pub use store::{ExtentStore, S3Options, StoreLocation};
 pub use value::{KymaColumnBuilder, KymaValue, KymaValueRef};
 pub use writer::{TableWriter, WriteOptions, WriteSummary, WrittenExtents};

@@ -28,15 +28,7 @@ pub(crate) async fn open_extent(
     entry: &ExtentEntry,
     columns: Option<&[&str]>,
 ) -> Result<ParquetRecordBatchStreamBuilder<ExtentReader>, TableError> {
-    let reader = ExtentReader {
-        store: store.object_store().clone(),
-        path: Path::from(entry.path.as_str()),
-        size: entry.bytes,
-        cache: store
-            .cache()
-            .takes(entry.bytes)
-            .then(|| store.cache().clone()),
-    };
+    let reader = ExtentReader::new(store, Path::from(entry.path.as_str()), entry.bytes);
     let builder = ParquetRecordBatchStreamBuilder::new_with_options(
         reader,
         ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
@@ -74,8 +66,9 @@ pub(crate) fn read_error(error: ParquetError) -> TableError {
     }
 }
 
-/// The Parquet reader's access to one extent, whose size the manifest records.
-pub(crate) struct ExtentReader {
+/// The Parquet reader's access to one extent, whose size the manifest records: small extents
+/// through the store's cache, large ones by range.
+pub struct ExtentReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
     size: u64,
@@ -84,6 +77,17 @@ pub(crate) struct ExtentReader {
 }
 
 impl ExtentReader {
+    /// A reader of the extent at `path` of `store`, `size` bytes long (as its manifest
+    /// records it).
+    pub fn new(store: &ExtentStore, path: Path, size: u64) -> Self {
+        Self {
+            store: store.object_store().clone(),
+            path,
+            size,
+            cache: store.cache().takes(size).then(|| store.cache().clone()),
+        }
+    }
+
     /// The whole extent, from the cache or fetched once into it.
     async fn whole(&self, cache: &ExtentCache) -> parquet::errors::Result<Bytes> {
         if let Some(bytes) = cache.get(&self.path) {
