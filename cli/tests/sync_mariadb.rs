@@ -418,16 +418,19 @@ fn a_lost_history_under_the_resnapshot_policy_copies_every_table_again() {
         let table = TableRef::new("my_resnap", source.database(), "t");
         let worker = purge_behind_a_stopped_worker(&source, &kyma, "my_resnap", body).await;
         let copied = kyma.catalog.table(&table).await.expect("t").sync;
-        kyma.wait_caught_up_with(&source, "my_resnap", &worker)
+        let caught_up_and_equal = async || {
+            kyma.wait_caught_up_with(&source, "my_resnap", &worker)
+                .await;
+            kyma.assert_rows(
+                "my_resnap",
+                source.database(),
+                "t",
+                &source.rows_of("t").await,
+            )
             .await;
+        };
         // The purged changes (an insert, a delete, another insert) are in kyma: by the copy.
-        kyma.assert_rows(
-            "my_resnap",
-            source.database(),
-            "t",
-            &source.rows_of("t").await,
-        )
-        .await;
+        caught_up_and_equal().await;
         let recopied = kyma.catalog.table(&table).await.expect("t").sync;
         assert_ne!(
             copied.map(|s| s.since),
@@ -442,15 +445,7 @@ fn a_lost_history_under_the_resnapshot_policy_copies_every_table_again() {
         );
         // And it streams on from the new snapshot.
         source.sql("INSERT INTO t VALUES (4);");
-        kyma.wait_caught_up_with(&source, "my_resnap", &worker)
-            .await;
-        kyma.assert_rows(
-            "my_resnap",
-            source.database(),
-            "t",
-            &source.rows_of("t").await,
-        )
-        .await;
+        caught_up_and_equal().await;
     });
 }
 

@@ -17,7 +17,8 @@
 //!
 //! - `disable`: plaintext.
 //! - `prefer`: TLS without checking the certificate, retried in plaintext when the TLS
-//!   handshake fails (MongoDB has no in-protocol upgrade to TLS).
+//!   attempt does not reach the server (the driver reports a failed handshake that way;
+//!   MongoDB has no in-protocol upgrade to TLS).
 //! - `required`: TLS or fail; the certificate is not checked.
 //! - `verify-full`: TLS with the certificate checked against the Web PKI roots and the host.
 //!
@@ -153,7 +154,9 @@ pub async fn connect(
     secrets: &SecretResolver,
 ) -> Result<Client, ConnectorError> {
     match connect_with(spec, secrets, spec.tls).await {
-        Err(e) if spec.tls == TlsMode::Prefer && is_tls_failure(&e) => {
+        // The driver tells a failed TLS handshake only as a server it cannot reach, so any
+        // unreachable TLS attempt is retried in plaintext.
+        Err(ConnectorError::Unreachable { .. }) if spec.tls == TlsMode::Prefer => {
             connect_with(spec, secrets, TlsMode::Disable).await
         }
         other => other,
@@ -172,12 +175,6 @@ async fn connect_with(
         .await
         .map_err(refused)?;
     Ok(client)
-}
-
-/// Whether a connection failed in its TLS handshake (what `prefer` retries in plaintext).
-fn is_tls_failure(e: &ConnectorError) -> bool {
-    matches!(e, ConnectorError::Unreachable { reason, .. }
-        if reason.contains("tls") || reason.contains("TLS") || reason.contains("handshake"))
 }
 
 /// A driver error as the operator reads it (a server's refusal with its code name).
