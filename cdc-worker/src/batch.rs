@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use kyma_catalog::{
     Catalog, CatalogCommit, ClaimFence, CommitOutcome, CursorAdvance, LeaseId, OpenWrite, Revision,
-    TableCommit, TableRef, TableState, TableSyncState, WriteRegistration,
+    TableCommit, TableRef, TableState, TableSyncState, WriteRegistration, now_ms,
 };
 use kyma_table::{ExtentStore, TableWriter, WriteOptions, WrittenExtents};
 use uuid::Uuid;
@@ -273,12 +273,4 @@ async fn table_commits(
         });
     }
     Ok(commits)
-}
-
-/// The wall clock in Unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -8,14 +8,18 @@
 
 mod common;
 
+use arrow_flight::sql::client::FlightSqlServiceClient;
 use common::source::{
     Op, Select, Set, SourceFixture, Table, Transaction, Value, for_every_source, on_shared_source,
 };
+use common::sync::flight_rows;
 use kyma_catalog::{TablePhase, TableRef};
+use tonic::transport::Channel;
 
 for_every_source!(
     snapshot_then_stream_keeps_every_table_equal_to_the_source,
     a_worker_killed_mid_stream_is_replaced_without_losing_or_duplicating_a_row,
+    a_query_fenced_on_a_source_position_waits_for_it_across_a_worker_kill,
 );
 
 /// The MongoDB fixture's rendering, checked without a server (its tests need one): seeded
@@ -297,4 +301,88 @@ mod cases {
             );
         });
     }
+
+    /// Read-your-writes: a query carrying the source's position after a write answers only
+    /// once kyma holds that write, waiting through a worker's crash and replacement; with
+    /// no worker it fails after its timeout saying how far the connector has come; bad
+    /// fences are refused at once.
+    pub fn a_query_fenced_on_a_source_position_waits_for_it_across_a_worker_kill<
+        F: SourceFixture,
+    >() {
+        const CONNECTOR: &str = "fence";
+        on_shared_source("fence", async |source: &F, kyma| {
+            let mut worker = kyma.start_synced(source, CONNECTOR, 20, 20).await;
+            let (_node, flight) = kyma.query_node().await;
+            let count = format!(
+                r#"SELECT count(*) FROM "{CONNECTOR}"."{}"."accounts" WHERE id = 9001"#,
+                source.schema()
+            );
+            let caught_up = source.write_position().await;
+            let fenced = |position: &str, timeout_ms: u64| {
+                fenced_client(&flight, &format!("{CONNECTOR}={position}"), timeout_ms)
+            };
+            assert_eq!(
+                flight_rows(&mut fenced(&caught_up, 30_000), &count).await,
+                Ok(vec!["0".to_owned()]),
+                "a position the connector has reached (after its idle commit) answers"
+            );
+            for (fence, expected) in [
+                (
+                    "nope=1".to_owned(),
+                    "connector `nope`, which does not exist",
+                ),
+                (format!("{CONNECTOR}=not a position"), "is not a"),
+                (CONNECTOR.to_owned(), "<connector>=<position>"),
+            ] {
+                let error = flight_rows(&mut fenced_client(&flight, &fence, 30_000), &count)
+                    .await
+                    .expect_err("refused");
+                assert!(error.contains(expected), "{fence}: {error}");
+            }
+
+            worker.crash();
+            source
+                .run(&[Transaction::commit(vec![Op::Insert {
+                    table: Accounts,
+                    rows: vec![account(9001, 1, Value::text("fenced"), Value::Null)],
+                }])])
+                .await;
+            let written = source.write_position().await;
+            let error = flight_rows(&mut fenced(&written, 300), &count)
+                .await
+                .expect_err("no worker: the fence times out");
+            assert!(
+                error.contains(&format!("connector `{CONNECTOR}` has not reached position"))
+                    && error.contains("its data is committed up to"),
+                "{error}"
+            );
+
+            // The query is sent before a worker runs: only the replacement's commit can
+            // release it, and it must then see the row.
+            let mut waiting = fenced(&written, 60_000);
+            let answer = tokio::spawn(async move { flight_rows(&mut waiting, &count).await });
+            let replacement = kyma.worker("w-2");
+            assert_eq!(
+                answer.await.expect("the query task"),
+                Ok(vec!["1".to_owned()]),
+                "the fenced query sees the write\n{}",
+                replacement.log()
+            );
+            kyma.wait_caught_up_with(source, CONNECTOR, &replacement)
+                .await;
+            kyma.assert_tables_synced(source, CONNECTOR).await;
+        });
+    }
+}
+
+/// A client of the same node whose calls carry `x-kyma-min-position: FENCE` and the timeout.
+fn fenced_client(
+    flight: &FlightSqlServiceClient<Channel>,
+    fence: &str,
+    timeout_ms: u64,
+) -> FlightSqlServiceClient<Channel> {
+    let mut client = flight.clone();
+    client.set_header("x-kyma-min-position", fence);
+    client.set_header("x-kyma-min-position-timeout-ms", timeout_ms.to_string());
+    client
 }

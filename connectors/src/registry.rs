@@ -7,7 +7,7 @@ use kyma_catalog::{ConnectorSpec, SourceType};
 
 use crate::error::ConnectorError;
 use crate::secrets::SecretResolver;
-use crate::sync::ChangeSource;
+use crate::sync::{ChangeSource, SourcePosition};
 use crate::{mongodb, mysql, postgres};
 
 /// What registration learns from a source before it stores a connector.
@@ -36,6 +36,13 @@ pub trait SourceKind: Send + Sync {
         spec: &ConnectorSpec,
         secrets: &SecretResolver,
     ) -> Box<dyn ChangeSource>;
+
+    /// Whether data committed at `cursor` (a sync connector's committed position) holds
+    /// every transaction the source committed at or before `wanted`, a position in the
+    /// notation an application reads from the source after its own commit (read-your-writes,
+    /// no connection needed). A `wanted` in another notation is [`ConnectorError::Invalid`]
+    /// naming the notation and where to read it.
+    fn reached(&self, cursor: &SourcePosition, wanted: &str) -> Result<bool, ConnectorError>;
 }
 
 /// The URL schemes a connector of `source_type` takes (the first is the one to suggest).

@@ -13,6 +13,13 @@
 //! A command sent as a query (DDL or INSERT through `GetFlightInfo`) runs at
 //! `GetFlightInfo`; its ticket carries the count.
 //!
+//! # Read-your-writes
+//!
+//! Statement calls (`GetFlightInfo`, `DoGet`, `DoPut` updates) carrying the headers of
+//! [`crate::fence`] wait until this node's view of the named sync connectors has reached
+//! the given source positions. Every call checks again, so a `DoGet` served by another
+//! replica than its `GetFlightInfo` waits there too.
+//!
 //! # Errors
 //!
 //! Failures reach the client as gRPC statuses: bad SQL, type mismatches and bad arguments
@@ -54,11 +61,13 @@ use kyma_catalog::CatalogError;
 use kyma_table::TableError;
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{IngestMode, Outcome, QueryEngine, QueryRows};
 use crate::federation::scan::source_bytes;
 use crate::federation::source::SourceError;
+use crate::fence::PositionFence;
 use crate::metrics::QueryMetrics;
 use crate::provider::{DEFAULT_SCHEMA, KYMA_CATALOG, count_batch};
 use crate::queries::{QueryLog, QueryRecord};
@@ -117,6 +126,14 @@ impl KymaFlightSqlService {
             engine,
             metrics,
             token,
+        }
+    }
+
+    /// Waits for the source positions the call's headers name, if any ([`PositionFence`]).
+    async fn fence(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        match PositionFence::from_headers(metadata)? {
+            Some(fence) => fence.wait(self.engine.view()).await,
+            None => Ok(()),
         }
     }
 
@@ -558,6 +575,7 @@ impl FlightSqlService for KymaFlightSqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.fence(request.metadata()).await?;
         let handle = Handle {
             sql: query.query,
             ..Handle::default()
@@ -570,6 +588,7 @@ impl FlightSqlService for KymaFlightSqlService {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.fence(request.metadata()).await?;
         let handle = Handle::decode(&cmd.prepared_statement_handle)?;
         self.statement_info(handle, request.into_inner()).await
     }
@@ -629,8 +648,9 @@ impl FlightSqlService for KymaFlightSqlService {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        self.fence(request.metadata()).await?;
         let handle = Handle::decode(&ticket.statement_handle)?;
         Ok(Response::new(self.outcome_stream(&handle).await?))
     }
@@ -638,8 +658,9 @@ impl FlightSqlService for KymaFlightSqlService {
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        self.fence(request.metadata()).await?;
         let handle = Handle::decode(&query.prepared_statement_handle)?;
         Ok(Response::new(self.outcome_stream(&handle).await?))
     }
@@ -736,8 +757,9 @@ impl FlightSqlService for KymaFlightSqlService {
     async fn do_put_statement_update(
         &self,
         ticket: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        self.fence(request.metadata()).await?;
         self.run_update(&ticket.query, Vec::new()).await
     }
 
@@ -829,6 +851,7 @@ impl FlightSqlService for KymaFlightSqlService {
         query: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        self.fence(request.metadata()).await?;
         let handle = Handle::decode(&query.prepared_statement_handle)?;
         let (_, batches) = read_batches(request).await?;
         let mut rows: Vec<Vec<ScalarValue>> = Vec::new();

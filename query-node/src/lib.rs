@@ -7,6 +7,7 @@ pub mod admin_http;
 pub mod dynamic_sql;
 pub mod engine;
 pub mod federation;
+pub mod fence;
 pub mod flight;
 pub mod metrics;
 pub mod provider;

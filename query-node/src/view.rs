@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kyma_catalog::{
-    Catalog, CatalogError, CatalogEvent, ConnectorSpec, Revision, TableRef, TableState,
+    Catalog, CatalogError, CatalogEvent, ConnectorSpec, ConnectorState, Revision, SourceCursor,
+    TableRef, TableState, Versioned,
 };
 use kyma_table::{ExtentStore, Manifest, TableError};
 use tokio::sync::watch;
@@ -32,6 +33,22 @@ pub struct TableEntry {
     pub manifest: Result<Arc<Manifest>, String>,
 }
 
+/// One connector as the view holds it.
+#[derive(Debug, Clone)]
+struct ConnectorEntry {
+    spec: ConnectorSpec,
+    cursor: Option<Versioned<SourceCursor>>,
+}
+
+impl From<ConnectorState> for ConnectorEntry {
+    fn from(state: ConnectorState) -> Self {
+        Self {
+            spec: state.spec,
+            cursor: state.cursor,
+        }
+    }
+}
+
 /// The watched view. Cheap to clone; the watch task stops when the last clone goes.
 #[derive(Debug, Clone)]
 pub struct CatalogView {
@@ -43,7 +60,7 @@ struct Inner {
     catalog: Catalog,
     store: ExtentStore,
     tables: RwLock<BTreeMap<TableRef, Arc<TableEntry>>>,
-    connectors: RwLock<BTreeMap<String, ConnectorSpec>>,
+    connectors: RwLock<BTreeMap<String, ConnectorEntry>>,
     applied: watch::Sender<Revision>,
 }
 
@@ -76,12 +93,36 @@ impl CatalogView {
 
     /// A registered connector's spec.
     pub fn connector(&self, name: &str) -> Option<ConnectorSpec> {
-        self.inner.connectors().get(name).cloned()
+        self.inner.connectors().get(name).map(|c| c.spec.clone())
     }
 
     /// Every registered connector's spec, sorted by name.
     pub fn connectors(&self) -> Vec<ConnectorSpec> {
-        self.inner.connectors().values().cloned().collect()
+        self.inner
+            .connectors()
+            .values()
+            .map(|c| c.spec.clone())
+            .collect()
+    }
+
+    /// A sync connector's committed cursor, with the revision that committed it (together
+    /// with its tables' data: once the view has applied that revision, its tables hold
+    /// everything the cursor covers).
+    pub fn cursor(&self, name: &str) -> Option<Versioned<SourceCursor>> {
+        self.inner.connectors().get(name)?.cursor.clone()
+    }
+
+    /// Waits until `ready(applied)` holds for the revision the view has applied, checking
+    /// now and after each revision it applies; false when `timeout` passes first.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut(Revision) -> bool,
+    ) -> bool {
+        let mut applied = self.inner.applied.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|r| ready(*r)))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until the view has applied `revision` (or `timeout` passes: returns false).
@@ -102,11 +143,11 @@ impl Inner {
         self.tables.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn connectors(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ConnectorSpec>> {
+    fn connectors(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ConnectorEntry>> {
         self.connectors.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn connectors_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ConnectorSpec>> {
+    fn connectors_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ConnectorEntry>> {
         self.connectors.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -116,7 +157,7 @@ impl Inner {
         let connectors = self.catalog.list_connectors().await?;
         *self.connectors_mut() = connectors
             .into_iter()
-            .map(|c| (c.spec.name.clone(), c.spec))
+            .map(|c| (c.spec.name.clone(), c.into()))
             .collect();
         let entries: Vec<Arc<TableEntry>> = futures::stream::iter(states)
             .map(|state| self.entry(state))
@@ -183,7 +224,7 @@ impl Inner {
                 }
                 CatalogEvent::ConnectorChanged(name) => match self.catalog.connector(&name).await {
                     Ok(state) => {
-                        self.connectors_mut().insert(name, state.spec);
+                        self.connectors_mut().insert(name, state.into());
                     }
                     Err(CatalogError::NotFound(_)) => {}
                     Err(e) => return Err(e),

@@ -83,6 +83,16 @@ def session(uri):
         cur.execute("SELECT count(*) FROM otel_logs")
         check(cur.fetchall() == [(4,)], "connection still usable after an error")
 
+        # Read-your-writes travels as a call header, set as an ADBC statement option; this
+        # standalone has no sync connector, so naming one is refused, naming it.
+        header = "adbc.flight.sql.rpc.call_header.x-kyma-min-position"
+        cur.adbc_statement.set_options(**{header: "pg_prod=0/16B3748"})
+        try:
+            cur.execute("SELECT count(*) FROM otel_logs")
+            raise AssertionError("a fence on an unknown connector must fail")
+        except flight_sql.Error as e:
+            check("connector `pg_prod`, which does not exist" in str(e), f"fence error: {e}")
+
     with connect(uri) as conn:
         # Metadata: get_objects and get_table_schema.
         objects = conn.adbc_get_objects(depth="all", catalog_filter="kyma").read_all().to_pylist()

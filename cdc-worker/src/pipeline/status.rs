@@ -8,8 +8,8 @@ use kyma_catalog::{
     TableSyncStatus,
 };
 
-use crate::batch::now_ms;
 use crate::error::SyncError;
+use kyma_catalog::now_ms;
 
 /// What the status says, and when it was last written.
 #[derive(Debug)]

@@ -8,19 +8,55 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::util::display::array_value_to_string;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
 use kyma_catalog::{Catalog, CatalogLocation, ConnectorSpec, TableRef};
 use kyma_table::ExtentStore;
 use kyma_table::synced;
 use kyma_table::writer::{conform_batch, current_manifest};
-use kyma_test_harness::{Etcd, Postgres, S3, unique_name};
+use kyma_test_harness::{Etcd, Postgres, S3, free_port, unique_name};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tonic::transport::Channel;
 
 use super::Kyma;
 // `connect_source` lives with the Postgres fixture; re-exported for the Postgres-only tests.
 #[allow(unused_imports)]
 pub use super::source::postgres::{PostgresSource, connect_source};
+
+/// Runs `sql` through Flight SQL: each row's cells joined with `|`, or the error's text.
+pub async fn flight_rows(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<String>, String> {
+    let info = client
+        .execute(sql.to_owned(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.ok_or("an endpoint without a ticket")?;
+        let batches: Vec<RecordBatch> = client
+            .do_get(ticket)
+            .await
+            .map_err(|e| e.to_string())?
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        for batch in &batches {
+            for row in 0..batch.num_rows() {
+                let cells: Vec<String> = batch
+                    .columns()
+                    .iter()
+                    .map(|c| array_value_to_string(c, row).expect("displayable"))
+                    .collect();
+                rows.push(cells.join("|"));
+            }
+        }
+    }
+    Ok(rows)
+}
 
 /// Rows keyed by `_kyma_pk`: column name → displayed value.
 pub type Rows = BTreeMap<String, BTreeMap<String, String>>;
@@ -81,16 +117,42 @@ impl<'a> Deployment<'a> {
 
     /// Starts a `kyma cdc-worker` process on this deployment without waiting for it.
     pub fn spawn_worker(&self, id: &str) -> Kyma {
+        self.spawn(&[
+            "cdc-worker",
+            &format!("--worker-id={id}"),
+            "--lease-ttl-secs=2",
+        ])
+    }
+
+    /// Starts a `kyma query-node` process on this deployment and waits until it is ready;
+    /// returns it and a Flight SQL client of it.
+    pub async fn query_node(&self) -> (Kyma, FlightSqlServiceClient<Channel>) {
+        let port = free_port().expect("port");
+        let mut node = self.spawn(&["query-node", &format!("--grpc-addr=127.0.0.1:{port}")]);
+        node.wait_for_200("/readyz");
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to the query node: {e}\n{}", node.log()));
+        (node, FlightSqlServiceClient::new(channel))
+    }
+
+    /// Starts `kyma ROLE_ARGS` on this deployment's catalog and store.
+    fn spawn(&self, role_args: &[&str]) -> Kyma {
         let s3 = S3::shared();
+        let deployment = [
+            format!("--catalog=etcd://{}/{}", self.etcd.host_port(), self.prefix),
+            format!("--store=s3://{}/extents", self.bucket),
+            format!("--s3-endpoint={}", s3.endpoint()),
+        ];
+        let args: Vec<&str> = role_args
+            .iter()
+            .copied()
+            .chain(deployment.iter().map(String::as_str))
+            .collect();
         Kyma::spawn_with_env(
-            &[
-                "cdc-worker",
-                &format!("--catalog=etcd://{}/{}", self.etcd.host_port(), self.prefix),
-                &format!("--store=s3://{}/extents", self.bucket),
-                &format!("--s3-endpoint={}", s3.endpoint()),
-                &format!("--worker-id={id}"),
-                "--lease-ttl-secs=2",
-            ],
+            &args,
             &[
                 ("AWS_ACCESS_KEY_ID", S3::ACCESS_KEY),
                 ("AWS_SECRET_ACCESS_KEY", S3::SECRET_KEY),

@@ -45,7 +45,7 @@ use mongodb::options::{ClientOptions, Credential, Tls, TlsOptions};
 use crate::error::ConnectorError;
 use crate::registry::{SourceInfo, SourceKind};
 use crate::secrets::SecretResolver;
-use crate::sync::ChangeSource;
+use crate::sync::{ChangeSource, SourcePosition};
 
 /// How long finding a server may take before the source counts as unreachable.
 const SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,6 +77,10 @@ impl SourceKind for MongodbKind {
         secrets: &SecretResolver,
     ) -> Box<dyn ChangeSource> {
         Box::new(sync::MongoChangeSource::new(spec, secrets))
+    }
+
+    fn reached(&self, cursor: &SourcePosition, wanted: &str) -> Result<bool, ConnectorError> {
+        sync::position::reached(cursor, wanted)
     }
 }
 

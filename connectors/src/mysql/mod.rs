@@ -41,7 +41,7 @@ use crate::error::ConnectorError;
 use crate::pool::Endpoint;
 use crate::registry::{SourceInfo, SourceKind};
 use crate::secrets::SecretResolver;
-use crate::sync::ChangeSource;
+use crate::sync::{ChangeSource, SourcePosition};
 
 /// How long connecting may take before the source counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +84,10 @@ impl SourceKind for MysqlKind {
         secrets: &SecretResolver,
     ) -> Box<dyn ChangeSource> {
         Box::new(sync::MyChangeSource::new(spec, secrets))
+    }
+
+    fn reached(&self, cursor: &SourcePosition, wanted: &str) -> Result<bool, ConnectorError> {
+        sync::gtid::reached(cursor, wanted)
     }
 }
 

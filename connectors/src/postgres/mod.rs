@@ -43,7 +43,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::error::ConnectorError;
 use crate::registry::{SourceInfo, SourceKind};
 use crate::secrets::SecretResolver;
-use crate::sync::ChangeSource;
+use crate::sync::{ChangeSource, SourcePosition};
 
 /// How long connecting may take before the source counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +68,10 @@ impl SourceKind for PostgresKind {
         secrets: &SecretResolver,
     ) -> Box<dyn ChangeSource> {
         Box::new(sync::PgChangeSource::new(spec, secrets))
+    }
+
+    fn reached(&self, cursor: &SourcePosition, wanted: &str) -> Result<bool, ConnectorError> {
+        sync::setup::reached(cursor, wanted)
     }
 }
 

@@ -115,9 +115,65 @@ pub fn token_time(token: &str) -> Option<ClusterTime> {
     Some((seconds, increment))
 }
 
+/// Read-your-writes: whether a cursor at `cursor` holds every write at or before `wanted`,
+/// the operation time an application's session reports after its write: `T.I`,
+/// `Timestamp(T, I)` or `Timestamp({ t: T, i: I })` as mongosh prints it. A cursor holds
+/// every write at a cluster time up to its own (a transaction's events share one).
+pub fn reached(cursor: &SourcePosition, wanted: &str) -> Result<bool, ConnectorError> {
+    let wanted = parse_operation_time(wanted).ok_or_else(|| {
+        ConnectorError::invalid(
+            "position",
+            format!(
+                "`{wanted}` is not a MongoDB operation time: pass your session's operationTime after the write as `T.I` (seconds and increment), e.g. `1700000000.3`"
+            ),
+        )
+    })?;
+    Ok(!cursor.0.is_empty() && MongoPosition::parse(cursor)?.time >= wanted)
+}
+
+/// `T.I`, `Timestamp(T, I)` or `Timestamp({ t: T, i: I })`.
+fn parse_operation_time(text: &str) -> Option<ClusterTime> {
+    let text = text.trim();
+    let inner = match text.strip_prefix("Timestamp(") {
+        Some(rest) => rest.strip_suffix(')')?,
+        None => text,
+    };
+    let inner = inner.trim().trim_start_matches('{').trim_end_matches('}');
+    let (seconds, increment) = inner.split_once([',', '.'])?;
+    let number = |part: &str, label: &str| {
+        let part = part.trim();
+        part.strip_prefix(label)
+            .map_or(part, |rest| rest.trim_start().trim_start_matches(':'))
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((number(seconds, "t")?, number(increment, "i")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_reaches_every_operation_time_up_to_its_own() {
+        let cursor = SourcePosition(format!("1700000000.3/{}", token(1_700_000_000, 3, "04")));
+        for wanted in [
+            "1700000000.3",
+            "Timestamp(1700000000, 2)",
+            "Timestamp({ t: 1700000000, i: 3 })",
+            "1699999999.9",
+        ] {
+            assert!(reached(&cursor, wanted).expect(wanted), "{wanted}");
+        }
+        assert!(!reached(&cursor, "1700000000.4").expect("a time"));
+        let snapshot = SourcePosition(format!("snapshot:1700000001.0/{}", token(1, 1, "04")));
+        assert!(reached(&snapshot, "1700000000.9").expect("a time"));
+        let error = reached(&cursor, "0/16B3748")
+            .expect_err("not a time")
+            .to_string();
+        assert!(error.contains("operationTime"), "{error}");
+    }
 
     /// A token of cluster time `(t, i)` followed by `rest`, as the server writes them.
     fn token(t: u32, i: u32, rest: &str) -> String {

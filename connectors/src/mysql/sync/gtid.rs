@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::ConnectorError;
+use crate::sync::SourcePosition;
 
 /// One transaction's GTID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,9 +104,40 @@ impl fmt::Display for GtidPosition {
     }
 }
 
+/// Read-your-writes: whether a cursor at `cursor` holds every transaction of `wanted`, the
+/// GTID position an application reads after its commit (`@@last_gtid` of its session, or
+/// `@@gtid_binlog_pos`).
+pub fn reached(cursor: &SourcePosition, wanted: &str) -> Result<bool, ConnectorError> {
+    let wanted = GtidPosition::parse(wanted).map_err(|_| {
+        ConnectorError::invalid(
+            "position",
+            format!(
+                "`{wanted}` is not a MariaDB GTID position: pass `@@last_gtid` or `@@gtid_binlog_pos` read after your commit, e.g. `0-1-42`"
+            ),
+        )
+    })?;
+    Ok(GtidPosition::parse(&cursor.0)?.contains(&wanted))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_reaches_a_position_once_past_it_in_every_domain() {
+        let cursor = SourcePosition("0-1-42,1-2-7".into());
+        assert!(reached(&cursor, "0-1-42").expect("a GTID"));
+        assert!(reached(&cursor, "0-1-40,1-2-7").expect("a position"));
+        assert!(!reached(&cursor, "0-1-43").expect("a GTID"));
+        assert!(
+            !reached(&cursor, "2-1-1").expect("a GTID"),
+            "a domain it has not seen"
+        );
+        let error = reached(&cursor, "0/16B3748")
+            .expect_err("not a GTID")
+            .to_string();
+        assert!(error.contains("@@last_gtid"), "{error}");
+    }
 
     fn position(text: &str) -> GtidPosition {
         GtidPosition::parse(text).expect("a position")

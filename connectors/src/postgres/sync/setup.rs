@@ -9,7 +9,7 @@ use crate::error::ConnectorError;
 use crate::postgres::quote_ident;
 use crate::postgres::types::{Mapped, SourceColumn, kyma_type, source_columns};
 use crate::secrets::SecretResolver;
-use crate::sync::{Fence, SourceTable, TableId};
+use crate::sync::{Fence, SourcePosition, SourceTable, TableId};
 
 /// The source objects a connector owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,9 +471,37 @@ pub fn parse_lsn(text: &str) -> Result<u64, ConnectorError> {
         .map_err(|e| ConnectorError::Source(format!("`{text}` is not an LSN: {e}")))
 }
 
+/// Read-your-writes: whether a cursor at `cursor` (a commit's end or an idle server
+/// position) holds every transaction committed at or before `wanted`, the LSN an
+/// application reads with `pg_current_wal_lsn()` after its commit.
+pub fn reached(cursor: &SourcePosition, wanted: &str) -> Result<bool, ConnectorError> {
+    let wanted = parse_lsn(wanted.trim()).map_err(|_| {
+        ConnectorError::invalid(
+            "position",
+            format!(
+                "`{wanted}` is not a Postgres LSN: pass what `SELECT pg_current_wal_lsn()` returns after your commit, e.g. `0/16B3748`"
+            ),
+        )
+    })?;
+    Ok(!cursor.0.is_empty() && parse_lsn(&cursor.0)? >= wanted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_reaches_every_lsn_up_to_its_own() {
+        let cursor = SourcePosition("16/B374D848".into());
+        assert!(reached(&cursor, "16/B374D848").expect("an LSN"));
+        assert!(reached(&cursor, " 0/16B3748 ").expect("an LSN"));
+        assert!(!reached(&cursor, "16/B374D849").expect("an LSN"));
+        assert!(!reached(&SourcePosition(String::new()), "0/1").expect("an LSN"));
+        let error = reached(&cursor, "0-1-42")
+            .expect_err("not an LSN")
+            .to_string();
+        assert!(error.contains("pg_current_wal_lsn()"), "{error}");
+    }
 
     #[test]
     fn the_replication_session_pins_the_settings_the_decoder_reads() {
