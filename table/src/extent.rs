@@ -2,20 +2,40 @@
 //! index, streamed to object storage (multipart) so memory stays bounded by a row group.
 //! A synced table's extents also carry a bloom filter on `_kyma_pk` per row group, so a read
 //! of a few keys ([`crate::versions`]) skips the row groups that cannot hold them.
+//!
+//! # Encoding off the caller's task
+//!
+//! Parquet encoding (dictionaries, zstd) runs on a task of its own, fed through a channel of
+//! [`QUEUED_BATCHES`] batches, so a caller producing rows (a snapshot decoding a source's
+//! copy, a compaction merging versions) works while the previous batches are encoded.
+//! An encoding error surfaces at the next [`ExtentWriter::write`] or at
+//! [`ExtentWriter::finish`]; a writer dropped before `finish` abandons the file (its
+//! multipart upload is never completed), as a dropped Parquet writer would.
+//!
+//! # Dictionaries only where values repeat
+//!
+//! Dictionary encoding pays off for repeating values and only costs for distinct ones (every
+//! value is interned, then the encoder falls back to plain once the dictionary page is full).
+//! The first batch decides per extent: a flat column whose sample of it is mostly distinct
+//! ([`mostly_distinct`]: keys, timestamps, free text) is written without a dictionary.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use kyma_catalog::TableSchema;
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::error::TableError;
@@ -31,15 +51,37 @@ pub const SCHEMA_VERSION_KEY: &str = "kyma.schema_version";
 /// Rows per Parquet row group: the unit of buffering and of row-group pruning.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// Batches queued for the encoder task: enough to keep it busy, few enough to bound memory.
+const QUEUED_BATCHES: usize = 2;
+
+/// Rows of the first batch sampled to decide on dictionaries.
+const DICTIONARY_SAMPLE_ROWS: usize = 4096;
+
+/// Below this many sampled rows the defaults stay (a small extent's encoding costs little).
+const DICTIONARY_MIN_SAMPLE: usize = 256;
+
 /// Writes batches of one schema version into a new extent.
 pub struct ExtentWriter {
     store: ExtentStore,
     path: Path,
     schema: SchemaRef,
     schema_version: u64,
-    writer: AsyncArrowWriter<BufWriter>,
+    encoder: Option<Encoder>,
     rows: u64,
     stats: BTreeMap<String, ColumnStats>,
+}
+
+/// The encoder task and its queue.
+struct Encoder {
+    queue: mpsc::Sender<Encode>,
+    task: JoinHandle<Result<(), TableError>>,
+}
+
+/// What the encoder task is sent.
+enum Encode {
+    Batch(RecordBatch),
+    /// Complete the file (a queue closed without it abandons the file).
+    Finish,
 }
 
 impl std::fmt::Debug for ExtentWriter {
@@ -58,29 +100,12 @@ impl ExtentWriter {
         table_id: Uuid,
         schema: &TableSchema,
     ) -> Result<Self, TableError> {
-        let path = ExtentStore::new_extent_path(table_id);
-        let arrow = arrow_schema(schema);
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            // Sized for a full row group; the writer folds it down to the rows written. A
-            // table without the column (not synced) gets no filter.
-            .set_column_bloom_filter_enabled(ColumnPath::from(synced::PK), true)
-            .set_column_bloom_filter_max_ndv(ColumnPath::from(synced::PK), ROW_GROUP_ROWS as u64)
-            .set_key_value_metadata(Some(vec![KeyValue::new(
-                SCHEMA_VERSION_KEY.to_owned(),
-                schema.version.to_string(),
-            )]))
-            .build();
-        let sink = BufWriter::new(store.object_store().clone(), path.clone());
-        let writer = AsyncArrowWriter::try_new(sink, arrow.clone(), Some(props))?;
         Ok(Self {
             store: store.clone(),
-            path,
-            schema: arrow,
+            path: ExtentStore::new_extent_path(table_id),
+            schema: arrow_schema(schema),
             schema_version: schema.version,
-            writer,
+            encoder: None,
             rows: 0,
             stats: BTreeMap::new(),
         })
@@ -103,14 +128,19 @@ impl ExtentWriter {
                 }
             }
         }
-        self.writer.write(batch).await?;
+        self.send(Encode::Batch(batch.clone()), batch).await?;
         self.rows += rows;
         Ok(())
     }
 
     /// Finishes the file and returns its manifest entry.
-    pub async fn finish(self) -> Result<ExtentEntry, TableError> {
-        self.writer.close().await?;
+    pub async fn finish(mut self) -> Result<ExtentEntry, TableError> {
+        let empty = RecordBatch::new_empty(self.schema.clone());
+        self.send(Encode::Finish, &empty).await?;
+        if let Some(encoder) = self.encoder.take() {
+            drop(encoder.queue);
+            joined(encoder.task).await?;
+        }
         let bytes = self.store.object_store().head(&self.path).await?.size;
         Ok(ExtentEntry {
             path: self.path.to_string(),
@@ -120,5 +150,197 @@ impl ExtentWriter {
             columns: self.stats,
             compacted: false,
         })
+    }
+
+    /// Queues `message` for the encoder, starting it (its settings from `first`) if need be.
+    async fn send(&mut self, message: Encode, first: &RecordBatch) -> Result<(), TableError> {
+        if self.encoder.is_none() {
+            let props = properties(self.schema_version, &mostly_distinct(first));
+            let sink = BufWriter::new(self.store.object_store().clone(), self.path.clone());
+            let writer = AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(props))?;
+            let (queue, batches) = mpsc::channel(QUEUED_BATCHES);
+            let task = tokio::spawn(encode(writer, batches));
+            self.encoder = Some(Encoder { queue, task });
+        }
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Ok(());
+        };
+        if encoder.queue.send(message).await.is_err() {
+            // The task ended early: it failed, and says why.
+            if let Some(encoder) = self.encoder.take() {
+                joined(encoder.task).await?;
+            }
+            return Err(TableError::Parquet(ParquetError::General(format!(
+                "the encoder of extent {} stopped early",
+                self.path
+            ))));
+        }
+        Ok(())
+    }
+}
+
+/// The encoder task: writes queued batches, completes the file on [`Encode::Finish`].
+async fn encode(
+    mut writer: AsyncArrowWriter<BufWriter>,
+    mut batches: mpsc::Receiver<Encode>,
+) -> Result<(), TableError> {
+    while let Some(message) = batches.recv().await {
+        match message {
+            Encode::Batch(batch) => writer.write(&batch).await?,
+            Encode::Finish => {
+                writer.close().await?;
+                return Ok(());
+            }
+        }
+    }
+    // Dropped without `Finish`: the upload is abandoned.
+    Ok(())
+}
+
+/// The encoder task's outcome.
+async fn joined(task: JoinHandle<Result<(), TableError>>) -> Result<(), TableError> {
+    task.await.map_err(|e| {
+        TableError::Parquet(ParquetError::General(format!(
+            "the extent encoder task failed: {e}"
+        )))
+    })?
+}
+
+/// The Parquet settings of an extent: no dictionary on `plain_columns`.
+fn properties(schema_version: u64, plain_columns: &[String]) -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // Sized for a full row group; the writer folds it down to the rows written. A
+        // table without the column (not synced) gets no filter.
+        .set_column_bloom_filter_enabled(ColumnPath::from(synced::PK), true)
+        .set_column_bloom_filter_max_ndv(ColumnPath::from(synced::PK), ROW_GROUP_ROWS as u64)
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            SCHEMA_VERSION_KEY.to_owned(),
+            schema_version.to_string(),
+        )]));
+    for column in plain_columns {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
+    }
+    props.build()
+}
+
+/// The flat columns of `batch` whose sampled values are mostly (over half) distinct.
+fn mostly_distinct(batch: &RecordBatch) -> Vec<String> {
+    let sampled = batch.num_rows().min(DICTIONARY_SAMPLE_ROWS);
+    if sampled < DICTIONARY_MIN_SAMPLE {
+        return Vec::new();
+    }
+    let schema = batch.schema();
+    schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(field, _)| flat(field.data_type()))
+        .filter_map(|(field, column)| {
+            let converter = RowConverter::new(vec![SortField::new(field.data_type().clone())]).ok()?;
+            let rows = converter.convert_columns(&[column.slice(0, sampled)]).ok()?;
+            let distinct: HashSet<&[u8]> = rows.iter().map(|row| row.data()).collect();
+            (distinct.len() * 2 > sampled).then(|| field.name().clone())
+        })
+        .collect()
+}
+
+/// A column Parquet stores as one leaf under its own name.
+fn flat(data_type: &DataType) -> bool {
+    data_type.is_primitive()
+        || matches!(
+            data_type,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+                | DataType::FixedSizeBinary(_)
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use kyma_catalog::{Column, KymaType};
+    use object_store::memory::InMemory;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn distinct_columns_are_written_without_a_dictionary_and_repeating_ones_with() {
+        let store = ExtentStore::from_object_store(Arc::new(InMemory::new()));
+        let schema = TableSchema::initial(vec![
+            Column::new("id", KymaType::Long),
+            Column::new("status", KymaType::String),
+        ])
+        .expect("schema");
+        let mut writer = ExtentWriter::create(&store, Uuid::now_v7(), &schema).expect("writer");
+        for chunk in 0..3_i64 {
+            let ids = Int64Array::from_iter_values(chunk * 1000..(chunk + 1) * 1000);
+            let statuses = StringArray::from_iter_values(
+                (0..1000).map(|i| ["new", "paid", "shipped"][i % 3]),
+            );
+            let batch = RecordBatch::try_new(
+                arrow_schema(&schema),
+                vec![Arc::new(ids), Arc::new(statuses)],
+            )
+            .expect("batch");
+            writer.write(&batch).await.expect("write");
+        }
+        let entry = writer.finish().await.expect("finish");
+        assert_eq!(entry.rows, 3000);
+
+        let bytes = store
+            .object_store()
+            .get(&Path::from(entry.path.as_str()))
+            .await
+            .expect("extent")
+            .bytes()
+            .await
+            .expect("bytes");
+        let reader = SerializedFileReader::new(bytes).expect("parquet");
+        let row_group = reader.metadata().row_group(0);
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 3000);
+        assert!(
+            row_group.column(0).dictionary_page_offset().is_none(),
+            "the unique `id` has no dictionary"
+        );
+        assert!(
+            row_group.column(1).dictionary_page_offset().is_some(),
+            "the repeating `status` keeps its dictionary"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_dropped_before_finish_leaves_no_file() {
+        let store = ExtentStore::from_object_store(Arc::new(InMemory::new()));
+        let schema =
+            TableSchema::initial(vec![Column::new("id", KymaType::Long)]).expect("schema");
+        let mut writer = ExtentWriter::create(&store, Uuid::now_v7(), &schema).expect("writer");
+        let batch = RecordBatch::try_new(
+            arrow_schema(&schema),
+            vec![Arc::new(Int64Array::from_iter_values(0..10))],
+        )
+        .expect("batch");
+        writer.write(&batch).await.expect("write");
+        let path = writer.path.clone();
+        let task = writer.encoder.as_ref().map(|e| e.task.abort_handle());
+        drop(writer);
+        if let Some(task) = task {
+            while !task.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(
+            store.object_store().head(&path).await.is_err(),
+            "an abandoned extent is never completed"
+        );
     }
 }
