@@ -89,6 +89,8 @@ pub struct CommittedBatch {
     pub revision: Revision,
     /// Rows committed per table.
     pub rows: BTreeMap<TableRef, u64>,
+    /// Extents committed per table.
+    pub extents: BTreeMap<TableRef, usize>,
     /// How many times the commit rebased on a concurrent table commit.
     pub rebases: u64,
 }
@@ -210,6 +212,10 @@ impl SyncBatch {
                     return Ok(CommittedBatch {
                         revision,
                         rows: written.iter().map(|w| (w.table.clone(), w.rows)).collect(),
+                        extents: written
+                            .iter()
+                            .map(|w| (w.table.clone(), w.extents.len()))
+                            .collect(),
                         rebases: rebases as u64,
                     });
                 }

@@ -19,6 +19,7 @@
 //! worker runs).
 
 pub mod batch;
+pub mod compactor;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
@@ -35,6 +36,8 @@ use kyma_connectors::{SecretResolver, registry};
 use kyma_table::ExtentStore;
 use tokio::sync::watch;
 
+use crate::compactor::Compactor;
+
 pub use error::SyncError;
 pub use metrics::SyncMetrics;
 pub use pipeline::{ConnectorSync, SyncContext, SyncOptions};
@@ -45,7 +48,8 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 const BACKOFF_RESETS_AFTER: Duration = Duration::from_secs(60);
 /// How long a definite error waits before the next attempt.
 const DEFINITE_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// How often the tables of the connectors a worker runs are checked for compaction.
+/// How often the tables of the connectors a worker runs are checked for compaction (besides
+/// the commits that cross a table's threshold, see [`compactor`]).
 const COMPACT_EVERY: Duration = Duration::from_secs(30);
 /// How often a worker collects the garbage of the whole store.
 const COLLECT_GARBAGE_EVERY: Duration = Duration::from_secs(600);
@@ -58,6 +62,7 @@ pub struct CdcWorker {
     metrics: Arc<SyncMetrics>,
     stop: watch::Sender<bool>,
     supervisor: tokio::task::JoinHandle<()>,
+    compaction: tokio::task::JoinHandle<()>,
 }
 
 impl CdcWorker {
@@ -76,13 +81,20 @@ impl CdcWorker {
         let (stop, stopped) = watch::channel(false);
         let session = Arc::new(Mutex::new(session));
         let metrics = Arc::new(SyncMetrics::default());
+        let (compactor, requests) = Compactor::new();
+        let compactor = Arc::new(compactor);
         let ctx = SyncContext {
             catalog: catalog.clone(),
             store,
             secrets,
             options,
             metrics: metrics.clone(),
+            compactor: compactor.clone(),
         };
+        let compaction = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { compactor.run(requests, ctx).await }
+        });
         let supervisor = tokio::spawn(supervise(ctx, session.clone(), lease_ttl, stopped));
         Ok(Self {
             catalog,
@@ -90,6 +102,7 @@ impl CdcWorker {
             metrics,
             stop,
             supervisor,
+            compaction,
         })
     }
 
@@ -117,6 +130,8 @@ impl CdcWorker {
     pub async fn shutdown(self) -> Result<(), CatalogError> {
         let _ = self.stop.send(true);
         let _ = self.supervisor.await;
+        // A compaction cut short changes nothing: its files are left to garbage collection.
+        self.compaction.abort();
         let session = Arc::try_unwrap(self.session)
             .ok()
             .map(|s| s.into_inner().unwrap_or_else(PoisonError::into_inner))
@@ -367,12 +382,12 @@ async fn drop_source_objects(ctx: &SyncContext, spec: &ConnectorSpec) {
     }
 }
 
-/// Compacts the synced tables of `specs` that need it (see `kyma_table::compaction`) and,
-/// when `collect` is set, collects the store's garbage. Failures are logged: both are
-/// retried on the next round, and neither changes what a table holds.
+/// Queues for compaction the synced tables of `specs` that need it (see
+/// [`compactor`]) and, when `collect` is set, collects the store's garbage. Failures are
+/// logged: both are retried on the next round, and neither changes what a table holds.
 async fn maintain(ctx: SyncContext, specs: Vec<ConnectorSpec>, collect: bool) {
     for spec in specs {
-        let options = kyma_table::CompactionOptions::for_retention(&spec.retention);
+        let options = ctx.compaction_options(&spec);
         let tables = match ctx.catalog.list_tables(Some(&spec.name)).await {
             Ok((_, tables)) => tables,
             Err(e) => {
@@ -388,12 +403,8 @@ async fn maintain(ctx: SyncContext, specs: Vec<ConnectorSpec>, collect: bool) {
                     continue;
                 }
             };
-            if !kyma_table::needs_compaction(&manifest, &options) {
-                continue;
-            }
-            match kyma_table::compact(&ctx.catalog, &ctx.store, &state.table, &options).await {
-                Ok(summary) => tracing::info!(table = %state.table, ?summary, "compacted"),
-                Err(e) => tracing::warn!(table = %state.table, error = %e, "compaction failed"),
+            if kyma_table::needs_compaction(&manifest, &options) {
+                ctx.compactor.request(&state.table, &options);
             }
         }
     }

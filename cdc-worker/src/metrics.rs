@@ -1,6 +1,6 @@
 //! A worker's sync metrics in the Prometheus text format (SPEC §8): per connector, rows and
-//! commits synced, commits that rebased on a concurrent compaction, errors by kind, and the
-//! lag of the last commit.
+//! commits synced, commits that rebased on a concurrent compaction, compactions, errors by
+//! kind, and the lag of the last commit.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,6 +13,7 @@ struct ConnectorCounters {
     snapshot_rows: u64,
     commits: u64,
     rebases: u64,
+    compactions: u64,
     transient_errors: u64,
     definite_errors: u64,
     lag_ms: Option<u64>,
@@ -51,6 +52,11 @@ impl SyncMetrics {
         });
     }
 
+    /// A compaction of a synced table of `connector` committed.
+    pub fn compaction_committed(&self, connector: &str) {
+        self.update(connector, |c| c.compactions += 1);
+    }
+
     /// A run of `connector` ended with an error (`retryable`: transient).
     pub fn error(&self, connector: &str, retryable: bool) {
         self.update(connector, |c| {
@@ -70,7 +76,7 @@ impl SyncMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         type Value = fn(&ConnectorCounters) -> Option<String>;
-        let series: [(&str, &str, &str, Value); 5] = [
+        let series: [(&str, &str, &str, Value); 6] = [
             (
                 "kyma_sync_rows_total",
                 "counter",
@@ -94,6 +100,12 @@ impl SyncMetrics {
                 "counter",
                 "Sync commits that rebased on a concurrent table commit (compaction).",
                 |c| Some(c.rebases.to_string()),
+            ),
+            (
+                "kyma_sync_compactions_total",
+                "counter",
+                "Compactions of synced tables that committed (started by the commit crossing a table's threshold or by the periodic sweep).",
+                |c| Some(c.compactions.to_string()),
             ),
             (
                 "kyma_sync_lag_seconds",

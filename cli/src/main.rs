@@ -217,7 +217,11 @@ async fn run(command: Command) -> Result<(), RunError> {
                 SecretResolver::new(&args.common.secrets_dir),
                 &worker_id,
                 Duration::from_secs(args.lease_ttl_secs),
-                SyncOptions::default(),
+                SyncOptions {
+                    compact_after_extents: usize::try_from(args.compact_after_extents)
+                        .unwrap_or(usize::MAX),
+                    ..SyncOptions::default()
+                },
             )
             .await?;
             tracing::info!(

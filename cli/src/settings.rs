@@ -139,6 +139,10 @@ pub struct CdcWorkerArgs {
     /// Seconds without a keep-alive after which this worker's claims may be taken over.
     #[arg(long, env = "KYMA_LEASE_TTL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=300))]
     pub lease_ttl_secs: u64,
+    /// Compact a synced table as soon as commits have added this many delta extents to it
+    /// (fewer: fresher reads, more compaction work).
+    #[arg(long, env = "KYMA_COMPACT_AFTER_EXTENTS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(2..=10_000))]
+    pub compact_after_extents: u64,
 }
 
 /// Where the shared catalog and storage are.

@@ -20,6 +20,7 @@ for_every_source!(
     snapshot_then_stream_keeps_every_table_equal_to_the_source,
     a_worker_killed_mid_stream_is_replaced_without_losing_or_duplicating_a_row,
     a_query_fenced_on_a_source_position_waits_for_it_across_a_worker_kill,
+    commits_that_cross_the_compaction_threshold_compact_and_survive_a_kill,
 );
 
 /// The MongoDB fixture's rendering, checked without a server (its tests need one): seeded
@@ -371,6 +372,71 @@ mod cases {
             kyma.wait_caught_up_with(source, CONNECTOR, &replacement)
                 .await;
             kyma.assert_tables_synced(source, CONNECTOR).await;
+        });
+    }
+
+    /// Small commits, one per source transaction, compact a table as soon as they have
+    /// added three delta extents (not on the worker's periodic sweep), and a worker killed
+    /// right after such a commit — while its compaction runs — is replaced without losing or
+    /// duplicating a row.
+    pub fn commits_that_cross_the_compaction_threshold_compact_and_survive_a_kill<
+        F: SourceFixture,
+    >() {
+        const CONNECTOR: &str = "compact";
+        const FLAGS: &[&str] = &["--compact-after-extents=3"];
+        on_shared_source("compact", async |source: &F, kyma| {
+            source.create_and_seed(300, 30).await;
+            let mut worker = kyma.worker_with("w-1", FLAGS);
+            kyma.register_source(source, CONNECTOR).await;
+            kyma.wait_caught_up_with(source, CONNECTOR, &worker).await;
+            let accounts = TableRef::new(CONNECTOR, source.schema(), "accounts");
+            for round in 0..18 {
+                source
+                    .run(&[Transaction::commit(vec![
+                        Op::Update {
+                            table: Accounts,
+                            rows: Select::Modulo("id", 5, round % 5),
+                            set: vec![("balance", Set::Add(1))],
+                        },
+                        Op::Insert {
+                            table: Accounts,
+                            rows: vec![account(50_000 + round, round, Value::Null, Value::Null)],
+                        },
+                    ])])
+                    .await;
+                // Each transaction its own commit, so commits cross the threshold.
+                kyma.wait_caught_up_with(source, CONNECTOR, &worker).await;
+                if round == 8 {
+                    assert!(
+                        worker
+                            .log()
+                            .contains("a commit crossed the compaction threshold"),
+                        "nine one-extent commits crossed three extents:\n{}",
+                        worker.log()
+                    );
+                    worker.crash();
+                    worker = kyma.worker_with("w-2", FLAGS);
+                }
+            }
+            kyma.assert_tables_synced(source, CONNECTOR).await;
+            let metrics = worker.wait_for_200("/metrics");
+            let compactions = metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "kyma_sync_compactions_total{{connector=\"{CONNECTOR}\"}} "
+                    ))
+                })
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            assert!(
+                compactions.is_some_and(|n| n >= 1),
+                "the replacement compacted after its commits crossed the threshold:\n{metrics}"
+            );
+            let deltas = kyma.delta_extents(&accounts).await;
+            assert!(
+                deltas < 9,
+                "nine commits since the replacement started, yet {deltas} delta extents: compaction keeps up"
+            );
         });
     }
 }

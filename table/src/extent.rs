@@ -239,8 +239,11 @@ fn mostly_distinct(batch: &RecordBatch) -> Vec<String> {
         .zip(batch.columns())
         .filter(|(field, _)| flat(field.data_type()))
         .filter_map(|(field, column)| {
-            let converter = RowConverter::new(vec![SortField::new(field.data_type().clone())]).ok()?;
-            let rows = converter.convert_columns(&[column.slice(0, sampled)]).ok()?;
+            let converter =
+                RowConverter::new(vec![SortField::new(field.data_type().clone())]).ok()?;
+            let rows = converter
+                .convert_columns(&[column.slice(0, sampled)])
+                .ok()?;
             let distinct: HashSet<&[u8]> = rows.iter().map(|row| row.data()).collect();
             (distinct.len() * 2 > sampled).then(|| field.name().clone())
         })
@@ -284,9 +287,8 @@ mod tests {
         let mut writer = ExtentWriter::create(&store, Uuid::now_v7(), &schema).expect("writer");
         for chunk in 0..3_i64 {
             let ids = Int64Array::from_iter_values(chunk * 1000..(chunk + 1) * 1000);
-            let statuses = StringArray::from_iter_values(
-                (0..1000).map(|i| ["new", "paid", "shipped"][i % 3]),
-            );
+            let statuses =
+                StringArray::from_iter_values((0..1000).map(|i| ["new", "paid", "shipped"][i % 3]));
             let batch = RecordBatch::try_new(
                 arrow_schema(&schema),
                 vec![Arc::new(ids), Arc::new(statuses)],
@@ -321,8 +323,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_dropped_before_finish_leaves_no_file() {
         let store = ExtentStore::from_object_store(Arc::new(InMemory::new()));
-        let schema =
-            TableSchema::initial(vec![Column::new("id", KymaType::Long)]).expect("schema");
+        let schema = TableSchema::initial(vec![Column::new("id", KymaType::Long)]).expect("schema");
         let mut writer = ExtentWriter::create(&store, Uuid::now_v7(), &schema).expect("writer");
         let batch = RecordBatch::try_new(
             arrow_schema(&schema),

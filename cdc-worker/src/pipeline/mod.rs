@@ -65,12 +65,13 @@ use kyma_connectors::sync::{
     ChangeSource, Fence, NO_PRIMARY_KEY, Resume, SourcePosition, SourceTable, TableId,
 };
 use kyma_connectors::{ConnectorError, SecretResolver, registry};
-use kyma_table::{ExtentStore, WriteOptions};
+use kyma_table::{CompactionOptions, ExtentStore, WriteOptions};
 use tokio::sync::watch;
 
 use self::status::StatusBook;
 use self::tables::{TableRun, ensure_table};
 use crate::batch::{CursorFence, CursorValue, SyncBatch};
+use crate::compactor::Compactor;
 use crate::error::SyncError;
 use crate::metrics::SyncMetrics;
 
@@ -90,6 +91,9 @@ pub struct SyncOptions {
     pub discover_every: Duration,
     /// A batch this old registers itself with the garbage collector (see [`crate::batch`]).
     pub register_after: Duration,
+    /// Compact a synced table once commits have added this many delta extents to it (see
+    /// [`crate::compactor`]).
+    pub compact_after_extents: usize,
 }
 
 impl Default for SyncOptions {
@@ -101,6 +105,7 @@ impl Default for SyncOptions {
             status_every: Duration::from_secs(1),
             discover_every: Duration::from_secs(10),
             register_after: Duration::from_secs(600),
+            compact_after_extents: CompactionOptions::default().min_delta_extents,
         }
     }
 }
@@ -118,6 +123,18 @@ pub struct SyncContext {
     pub options: SyncOptions,
     /// Where runs count what they do.
     pub metrics: Arc<SyncMetrics>,
+    /// Where commits report the delta extents they add.
+    pub compactor: Arc<Compactor>,
+}
+
+impl SyncContext {
+    /// How the tables of connector `spec` are compacted.
+    pub fn compaction_options(&self, spec: &ConnectorSpec) -> CompactionOptions {
+        CompactionOptions {
+            min_delta_extents: self.options.compact_after_extents,
+            ..CompactionOptions::for_retention(&spec.retention)
+        }
+    }
 }
 
 /// The committed cursor as the run keeps it.

@@ -495,6 +495,13 @@ impl ConnectorSync {
                 self.status.table(&run.key()).rows_synced += rows;
             }
         }
+        let compaction = self.ctx.compaction_options(&self.spec);
+        for (table, extents) in &committed.extents {
+            let rows = committed.rows.get(table).copied().unwrap_or(0);
+            self.ctx
+                .compactor
+                .committed(table, *extents, rows, &compaction);
+        }
         let lag_ms = s
             .last_commit_at
             .map(|at| u64::try_from((now_micros() - at) / 1000).unwrap_or(0));

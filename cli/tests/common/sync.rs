@@ -117,11 +117,33 @@ impl<'a> Deployment<'a> {
 
     /// Starts a `kyma cdc-worker` process on this deployment without waiting for it.
     pub fn spawn_worker(&self, id: &str) -> Kyma {
-        self.spawn(&[
-            "cdc-worker",
-            &format!("--worker-id={id}"),
-            "--lease-ttl-secs=2",
-        ])
+        self.spawn_worker_with(id, &[])
+    }
+
+    /// As [`Deployment::worker`], with extra flags.
+    pub fn worker_with(&self, id: &str, flags: &[&str]) -> Kyma {
+        let mut worker = self.spawn_worker_with(id, flags);
+        worker.wait_for_200("/readyz");
+        worker
+    }
+
+    fn spawn_worker_with(&self, id: &str, flags: &[&str]) -> Kyma {
+        let worker_id = format!("--worker-id={id}");
+        let mut args = vec!["cdc-worker", worker_id.as_str(), "--lease-ttl-secs=2"];
+        args.extend_from_slice(flags);
+        self.spawn(&args)
+    }
+
+    /// How many delta (not compacted) extents `table` has now.
+    pub async fn delta_extents(&self, table: &TableRef) -> usize {
+        let state = self.catalog.table(table).await.expect("kyma table");
+        current_manifest(&self.store, &state)
+            .await
+            .expect("manifest")
+            .extents
+            .iter()
+            .filter(|e| !e.compacted)
+            .count()
     }
 
     /// Starts a `kyma query-node` process on this deployment and waits until it is ready;
