@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use kyma_catalog::Catalog;
+use kyma_query_node::view::CatalogView;
 use kyma_query_node::{FederationOptions, GrpcOptions, QueryNode};
 use kyma_table::ExtentStore;
 use tokio::task::JoinHandle;
@@ -23,6 +24,8 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub struct ServedNode {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its catalog view (what its queries read).
+    pub view: CatalogView,
     stop: tokio::sync::oneshot::Sender<()>,
     serving: JoinHandle<Result<(), kyma_query_node::ServeError>>,
 }
@@ -35,6 +38,7 @@ impl ServedNode {
         federation: FederationOptions,
     ) -> BenchResult<Self> {
         let node = QueryNode::start(catalog, store, federation).await?;
+        let view = node.engine().view().clone();
         let addr = SocketAddr::from(([127, 0, 0, 1], kyma_test_harness::free_port()?));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(async move {
@@ -47,6 +51,7 @@ impl ServedNode {
         });
         Ok(Self {
             addr,
+            view,
             stop,
             serving,
         })

@@ -93,6 +93,10 @@ pub struct CommittedBatch {
     pub extents: BTreeMap<TableRef, usize>,
     /// How many times the commit rebased on a concurrent table commit.
     pub rebases: u64,
+    /// When the catalog transaction started (the extents were written by then).
+    pub catalog_started: Instant,
+    /// How long the catalog transaction took, rebases included.
+    pub catalog_took: Duration,
 }
 
 impl SyncBatch {
@@ -190,6 +194,7 @@ impl SyncBatch {
                 .collect::<Vec<_>>(),
         );
         let commit_id = Uuid::now_v7();
+        let catalog_started = Instant::now();
         let (_, mut bases) = self.catalog.tables(&tables).await?;
         for rebases in 0..MAX_REBASES {
             let commit = CatalogCommit {
@@ -217,6 +222,8 @@ impl SyncBatch {
                             .map(|w| (w.table.clone(), w.extents.len()))
                             .collect(),
                         rebases: rebases as u64,
+                        catalog_started,
+                        catalog_took: catalog_started.elapsed(),
                     });
                 }
                 CommitOutcome::Conflict(conflict) => {

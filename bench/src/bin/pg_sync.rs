@@ -44,15 +44,20 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use kyma_bench::{BenchResult, ServedNode, machine};
 use kyma_catalog::{Catalog, CatalogLocation, ConnectorSpec, DesiredState, TableRef};
-use kyma_cdc_worker::{CdcWorker, SyncOptions};
+use kyma_cdc_worker::{COMMIT_STAGES, CdcWorker, SyncOptions};
 use kyma_connectors::SecretResolver;
 use kyma_connectors::postgres::sync::{SyncNames, parse_lsn};
 use kyma_query_node::FederationOptions;
+use kyma_query_node::view::CatalogView;
 use kyma_table::{ExtentStore, S3Options, StoreLocation};
 use kyma_test_harness::{Etcd, Postgres, S3, unique_name};
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 use tonic::transport::Channel;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The snapshot phase's connector and table.
 const SNAP_CONNECTOR: &str = "snap";
@@ -218,6 +223,54 @@ struct Bench {
     catalog: Catalog,
     /// The runtime the CDC worker runs on.
     worker_runtime: Handle,
+    /// The worker's per-commit stage events ([`StageEvents`]).
+    stages: tokio::sync::Mutex<mpsc::UnboundedReceiver<CommitStage>>,
+}
+
+/// One streaming commit's stages, as the CDC worker reports them ([`COMMIT_STAGES`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct CommitStage {
+    /// When the event came: the commit had just completed.
+    at: Option<Instant>,
+    revision: i64,
+    arrival_ms: f64,
+    batching_ms: f64,
+    writing_ms: f64,
+    catalog_ms: f64,
+}
+
+impl tracing::field::Visit for CommitStage {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        match field.name() {
+            "arrival_ms" => self.arrival_ms = value,
+            "batching_ms" => self.batching_ms = value,
+            "writing_ms" => self.writing_ms = value,
+            "catalog_ms" => self.catalog_ms = value,
+            _ => {}
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if field.name() == "revision" {
+            self.revision = value;
+        }
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
+
+/// A tracing layer handing the worker's commit-stage events to the benchmark.
+struct StageEvents(mpsc::UnboundedSender<CommitStage>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StageEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut stage = CommitStage {
+            at: Some(Instant::now()),
+            ..CommitStage::default()
+        };
+        event.record(&mut stage);
+        let _ = self.0.send(stage);
+    }
 }
 
 fn main() -> BenchResult<()> {
@@ -226,12 +279,23 @@ fn main() -> BenchResult<()> {
         return Err("--rows, --copy-runs, --changes and --lag-rate must be at least 1".into());
     }
     TxnShape::of(args.txn_changes)?;
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("KYMA_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    let (stage_events, stages) = mpsc::unbounded_channel();
+    let log = tracing_subscriber::EnvFilter::try_from_env("KYMA_LOG")
+        .ok()
+        .map(|filter| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+        });
+    tracing_subscriber::registry()
+        .with(
+            StageEvents(stage_events).with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(COMMIT_STAGES, tracing::Level::DEBUG),
+            ),
+        )
+        .with(log)
+        .init();
 
     let started = Instant::now();
     eprintln!("starting PostgreSQL, etcd and the extent store ...");
@@ -288,6 +352,7 @@ fn main() -> BenchResult<()> {
             deployment,
             catalog,
             worker_runtime: handle,
+            stages: tokio::sync::Mutex::new(stages),
             args,
         };
         run(&bench, pg_version.trim()).await
@@ -315,7 +380,7 @@ async fn run(bench: &Bench, pg_version: &str) -> BenchResult<()> {
     loads.push(("after the snapshot", load_average()));
     let stream = stream_phase(bench, &mut flight).await?;
     loads.push(("after the stream", load_average()));
-    let lag = lag_phase(bench, &mut flight, &store, &stream).await?;
+    let lag = lag_phase(bench, &mut flight, &node.view, &store, &stream).await?;
     loads.push(("after the lag phase", load_average()));
 
     report(bench, pg_version, &loads, &snapshot, &stream, &lag);
@@ -541,6 +606,9 @@ struct SnapshotResult {
     to_commit: Duration,
     /// kyma's `count(*)` of the synced table afterwards.
     count_query: Duration,
+    /// CPU seconds this process (the worker, the idle query node) used from registering
+    /// to the commit.
+    kyma_cpu: Option<f64>,
 }
 
 impl SnapshotResult {
@@ -588,6 +656,7 @@ async fn snapshot_phase(
     eprintln!("snapshot: registering connector `{SNAP_CONNECTOR}` ...");
     let names = SyncNames::of(SNAP_CONNECTOR);
     let started = Instant::now();
+    let cpu_before = cpu_seconds(None);
     register(&bench.catalog, SNAP_CONNECTOR, &bench.snap_url).await?;
     let mut to_slot = None;
     let deadline = started + CATCH_UP_LIMIT;
@@ -604,6 +673,9 @@ async fn snapshot_phase(
         }
         tokio::time::sleep(TICK).await;
     };
+    let kyma_cpu = cpu_seconds(None)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let to_slot = to_slot.ok_or("the snapshot committed before its slot was seen")?;
     eprintln!(
         "snapshot: kyma committed {rows} rows {:.3}s after registering",
@@ -628,6 +700,7 @@ async fn snapshot_phase(
         to_slot,
         to_commit,
         count_query,
+        kyma_cpu,
     })
 }
 
@@ -1135,6 +1208,9 @@ struct LagResult {
     /// After the last probe showed: the probe table's delta extents, and the median round
     /// trip of five polls with nothing being written.
     idle: (usize, Duration),
+    /// The worker's streaming commits during the phase, each with the time from its
+    /// completion to the query node's view applying it (ms; `None`: not seen).
+    commits: Vec<(CommitStage, Option<f64>)>,
 }
 
 impl LagResult {
@@ -1171,6 +1247,7 @@ async fn extents(
 async fn lag_phase(
     bench: &Bench,
     flight: &mut FlightSqlServiceClient<Channel>,
+    view: &CatalogView,
     store: &ExtentStore,
     stream: &StreamResult,
 ) -> BenchResult<LagResult> {
@@ -1195,6 +1272,23 @@ async fn lag_phase(
             )
         })
         .collect();
+    let mut stages = bench.stages.lock().await;
+    // The earlier phases' commits are not this phase's.
+    while stages.try_recv().is_ok() {}
+    let applied = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = tokio::spawn({
+        let (view, applied) = (view.clone(), applied.clone());
+        async move {
+            // Never ready: records when the node's view applies each revision, until aborted.
+            view.wait_until(CATCH_UP_LIMIT, |revision| {
+                if let Ok(mut applied) = applied.lock() {
+                    applied.push((revision, Instant::now()));
+                }
+                false
+            })
+            .await
+        }
+    });
     // The writer runs on a thread of its own, so its acknowledgement times do not wait for
     // the query node's tasks.
     let (sent, mut written) = tokio::sync::oneshot::channel();
@@ -1258,6 +1352,18 @@ async fn lag_phase(
     }
     lags.sort();
     lags_low.sort();
+    recorder.abort();
+    let applied = applied.lock().map(|a| a.clone()).unwrap_or_default();
+    let commits = std::iter::from_fn(|| stages.try_recv().ok())
+        .map(|stage| {
+            let shown = applied
+                .iter()
+                .find(|(revision, _)| *revision >= stage.revision)
+                .zip(stage.at)
+                .map(|((_, shown), at)| millis(shown.saturating_duration_since(at)));
+            (stage, shown)
+        })
+        .collect();
 
     // The same query with nothing being written: its cost at the extents the table has now.
     let delta_extents = extents(&bench.catalog, store, &probe_table).await?.0;
@@ -1275,6 +1381,7 @@ async fn lag_phase(
         lags_low,
         polls,
         idle: (delta_extents, percentile(&idle, 50.0)),
+        commits,
     })
 }
 
@@ -1384,6 +1491,12 @@ fn report(
         seconds(snap.to_commit),
         rows / seconds(snap.to_commit)
     );
+    if let Some(cpu) = snap.kyma_cpu {
+        println!(
+            "kyma process CPU, register -> snapshot committed: {cpu:.2}s ({:.2} cores over the wall time)",
+            cpu / seconds(snap.to_commit)
+        );
+    }
     println!(
         "kyma `SELECT count(*)` of the synced table afterwards: {:.3}s",
         seconds(snap.count_query)
@@ -1519,5 +1632,53 @@ fn report(
         millis(percentile(&lag.lags_low, 50.0)),
         millis(percentile(&lag.lags_low, 99.0)),
         millis(lag.lags_low.last().copied().unwrap_or_default()),
+    );
+    report_stages(lag);
+}
+
+/// The per-stage breakdown of the worker's commits during the lag phase.
+fn report_stages(lag: &LagResult) {
+    println!(
+        "per-stage breakdown, per streaming commit during the phase ({} commits; for each, its first transaction):",
+        lag.commits.len()
+    );
+    println!("{:<62} {:>8} {:>8} {:>8}", "", "p50 ms", "p99 ms", "max ms");
+    type Stage = fn(&(CommitStage, Option<f64>)) -> Option<f64>;
+    let stages: [(&str, Stage); 5] = [
+        ("source commit -> worker has its commit event", |(s, _)| {
+            Some(s.arrival_ms)
+        }),
+        ("-> the batch closes (batching)", |(s, _)| {
+            Some(s.batching_ms)
+        }),
+        (
+            "-> extents encoded and uploaded, manifests stored",
+            |(s, _)| Some(s.writing_ms),
+        ),
+        ("-> catalog transaction committed (etcd)", |(s, _)| {
+            Some(s.catalog_ms)
+        }),
+        (
+            "-> the query node's view has applied it (watch)",
+            |(_, shown)| *shown,
+        ),
+    ];
+    for (name, stage) in stages {
+        let mut values: Vec<Duration> = lag
+            .commits
+            .iter()
+            .filter_map(stage)
+            .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+            .collect();
+        values.sort();
+        println!(
+            "{name:<62} {:>8.1} {:>8.1} {:>8.1}",
+            millis(percentile(&values, 50.0)),
+            millis(percentile(&values, 99.0)),
+            millis(values.last().copied().unwrap_or_default())
+        );
+    }
+    println!(
+        "then a poll that starts after the view applied it (every poll interval) and its round trip (planning, fetching, merging)"
     );
 }

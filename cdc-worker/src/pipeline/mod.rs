@@ -52,6 +52,8 @@ mod stream;
 mod tables;
 mod unchanged;
 
+pub use stream::COMMIT_STAGES;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! cursor before the source is acknowledged.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kyma_catalog::{
     HistoryLostPolicy, SyncPhase, TableFailure, TablePhase, TableRef, TableSyncState,
@@ -41,6 +41,8 @@ struct Streaming {
     /// The end of the last transaction the batch holds.
     pending_end: Option<SourcePosition>,
     pending_since: Option<Instant>,
+    /// How long after its source commit the batch's first transaction arrived.
+    first_arrival_lag: Option<Duration>,
     /// Tables whose state changes with the next commit (they failed).
     states: BTreeMap<TableRef, TableSyncState>,
     last_commit_at: Option<i64>,
@@ -92,6 +94,7 @@ impl ConnectorSync {
             open: None,
             pending_end: None,
             pending_since: None,
+            first_arrival_lag: None,
             states: BTreeMap::new(),
             last_commit_at: None,
             last_idle_commit: Instant::now(),
@@ -231,7 +234,10 @@ impl ConnectorSync {
                     && !open.skip
                 {
                     s.pending_end = Some(position);
-                    s.pending_since.get_or_insert_with(Instant::now);
+                    if s.pending_since.is_none() {
+                        s.pending_since = Some(Instant::now());
+                        s.first_arrival_lag = Some(micros_since(open.at_micros));
+                    }
                     s.last_commit_at = Some(open.at_micros);
                 }
                 if s.pending_end.is_some()
@@ -481,6 +487,7 @@ impl ConnectorSync {
             s.pending_since = None;
             return Ok(());
         };
+        let started = Instant::now();
         let ids: Vec<TableId> = self.tables.keys().cloned().collect();
         for id in &ids {
             self.flush_table(s, id).await?;
@@ -489,7 +496,17 @@ impl ConnectorSync {
         let states = std::mem::take(&mut s.states);
         let committed = self.cursor.commit(batch, &end, &states).await?;
         stream.ack(&end);
-        s.pending_since = None;
+        let stages = CommitStages {
+            arrival: s.first_arrival_lag.take().unwrap_or_default(),
+            batching: s
+                .pending_since
+                .take()
+                .map(|since| started.saturating_duration_since(since))
+                .unwrap_or_default(),
+            writing: committed.catalog_started.saturating_duration_since(started),
+            catalog: committed.catalog_took,
+        };
+        stages.trace(&self.spec.name, committed.revision);
         for run in self.tables.values() {
             if let Some(rows) = committed.rows.get(&run.table) {
                 self.status.table(&run.key()).rows_synced += rows;
@@ -674,4 +691,42 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Where the time of a streaming commit went, for its first transaction: reported as a
+/// debug event (target [`COMMIT_STAGES`]) that benchmarks break the freshness down with.
+struct CommitStages {
+    /// Source commit → its commit event reached the pipeline (clocks of the source and the
+    /// worker: meaningful on one machine, or with synchronised clocks).
+    arrival: Duration,
+    /// → the batch closed (`batch_delay`, `batch_bytes`, or a transaction boundary).
+    batching: Duration,
+    /// → its extents written and uploaded, manifests stored.
+    writing: Duration,
+    /// → the catalog transaction committed.
+    catalog: Duration,
+}
+
+/// The tracing target of the per-commit stage event.
+pub const COMMIT_STAGES: &str = "kyma_cdc_worker::commit_stages";
+
+impl CommitStages {
+    fn trace(&self, connector: &str, revision: i64) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            target: COMMIT_STAGES,
+            connector,
+            revision,
+            arrival_ms = ms(self.arrival),
+            batching_ms = ms(self.batching),
+            writing_ms = ms(self.writing),
+            catalog_ms = ms(self.catalog),
+            "commit stages"
+        );
+    }
+}
+
+/// Time since `at_micros` (Unix microseconds); zero if that is in the future.
+fn micros_since(at_micros: i64) -> Duration {
+    Duration::from_micros(u64::try_from(now_micros() - at_micros).unwrap_or(0))
 }
