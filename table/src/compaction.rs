@@ -4,6 +4,18 @@
 //! extents that hold only each key's newest version, drops tombstones older than the
 //! retention, and swaps them in with one catalog commit.
 //!
+//! # Merging deltas, rewriting the base
+//!
+//! A compaction's cost should follow the changed data, not the table. While a table has a
+//! base and its delta rows are fewer than [`CompactionOptions::full_at_delta_fraction`] of
+//! its base rows, a compaction only **merges the delta extents** among themselves: it reads
+//! only them and writes delta extents holding each key's newest delta version, every
+//! tombstone kept (a tombstone shadows base rows the merge does not read). Reads then merge
+//! the base with a few delta extents instead of many, and the manifest stays short. Once
+//! the deltas reach the fraction (or a tombstone may have expired, or there is no base), a
+//! **full** compaction rewrites the base with them, as described below; its cost is
+//! amortised over the changes that made the deltas that large.
+//!
 //! # Invariants
 //!
 //! - **The base stays a base.** After a compaction commits, the compacted extents hold at
@@ -81,6 +93,9 @@ pub struct CompactionOptions {
     pub min_delta_extents: usize,
     /// … or at least this many delta rows (or may hold an expired tombstone).
     pub min_delta_rows: u64,
+    /// Rewrite the base too once delta rows reach this fraction of the base's rows; below
+    /// it, only the deltas are merged (see the module doc). 0: always rewrite the base.
+    pub full_at_delta_fraction: f64,
     /// Rows per new compacted extent.
     pub extent_rows: u64,
     /// Longest a compaction may run before its commit; past it, it abandons. Keep it at most
@@ -97,6 +112,7 @@ impl CompactionOptions {
             tombstone_retention: Duration::from_secs(u64::from(retention.tombstone_days) * 86_400),
             min_delta_extents: 16,
             min_delta_rows: 1_000_000,
+            full_at_delta_fraction: 0.25,
             extent_rows: WriteOptions::default().extent_rows,
             max_duration: crate::gc::DEFAULT_GRACE / 2,
             now: None,
@@ -169,6 +185,8 @@ pub struct CompactionCounts {
     pub extents_written: usize,
     /// Rows in them.
     pub rows_written: u64,
+    /// Only the delta extents were merged; the base was left as it is.
+    pub deltas_only: bool,
 }
 
 /// Whether compacting `manifest`'s table would gain anything: it has at least
@@ -177,6 +195,29 @@ pub struct CompactionCounts {
 /// expired tombstone. Reads nothing but the manifest.
 pub fn needs_compaction(manifest: &Manifest, options: &CompactionOptions) -> bool {
     worth_compacting(manifest, options, options.tombstone_cutoff())
+}
+
+/// Whether a compaction of `manifest`'s table merges only its deltas (see the module doc):
+/// it has a base, at least two delta extents, deltas below the fraction of the base, and no
+/// extent that may hold an expired tombstone.
+fn merges_deltas_only(manifest: &Manifest, options: &CompactionOptions, cutoff: i64) -> bool {
+    let rows = |compacted: bool| -> u64 {
+        manifest
+            .extents
+            .iter()
+            .filter(|e| e.compacted == compacted)
+            .map(|e| e.rows)
+            .sum()
+    };
+    let (base_rows, delta_rows) = (rows(true), rows(false));
+    let delta_extents = manifest.extents.iter().filter(|e| !e.compacted).count();
+    base_rows > 0
+        && delta_extents >= 2
+        && (delta_rows as f64) < options.full_at_delta_fraction * base_rows as f64
+        && !manifest
+            .extents
+            .iter()
+            .any(|e| may_hold_expired_tombstone(e, cutoff))
 }
 
 fn worth_compacting(manifest: &Manifest, options: &CompactionOptions, cutoff: i64) -> bool {
@@ -272,13 +313,19 @@ impl PreparedCompaction {
         if !worth_compacting(&manifest, options, cutoff) {
             return Ok(None);
         }
+        let deltas_only = merges_deltas_only(&manifest, options, cutoff);
         let has_deltas = manifest.extents.iter().any(|e| !e.compacted);
         let snapshot = manifest.extents.iter().map(|e| e.path.clone()).collect();
         let inputs: Vec<ExtentEntry> = manifest
             .extents
             .into_iter()
-            .filter(|e| has_deltas || may_hold_expired_tombstone(e, cutoff))
+            .filter(|e| match deltas_only {
+                true => !e.compacted,
+                false => has_deltas || may_hold_expired_tombstone(e, cutoff),
+            })
             .collect();
+        // Merged deltas keep every tombstone: base rows they shadow are not read.
+        let cutoff = if deltas_only { i64::MIN } else { cutoff };
         let survivors = Survivors::choose(store, &inputs, cutoff).await?;
         let replaced: Vec<(&ExtentEntry, &BooleanArray)> = inputs
             .iter()
@@ -289,7 +336,8 @@ impl PreparedCompaction {
             return Ok(None);
         }
 
-        let mut writers = CompactedWriters::open(catalog, store, table, options).await?;
+        let mut writers =
+            CompactedWriters::open(catalog, store, table, options, !deltas_only).await?;
         for (entry, keep) in &replaced {
             if keep.true_count() > 0 {
                 writers.copy(store, entry, keep).await?;
@@ -305,6 +353,7 @@ impl PreparedCompaction {
             tombstones_kept: survivors.tombstones_kept,
             extents_written: written.extents.len(),
             rows_written: written.rows,
+            deltas_only,
         };
         let replaced = replaced.iter().map(|(e, _)| e.path.clone()).collect();
         Ok(Some(Self {
@@ -581,15 +630,17 @@ struct CompactedWriters {
 }
 
 impl CompactedWriters {
+    /// Writers of compacted extents (`compacted`), or of merged delta extents.
     async fn open(
         catalog: &Catalog,
         store: &ExtentStore,
         table: &TableRef,
         options: &CompactionOptions,
+        compacted: bool,
     ) -> Result<Self, TableError> {
         let write = WriteOptions {
             extent_rows: options.extent_rows,
-            compacted: true,
+            compacted,
         };
         Ok(Self {
             rows: TableWriter::open(catalog, store, table, write.clone()).await?,

@@ -443,6 +443,89 @@ async fn compaction_keeps_each_keys_newest_version_and_only_young_tombstones() {
 }
 
 #[tokio::test]
+async fn small_deltas_merge_among_themselves_and_leave_the_base_alone_until_they_grow() {
+    let f = fixture("merge-deltas").await;
+    let base: Vec<V> = (1..=100)
+        .map(|key| v(key, 0, ChangeOp::Insert, old(), Some("base")))
+        .collect();
+    commit(&f, &base, false, true).await;
+    let base_paths: Vec<String> = manifest(&f)
+        .await
+        .extents
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    for rows in [
+        vec![
+            v(1, 10, ChangeOp::Update, young(), Some("one-v2")),
+            v(2, 11, ChangeOp::Delete, young(), None),
+        ],
+        vec![
+            v(1, 12, ChangeOp::Update, young(), Some("one-v3")),
+            v(200, 13, ChangeOp::Insert, young(), Some("new")),
+        ],
+        vec![v(200, 14, ChangeOp::Delete, young(), None)],
+    ] {
+        commit(&f, &rows, false, false).await;
+    }
+
+    let merged = compact(&f.catalog, &f.store, &f.table, &options())
+        .await
+        .expect("compact");
+    assert!(
+        matches!(merged.outcome, CompactionOutcome::Committed { .. }),
+        "{merged:?}"
+    );
+    assert!(
+        merged.counts.deltas_only,
+        "5 delta rows over a 100-row base: {merged:?}"
+    );
+    assert_eq!(merged.counts.extents_read, 3, "only the deltas are read");
+    assert_eq!(
+        merged.counts.versions_dropped, 2,
+        "key 1's and key 200's older versions"
+    );
+    let after = manifest(&f).await;
+    let kept_base: Vec<&str> = after
+        .extents
+        .iter()
+        .filter(|e| e.compacted)
+        .map(|e| e.path.as_str())
+        .collect();
+    assert_eq!(kept_base, base_paths, "the base is not rewritten");
+    let deltas: Vec<Raw> = raw_rows(&f)
+        .await
+        .into_iter()
+        .filter(|(_, seq, ..)| *seq > 0)
+        .collect();
+    assert_eq!(
+        deltas,
+        [
+            raw("1", 12, ChangeOp::Update, Some("one-v3"), None),
+            raw("2", 11, ChangeOp::Delete, None, None),
+            raw("200", 14, ChangeOp::Delete, None, None),
+        ],
+        "each key's newest delta version, tombstones kept: they shadow base rows"
+    );
+
+    let burst: Vec<V> = (3..=40)
+        .map(|key| v(key, 100 + key, ChangeOp::Update, young(), Some("burst")))
+        .collect();
+    commit(&f, &burst, false, false).await;
+    let full = compact(&f.catalog, &f.store, &f.table, &options())
+        .await
+        .expect("compact");
+    assert!(
+        !full.counts.deltas_only,
+        "41 delta rows reach a quarter of the base: {full:?}"
+    );
+    assert!(
+        manifest(&f).await.extents.iter().all(|e| e.compacted),
+        "a full compaction leaves no delta"
+    );
+}
+
+#[tokio::test]
 async fn a_delta_committed_while_compaction_runs_survives_it() {
     let f = fixture("concurrent").await;
     history(&f).await;
