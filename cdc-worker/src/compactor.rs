@@ -2,8 +2,10 @@
 //!
 //! Every sync commit reports what it added to each table ([`Compactor::committed`]: delta
 //! extents and rows). Once a table has gathered [`CompactionOptions::min_delta_extents`]
-//! extents or [`CompactionOptions::min_delta_rows`] rows since this worker last compacted
-//! it, it is queued — once, however many commits follow. The worker's one compaction task
+//! extents, or [`ASK_AFTER_ROWS`] rows (fewer than [`CompactionOptions::min_delta_rows`]:
+//! rows may also be worth compacting as a fraction of the table, which only the manifest
+//! tells), since this worker last compacted it, it is queued — once, however many commits
+//! follow; the compaction then decides from the manifest whether there is anything to gain. The worker's one compaction task
 //! ([`Compactor::run`]) compacts queued tables one at a time in the order they crossed, so
 //! compaction takes at most one task's share of the machine from the streams. A table's
 //! count starts over when its compaction starts: deltas committed meanwhile stay deltas
@@ -23,6 +25,10 @@ use kyma_table::{CompactionOptions, CompactionOutcome};
 use tokio::sync::mpsc;
 
 use crate::pipeline::SyncContext;
+
+/// Delta rows after which a table is queued whatever the thresholds (its compaction checks
+/// [`CompactionOptions::min_delta_fraction`] against the table's base).
+pub const ASK_AFTER_ROWS: u64 = 65_536;
 
 /// What a table gathered since its last compaction.
 #[derive(Debug, Default)]
@@ -66,7 +72,7 @@ impl Compactor {
             entry.rows += rows;
             let crossed = !entry.queued
                 && (entry.extents >= options.min_delta_extents
-                    || entry.rows >= options.min_delta_rows);
+                    || entry.rows >= options.min_delta_rows.min(ASK_AFTER_ROWS));
             entry.queued |= crossed;
             crossed
         };

@@ -91,8 +91,11 @@ pub struct CompactionOptions {
     pub tombstone_retention: Duration,
     /// Compact once the table has at least this many delta extents …
     pub min_delta_extents: usize,
-    /// … or at least this many delta rows (or may hold an expired tombstone).
+    /// … or at least this many delta rows …
     pub min_delta_rows: u64,
+    /// … or delta rows at least this fraction of the base's (every read merges them), or an
+    /// extent may hold an expired tombstone.
+    pub min_delta_fraction: f64,
     /// Rewrite the base too once delta rows reach this fraction of the base's rows; below
     /// it, only the deltas are merged (see the module doc). 0: always rewrite the base.
     pub full_at_delta_fraction: f64,
@@ -112,6 +115,7 @@ impl CompactionOptions {
             tombstone_retention: Duration::from_secs(u64::from(retention.tombstone_days) * 86_400),
             min_delta_extents: 16,
             min_delta_rows: 1_000_000,
+            min_delta_fraction: 0.05,
             full_at_delta_fraction: 0.25,
             extent_rows: WriteOptions::default().extent_rows,
             max_duration: crate::gc::DEFAULT_GRACE / 2,
@@ -190,9 +194,10 @@ pub struct CompactionCounts {
 }
 
 /// Whether compacting `manifest`'s table would gain anything: it has at least
-/// [`CompactionOptions::min_delta_extents`] delta extents or
-/// [`CompactionOptions::min_delta_rows`] delta rows, or an extent whose statistics allow an
-/// expired tombstone. Reads nothing but the manifest.
+/// [`CompactionOptions::min_delta_extents`] delta extents, or
+/// [`CompactionOptions::min_delta_rows`] delta rows, or delta rows reaching
+/// [`CompactionOptions::min_delta_fraction`] of the base's, or an extent whose statistics
+/// allow an expired tombstone. Reads nothing but the manifest.
 pub fn needs_compaction(manifest: &Manifest, options: &CompactionOptions) -> bool {
     worth_compacting(manifest, options, options.tombstone_cutoff())
 }
@@ -226,8 +231,16 @@ fn worth_compacting(manifest: &Manifest, options: &CompactionOptions, cutoff: i6
         .iter()
         .filter(|e| !e.compacted)
         .fold((0, 0), |(n, rows), e| (n + 1, rows + e.rows));
+    let base_rows: u64 = manifest
+        .extents
+        .iter()
+        .filter(|e| e.compacted)
+        .map(|e| e.rows)
+        .sum();
     let enough_deltas = delta_extents > 0
-        && (delta_extents >= options.min_delta_extents || delta_rows >= options.min_delta_rows);
+        && (delta_extents >= options.min_delta_extents
+            || delta_rows >= options.min_delta_rows
+            || delta_rows as f64 >= options.min_delta_fraction * base_rows as f64);
     enough_deltas
         || manifest
             .extents

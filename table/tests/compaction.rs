@@ -335,6 +335,7 @@ async fn compaction_keeps_each_keys_newest_version_and_only_young_tombstones() {
     assert!(needs_compaction(&before, &options()));
     let thresholds_only = CompactionOptions {
         tombstone_retention: 365 * DAY,
+        min_delta_fraction: f64::INFINITY,
         now: Some(now()),
         ..CompactionOptions::default()
     };

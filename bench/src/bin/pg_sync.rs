@@ -113,6 +113,14 @@ struct Args {
     /// directory (no object-store round trips).
     #[arg(long, value_enum, default_value_t = StoreKind::S3)]
     store: StoreKind,
+    /// After the lag phase, time a `GROUP BY` over the snapshot's table on kyma and on
+    /// Postgres, settled, right after one transaction updating every `N`th row, and once
+    /// compaction caught up (0: skip this phase).
+    #[arg(long, default_value_t = 0)]
+    read_update_every: u64,
+    /// Runs of each timed query in the read phase (the report gives the median).
+    #[arg(long, default_value_t = 3)]
+    read_runs: usize,
 }
 
 /// The extent store the benchmark runs on.
@@ -382,8 +390,18 @@ async fn run(bench: &Bench, pg_version: &str) -> BenchResult<()> {
     loads.push(("after the stream", load_average()));
     let lag = lag_phase(bench, &mut flight, &node.view, &store, &stream).await?;
     loads.push(("after the lag phase", load_average()));
+    let read = if bench.args.read_update_every > 0 {
+        let read = read_phase(bench, &mut flight, &store).await?;
+        loads.push(("after the read phase", load_average()));
+        Some(read)
+    } else {
+        None
+    };
 
     report(bench, pg_version, &loads, &snapshot, &stream, &lag);
+    if let Some(read) = &read {
+        report_read(bench, read);
+    }
 
     let worker_runtime = bench.worker_runtime.clone();
     worker_runtime
@@ -1383,6 +1401,196 @@ async fn lag_phase(
         idle: (delta_extents, percentile(&idle, 50.0)),
         commits,
     })
+}
+
+// ----- Phase 4: current-state reads of a synced table that churns ------------------------------
+
+/// The read phase's query on each side: a grouped aggregate over the whole table.
+const READ_QUERY: &str =
+    "SELECT account, count(*), min(id), max(updated_at) FROM {} GROUP BY account";
+
+/// The read phase's timings (medians of `--read-runs`).
+#[derive(Debug)]
+struct ReadResult {
+    /// Rows updated by the burst.
+    updated: u64,
+    /// Before the burst: Postgres, kyma.
+    settled: (Duration, Duration),
+    /// From the burst's commit to kyma's cursor passing it.
+    burst_synced: Duration,
+    /// Right after: Postgres, kyma, and the delta extents kyma read.
+    after_burst: (Duration, Duration, usize),
+    /// From the burst's commit until no delta extent was left (a full compaction), and
+    /// kyma's time then.
+    compacted: Option<(Duration, Duration)>,
+}
+
+async fn read_phase(
+    bench: &Bench,
+    flight: &mut FlightSqlServiceClient<Channel>,
+    store: &ExtentStore,
+) -> BenchResult<ReadResult> {
+    let pg = connect(&bench.snap_url).await?;
+    let table = TableRef::new(SNAP_CONNECTOR, "public", "snap_rows");
+    let kyma_sql = READ_QUERY.replace("{}", "snap.public.snap_rows");
+    let pg_sql = READ_QUERY.replace("{}", "snap_rows");
+    let groups = (bench.args.rows).min(1000) as usize;
+    let settled = (
+        median_run(bench, || pg_groups(&pg, &pg_sql, groups)).await?,
+        median_run(bench, || kyma_groups(flight.clone(), &kyma_sql, groups)).await?,
+    );
+    eprintln!("read: settled, Postgres {settled:?}");
+
+    bench
+        .catalog
+        .set_desired_state(SNAP_CONNECTOR, DesiredState::Running)
+        .await?;
+    let every = bench.args.read_update_every;
+    let burst = format!(
+        "UPDATE snap_rows SET updated_at = updated_at + interval '1 day' WHERE id % {every} = 0"
+    );
+    let updated = pg.execute(burst.as_str(), &[]).await?;
+    let committed = Instant::now();
+    let lsn: String = pg
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .try_get(0)?;
+    let wanted = parse_lsn(&lsn)?;
+    wait_until("the burst to sync", CATCH_UP_LIMIT, || async {
+        Ok(cursor(&bench.catalog, SNAP_CONNECTOR)
+            .await?
+            .is_some_and(|c| c >= wanted))
+    })
+    .await?;
+    let burst_synced = committed.elapsed();
+    // The query node shows the burst once its view applied the commit: the fence waits.
+    let mut fenced = flight.clone();
+    fenced.set_header("x-kyma-min-position", format!("{SNAP_CONNECTOR}={lsn}"));
+    fenced.set_header("x-kyma-min-position-timeout-ms", "60000");
+    let deltas = extents(&bench.catalog, store, &table).await?.0;
+    let after_burst = (
+        median_run(bench, || pg_groups(&pg, &pg_sql, groups)).await?,
+        median_run(bench, || kyma_groups(fenced.clone(), &kyma_sql, groups)).await?,
+        deltas,
+    );
+    eprintln!("read: after the burst of {updated} updates, {after_burst:?}");
+
+    let compacted = match wait_until("a full compaction", Duration::from_secs(300), || async {
+        Ok(extents(&bench.catalog, store, &table).await?.0 == 0)
+    })
+    .await
+    {
+        Ok(()) => Some((
+            committed.elapsed(),
+            median_run(bench, || kyma_groups(flight.clone(), &kyma_sql, groups)).await?,
+        )),
+        Err(e) => {
+            eprintln!("read: {e}");
+            None
+        }
+    };
+    bench
+        .catalog
+        .set_desired_state(SNAP_CONNECTOR, DesiredState::Paused)
+        .await?;
+    Ok(ReadResult {
+        updated,
+        settled,
+        burst_synced,
+        after_burst,
+        compacted,
+    })
+}
+
+/// The median time of `--read-runs` runs of `run`.
+async fn median_run<F, Fut>(bench: &Bench, mut run: F) -> BenchResult<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BenchResult<()>>,
+{
+    let mut times = Vec::with_capacity(bench.args.read_runs);
+    for _ in 0..bench.args.read_runs.max(1) {
+        let started = Instant::now();
+        run().await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok(percentile(&times, 50.0))
+}
+
+/// Runs the read query on Postgres; checks it answered `groups` groups.
+async fn pg_groups(pg: &Client, sql: &str, groups: usize) -> BenchResult<()> {
+    let rows = pg.query(sql, &[]).await?.len();
+    if rows != groups {
+        return Err(format!("Postgres answered {rows} groups, not {groups}").into());
+    }
+    Ok(())
+}
+
+/// Runs the read query on kyma; checks it answered `groups` groups.
+async fn kyma_groups(
+    mut flight: FlightSqlServiceClient<Channel>,
+    sql: &str,
+    groups: usize,
+) -> BenchResult<()> {
+    let rows: usize = query(&mut flight, sql)
+        .await?
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    if rows != groups {
+        return Err(format!("kyma answered {rows} groups, not {groups}").into());
+    }
+    Ok(())
+}
+
+fn report_read(bench: &Bench, read: &ReadResult) {
+    let ratio = |pg: Duration, kyma: Duration| seconds(pg) / seconds(kyma).max(1e-9);
+    println!();
+    println!(
+        "-- current-state reads: `{}` over the synced snap_rows ({} rows), median of {} --",
+        READ_QUERY.replace("{}", "…"),
+        bench.args.rows,
+        bench.args.read_runs
+    );
+    println!(
+        "{:<58} {:>10} {:>10} {:>8}",
+        "", "Postgres", "kyma", "ratio"
+    );
+    let (pg, kyma) = read.settled;
+    println!(
+        "{:<58} {:>9.1}ms {:>9.1}ms {:>7.2}x",
+        "settled (only the snapshot's extents)",
+        millis(pg),
+        millis(kyma),
+        ratio(pg, kyma)
+    );
+    let (pg, kyma, deltas) = read.after_burst;
+    println!(
+        "{:<58} {:>9.1}ms {:>9.1}ms {:>7.2}x",
+        format!(
+            "right after {} updates in one transaction ({deltas} delta extents)",
+            read.updated
+        ),
+        millis(pg),
+        millis(kyma),
+        ratio(pg, kyma)
+    );
+    match read.compacted {
+        Some((after, kyma)) => println!(
+            "{:<58} {:>10} {:>9.1}ms {:>7.2}x (compacted {:.1}s after the burst's commit)",
+            "after compaction",
+            "",
+            millis(kyma),
+            ratio(pg, kyma),
+            seconds(after)
+        ),
+        None => println!("no full compaction within 300 s of the burst"),
+    }
+    println!(
+        "(ratio: Postgres' time over kyma's; the burst reached kyma's catalog {:.2}s after its commit)",
+        seconds(read.burst_synced)
+    );
 }
 
 /// Runs `sqls` (one transaction each) at `rate` a second on a runtime of its own, returning
