@@ -1,13 +1,13 @@
-//! A process-wide cache of small extents, held in memory, so that no query (or compaction)
-//! fetches the same small extent from object storage twice.
+//! A process-wide cache of small extents and manifests, held in memory, so that no query (or
+//! compaction) fetches the same small extent from object storage twice, and a CDC worker
+//! reads back the manifest it stored last without a round trip.
 //!
 //! # Why it is safe
 //!
-//! Extents are immutable: each is written once under a fresh UUIDv7 path
-//! ([`crate::ExtentStore::new_extent_path`]) and never rewritten; garbage collection deletes
-//! extents no manifest references any more, so no reader asks for them again. A cached copy
-//! is therefore always the object's only content. Manifests are not cached (they are not
-//! read through here).
+//! Extents and manifests are immutable: each is written once under a fresh UUIDv7 path
+//! ([`crate::ExtentStore::new_extent_path`], [`crate::ExtentStore::new_manifest_path`]) and
+//! never rewritten; garbage collection deletes objects nothing references any more, so no
+//! reader asks for them again. A cached copy is therefore always the object's only content.
 //!
 //! # What it holds
 //!

@@ -2,6 +2,8 @@
 //! min/max/null counts, enough to skip an extent without opening it (SPEC §3).
 //!
 //! Manifests are immutable JSON objects; the catalog's snapshot pointer names the current one.
+//! They are read through the store's cache ([`crate::cache`]): the one a writer stored is
+//! what its next commit reads back.
 
 use std::collections::BTreeMap;
 
@@ -52,12 +54,15 @@ impl Manifest {
 
     /// Reads the manifest at `path`.
     pub async fn load(store: &ExtentStore, path: &str) -> Result<Self, TableError> {
-        let bytes = store
-            .object_store()
-            .get(&Path::from(path))
-            .await?
-            .bytes()
-            .await?;
+        let location = Path::from(path);
+        let bytes = match store.cache().get(&location) {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = store.object_store().get(&location).await?.bytes().await?;
+                store.cache().insert(location, bytes.clone());
+                bytes
+            }
+        };
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| TableError::Corrupt {
                 path: path.to_owned(),
@@ -82,10 +87,13 @@ impl Manifest {
             path: path.to_string(),
             reason: e.to_string(),
         })?;
+        let json = Bytes::from(json);
         store
             .object_store()
-            .put(&path, PutPayload::from(Bytes::from(json)))
+            .put(&path, PutPayload::from(json.clone()))
             .await?;
+        // Manifests never change under their path: the next commit reads this one back.
+        store.cache().insert(path.clone(), json);
         Ok(path.to_string())
     }
 }

@@ -102,7 +102,7 @@ impl Default for SyncOptions {
     fn default() -> Self {
         Self {
             batch_bytes: 64 << 20,
-            batch_delay: Duration::from_millis(200),
+            batch_delay: Duration::from_millis(100),
             batch_rows: 8192,
             status_every: Duration::from_secs(1),
             discover_every: Duration::from_secs(10),
