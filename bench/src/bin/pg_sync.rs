@@ -6,7 +6,7 @@
 //! puts the extents in a local directory instead) — and runs in this process a kyma CDC
 //! worker ([`CdcWorker`] on a tokio runtime of its own, started as the `kyma cdc-worker`
 //! binary starts it: default [`SyncOptions`], lease 10 s) and a query node serving Flight SQL
-//! on loopback, each with its own catalog connection. Three phases:
+//! on loopback, each with its own catalog connection. Three phases, and an optional fourth:
 //!
 //! 1. **Snapshot.** A table of `--rows` rows is copied out `--copy-runs` times with
 //!    `COPY … TO STDOUT (FORMAT binary)` (a client drains it, counting rows by the tuple
@@ -25,7 +25,14 @@
 //!    `--lag-secs` each insert one probe row (and update a few rows of `bench_changes`); a
 //!    Flight SQL client polls `SELECT max(id)` of the synced probe table every `--poll-ms`.
 //!    The lag of a row is from its client-side commit acknowledgement to the answer of the
-//!    first poll that includes it (and, as a lower bound, to that poll's start).
+//!    first poll that includes it (and, as a lower bound, to that poll's start). The worker
+//!    reports each streaming commit's stages (`kyma_cdc_worker::COMMIT_STAGES` debug events,
+//!    collected by a tracing layer) and the query node's view records when it applies each
+//!    catalog revision: together, a per-stage breakdown of a change's trip.
+//! 4. **Reads** (`--read-update-every N`). A grouped aggregate over the snapshot's synced
+//!    table, timed on kyma and on Postgres: settled, right after one source transaction
+//!    updating every `N`th row (kyma's query fenced on the transaction's LSN, so it reads
+//!    the burst), and once compaction has left no delta extent.
 //!
 //! Run it with `./scripts/bench pg-sync` (release build).
 
