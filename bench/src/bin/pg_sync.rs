@@ -128,6 +128,13 @@ struct Args {
     /// Runs of each timed query in the read phase (the report gives the median).
     #[arg(long, default_value_t = 3)]
     read_runs: usize,
+    /// Last, measure the process's peak memory through a snapshot of this many tables
+    /// (1,000 rows each) and then one source transaction of `--memory-txn-mb` (0: skip).
+    #[arg(long, default_value_t = 0)]
+    memory_tables: u32,
+    /// The size of the memory phase's one transaction, in MB of row data.
+    #[arg(long, default_value_t = 1024)]
+    memory_txn_mb: u64,
 }
 
 /// The extent store the benchmark runs on.
@@ -232,6 +239,8 @@ struct Bench {
     snap_url: String,
     cdc_url: String,
     cdc_database: String,
+    /// `postgres://…/mem…`: the memory phase's database.
+    mem_url: String,
     pg_bin: std::path::PathBuf,
     deployment: Deployment,
     /// The benchmark's own catalog connection.
@@ -334,6 +343,7 @@ fn main() -> BenchResult<()> {
     };
     let snap_database = postgres.create_database("snap")?;
     let cdc_database = postgres.create_database("cdc")?;
+    let mem_database = postgres.create_database("mem")?;
     let pg_version = postgres.psql("postgres", "SHOW server_version")?;
     let deployment = Deployment {
         etcd: etcd.endpoint(),
@@ -361,6 +371,7 @@ fn main() -> BenchResult<()> {
         let bench = Bench {
             snap_url: postgres.url(&snap_database),
             cdc_url: postgres.url(&cdc_database),
+            mem_url: postgres.url(&mem_database),
             cdc_database,
             postgres_port: postgres.port(),
             pg_bin,
@@ -405,9 +416,18 @@ async fn run(bench: &Bench, pg_version: &str) -> BenchResult<()> {
         None
     };
 
+    let memory = if bench.args.memory_tables > 0 {
+        Some(memory_phase(bench).await?)
+    } else {
+        None
+    };
+
     report(bench, pg_version, &loads, &snapshot, &stream, &lag);
     if let Some(read) = &read {
         report_read(bench, read);
+    }
+    if let Some(memory) = &memory {
+        report_memory(bench, memory);
     }
 
     let worker_runtime = bench.worker_runtime.clone();
@@ -1446,7 +1466,7 @@ async fn read_phase(
         median_run(bench, || pg_groups(&pg, &pg_sql, groups)).await?,
         median_run(bench, || kyma_groups(flight.clone(), &kyma_sql, groups)).await?,
     );
-    eprintln!("read: settled, Postgres {settled:?}");
+    eprintln!("read: settled (Postgres, kyma): {settled:?}");
 
     bench
         .catalog
@@ -1480,7 +1500,9 @@ async fn read_phase(
         median_run(bench, || kyma_groups(fenced.clone(), &kyma_sql, groups)).await?,
         deltas,
     );
-    eprintln!("read: after the burst of {updated} updates, {after_burst:?}");
+    eprintln!(
+        "read: after the burst of {updated} updates (Postgres, kyma, delta extents): {after_burst:?}"
+    );
 
     let compacted = match wait_until("a full compaction", Duration::from_secs(300), || async {
         Ok(extents(&bench.catalog, store, &table).await?.0 == 0)
@@ -1597,6 +1619,130 @@ fn report_read(bench: &Bench, read: &ReadResult) {
     println!(
         "(ratio: Postgres' time over kyma's; the burst reached kyma's catalog {:.2}s after its commit)",
         seconds(read.burst_synced)
+    );
+}
+
+// ----- Phase 5: memory ------------------------------------------------------------------------
+
+/// The memory phase's connector.
+const MEM_CONNECTOR: &str = "mem";
+
+/// Peak resident memory of this process (MiB) in each part of the memory phase, and the
+/// resident memory before it.
+#[derive(Debug)]
+struct MemoryResult {
+    before_mib: f64,
+    snapshot_peak_mib: f64,
+    snapshot: Duration,
+    txn_rows: u64,
+    txn_peak_mib: f64,
+    txn_synced: Duration,
+}
+
+async fn memory_phase(bench: &Bench) -> BenchResult<MemoryResult> {
+    let pg = connect(&bench.mem_url).await?;
+    let tables = bench.args.memory_tables;
+    eprintln!("memory: creating {tables} tables of 1,000 rows ...");
+    for t in 0..tables {
+        pg.batch_execute(&format!(
+            "CREATE TABLE t_{t} (id bigint PRIMARY KEY, note text);
+             INSERT INTO t_{t} SELECT g, repeat('n', 100) FROM generate_series(1, 1000) g;"
+        ))
+        .await?;
+    }
+    let before_mib = memory_mib("VmRSS")?;
+    reset_peak_memory()?;
+    let started = Instant::now();
+    register(&bench.catalog, MEM_CONNECTOR, &bench.mem_url).await?;
+    wait_until("the tables' copies", CATCH_UP_LIMIT, || async {
+        let (_, states) = bench.catalog.list_tables(Some(MEM_CONNECTOR)).await?;
+        Ok(states.len() == tables as usize
+            && states.iter().all(|t| {
+                t.sync
+                    .as_ref()
+                    .is_some_and(|s| s.phase == kyma_catalog::SyncPhase::Streaming)
+            }))
+    })
+    .await?;
+    let snapshot = started.elapsed();
+    let snapshot_peak_mib = memory_mib("VmHWM")?;
+    eprintln!("memory: {tables} tables copied in {snapshot:?}, peak {snapshot_peak_mib:.0} MiB");
+
+    // Rows of about 1 KB, one transaction.
+    let txn_rows = bench.args.memory_txn_mb * 1000;
+    reset_peak_memory()?;
+    let started = Instant::now();
+    pg.batch_execute(&format!(
+        "INSERT INTO t_0 SELECT 1000000 + g, repeat(md5(g::text), 31) FROM generate_series(1, {txn_rows}) g"
+    ))
+    .await?;
+    let lsn: String = pg
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .try_get(0)?;
+    let wanted = parse_lsn(&lsn)?;
+    eprintln!(
+        "memory: {txn_rows} rows committed in {:?}; syncing ...",
+        started.elapsed()
+    );
+    wait_until("the large transaction to sync", CATCH_UP_LIMIT, || async {
+        Ok(cursor(&bench.catalog, MEM_CONNECTOR)
+            .await?
+            .is_some_and(|c| c >= wanted))
+    })
+    .await?;
+    let txn_synced = started.elapsed();
+    let txn_peak_mib = memory_mib("VmHWM")?;
+    bench
+        .catalog
+        .set_desired_state(MEM_CONNECTOR, DesiredState::Paused)
+        .await?;
+    Ok(MemoryResult {
+        before_mib,
+        snapshot_peak_mib,
+        snapshot,
+        txn_rows,
+        txn_peak_mib,
+        txn_synced,
+    })
+}
+
+/// A `/proc/self/status` memory line (`VmRSS`, `VmHWM`) in MiB.
+fn memory_mib(field: &str) -> BenchResult<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("no {field} in /proc/self/status"))?;
+    Ok(kib / 1024.0)
+}
+
+/// Starts the peak resident memory (`VmHWM`) over from the current one (Linux `clear_refs`).
+fn reset_peak_memory() -> BenchResult<()> {
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    Ok(())
+}
+
+fn report_memory(bench: &Bench, memory: &MemoryResult) {
+    println!();
+    println!(
+        "-- memory: peak resident memory of this process (the CDC worker, the idle query node and the benchmark's clients) --"
+    );
+    println!("resident before the phase: {:.0} MiB", memory.before_mib);
+    println!(
+        "snapshot of {} tables of 1,000 rows: peak {:.0} MiB ({:.1}s from registering to every table streaming)",
+        bench.args.memory_tables,
+        memory.snapshot_peak_mib,
+        seconds(memory.snapshot)
+    );
+    println!(
+        "one transaction of {} rows (~{} MB of row data): peak {:.0} MiB ({:.1}s from its start to kyma's cursor past it)",
+        memory.txn_rows,
+        bench.args.memory_txn_mb,
+        memory.txn_peak_mib,
+        seconds(memory.txn_synced)
     );
 }
 
