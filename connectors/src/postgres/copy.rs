@@ -285,10 +285,13 @@ fn float(wire: &Type, raw: &[u8]) -> Result<f64, String> {
     match *wire {
         Type::FLOAT4 => fixed(raw).map(|b| f64::from(f32::from_be_bytes(b))),
         Type::FLOAT8 => fixed(raw).map(f64::from_be_bytes),
-        Type::NUMERIC => {
-            let text = numeric_text(raw)?;
-            text.parse().map_err(|_| format!("{text} is not a number"))
-        }
+        Type::NUMERIC => match numeric_fast_f64(raw) {
+            Some(value) => Ok(value),
+            None => {
+                let text = numeric_text(raw)?;
+                text.parse().map_err(|_| format!("{text} is not a number"))
+            }
+        },
         Type::INT2 | Type::INT4 | Type::INT8 => integer(wire, raw).map(|v| v as f64),
         _ => Err(unreadable(wire)),
     }
@@ -382,6 +385,60 @@ fn vector(wire: &Type, raw: &[u8], dimension: usize) -> Result<Vec<f32>, String>
 }
 
 /// A `numeric` in its binary form (base-10000 digits) as decimal text, or NaN / ±Infinity.
+/// Powers of ten a double holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// A finite numeric as the nearest double, without its text, when that is one correctly
+/// rounded operation: its digits fit 2^53 and its power of ten is at most 10^22 (Clinger's
+/// fast path, which `str::parse` takes too, so the value is the one the text would give).
+/// `None`: take the text path (NaN, infinities, long or far values, digits past `dscale`).
+fn numeric_fast_f64(raw: &[u8]) -> Option<f64> {
+    let short = |at: usize| {
+        raw.get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let ndigits = i32::from(short(0)?);
+    let weight = i32::from(short(2)? as i16);
+    let negative = match short(4)? {
+        0x0000 => false,
+        0x4000 => true,
+        _ => return None,
+    };
+    let dscale = i32::from(short(6)?);
+    let mut mantissa: u64 = 0;
+    for i in 0..ndigits {
+        let digit = short(8 + 2 * usize::try_from(i).ok()?)?;
+        if digit >= 10_000 {
+            return None;
+        }
+        mantissa = mantissa
+            .checked_mul(10_000)?
+            .checked_add(u64::from(digit))?;
+    }
+    if mantissa > 1 << 53 {
+        return None;
+    }
+    // The text shows `dscale` fraction digits: the digits past them must be zero.
+    let exponent = 4 * (weight - ndigits + 1);
+    let hidden = -exponent - dscale;
+    if hidden > 0 {
+        let unit = 10_u64.checked_pow(u32::try_from(hidden).ok()?)?;
+        if !mantissa.is_multiple_of(unit) {
+            return None;
+        }
+    }
+    let power = *EXACT_POWERS_OF_TEN.get(usize::try_from(exponent.unsigned_abs()).ok()?)?;
+    let magnitude = if exponent >= 0 {
+        mantissa as f64 * power
+    } else {
+        mantissa as f64 / power
+    };
+    Some(if negative { -magnitude } else { magnitude })
+}
+
 fn numeric_text(raw: &[u8]) -> Result<String, String> {
     let short = |at: usize| -> Result<i32, String> {
         raw.get(at..at + 2)
@@ -479,5 +536,46 @@ mod tests {
         );
         assert_eq!(integer(&Type::NUMERIC, &numeric(&[2], 1, 0, 2)), Ok(20000));
         assert!(integer(&Type::NUMERIC, &numeric(&[1, 5000], 0, 0, 1)).is_err());
+    }
+
+    #[test]
+    fn numerics_read_as_doubles_equal_their_text_parsed() {
+        let cases = [
+            numeric(&[1, 2345, 6780], 1, 0, 3),
+            numeric(&[5], -1, 0x4000, 4),
+            numeric(&[1], -2, 0, 8),
+            numeric(&[2], 1, 0, 0),
+            numeric(&[123, 4500], 0, 0, 2),
+            numeric(&[9999, 9999, 9999, 9999], 3, 0, 0),
+            numeric(&[9999, 9999, 9999, 9999, 9999], 0, 0x4000, 16),
+            numeric(&[1], 30, 0, 0),
+            numeric(&[3333], -10, 0, 44),
+            numeric(&[], 0, 0, 0),
+            numeric(&[], 0, 0xC000, 0),
+            numeric(&[], 0, 0xD000, 0),
+        ];
+        for raw in cases {
+            let text = numeric_text(&raw).expect("text");
+            let parsed: f64 = text.parse().expect("a number");
+            let read = float(&Type::NUMERIC, &raw).expect("a double");
+            assert!(
+                read == parsed || (read.is_nan() && parsed.is_nan()),
+                "{text}: {read} != {parsed}"
+            );
+        }
+        assert_eq!(
+            numeric_fast_f64(&numeric(&[123, 4500], 0, 0, 2)),
+            Some(123.45)
+        );
+        assert_eq!(
+            numeric_fast_f64(&numeric(&[1, 5000], 0, 0, 1)),
+            Some(1.5),
+            "a trailing zero past dscale"
+        );
+        assert_eq!(
+            numeric_fast_f64(&numeric(&[1, 5001], 0, 0, 2)),
+            None,
+            "a nonzero digit past dscale goes through the text"
+        );
     }
 }

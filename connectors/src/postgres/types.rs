@@ -136,6 +136,18 @@ pub fn select_expr(column: &SourceColumn, ty: KymaType) -> String {
     }
 }
 
+/// What a snapshot copies of `column` read as `ty`: [`select_expr`], except that a `numeric`
+/// read as `real` is sent as `numeric` and its digits parsed in kyma (as the stream parses
+/// its text, with the same correctly rounded conversion), which spares the source the cast
+/// on every row.
+pub fn copy_expr(column: &SourceColumn, ty: KymaType) -> String {
+    if ty == KymaType::Real && column.pg_type.name == "numeric" {
+        format!("{}::numeric", super::quote_ident(&column.name))
+    } else {
+        select_expr(column, ty)
+    }
+}
+
 /// Every column of every table, view and foreign table in `schemas` (all non-system schemas
 /// when empty), in table and column order.
 pub async fn source_columns(

@@ -3,11 +3,14 @@
 //! A slot created with `EXPORT_SNAPSHOT` exports the snapshot of its consistent point for as
 //! long as the replication connection that created it stays idle. [`SnapshotSession`]
 //! imports it into a `REPEATABLE READ` transaction on an ordinary connection, and
-//! [`SnapshotSession::copy_table`] streams one table with binary `COPY` through the same
-//! typed relation federation reads ([`select_expr`]), so memory stays bounded by one batch
-//! whatever the table's size. The snapshot sees exactly the transactions that committed
-//! before the consistent point; the slot — the connector's own, or a temporary one created
-//! only for its snapshot — streams exactly those that commit after it.
+//! [`SnapshotSession::copy_table`] streams one table with binary `COPY` of its typed
+//! relation ([`copy_expr`]: federation's, except that a `numeric` read as `real` is parsed
+//! in kyma), so memory stays bounded by a few batches whatever the table's size. The copy is
+//! decoded on a task of its own, up to [`DECODED_AHEAD`] batches ahead of the reader, so the
+//! pipeline's work on one batch (keys, statistics, handing it to the extent encoder)
+//! overlaps the decoding of the next. The snapshot sees exactly the transactions that
+//! committed before the consistent point; the slot — the connector's own, or a temporary
+//! one created only for its snapshot — streams exactly those that commit after it.
 //!
 //! [`PgSnapshot`] is such a snapshot as the sync pipeline uses it: it holds the replication
 //! connection that exported it (dropping it ends the snapshot, and drops a temporary slot).
@@ -26,8 +29,11 @@ use super::replication::SlotCreation;
 use super::setup::{SyncTable, classify};
 use crate::error::ConnectorError;
 use crate::postgres::copy::CopyBinaryDecoder;
-use crate::postgres::types::select_expr;
+use crate::postgres::types::copy_expr;
 use crate::sync::{Snapshot, SourcePosition, SourceTable, TableId};
+
+/// Batches a copy decodes ahead of its reader.
+pub const DECODED_AHEAD: usize = 2;
 
 /// An ordinary connection holding an exported snapshot open.
 #[derive(Debug)]
@@ -62,12 +68,14 @@ impl SnapshotSession {
         &self,
         table: &SyncTable,
         batch_rows: usize,
-    ) -> Result<impl Stream<Item = Result<RecordBatch, ConnectorError>> + Send + '_, ConnectorError>
-    {
+    ) -> Result<
+        impl Stream<Item = Result<RecordBatch, ConnectorError>> + Send + 'static,
+        ConnectorError,
+    > {
         let selected: Vec<String> = table
             .columns
             .iter()
-            .map(|(c, m)| select_expr(c, m.ty))
+            .map(|(c, m)| copy_expr(c, m.ty))
             .collect();
         let sql = format!("SELECT {} FROM {}", selected.join(", "), table.sql_name());
         let what = format!("copying {}", table.qualified());
@@ -94,7 +102,7 @@ impl SnapshotSession {
             .map_err(|e| classify(&what, &e))?;
         let chunks = Box::pin(copy).map_err(move |e| classify(&what, &e));
         let mut ended = false;
-        Ok(chunks
+        let decoded = chunks
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .map(move |chunk| -> Result<Vec<RecordBatch>, ConnectorError> {
@@ -108,7 +116,8 @@ impl SnapshotSession {
                 }
             })
             .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-            .try_flatten())
+            .try_flatten();
+        Ok(decode_ahead(decoded))
     }
 
     /// Ends the snapshot transaction.
@@ -118,6 +127,24 @@ impl SnapshotSession {
             .await
             .map_err(|e| classify("ending the snapshot", &e))
     }
+}
+
+/// Polls `decoded` on a task of its own, [`DECODED_AHEAD`] batches ahead of the returned
+/// stream; the task stops after the first error or once the returned stream is dropped.
+fn decode_ahead(
+    decoded: impl Stream<Item = Result<RecordBatch, ConnectorError>> + Send + 'static,
+) -> impl Stream<Item = Result<RecordBatch, ConnectorError>> + Send + 'static {
+    let (batches, received) = tokio::sync::mpsc::channel(DECODED_AHEAD);
+    tokio::spawn(async move {
+        let mut decoded = std::pin::pin!(decoded);
+        while let Some(batch) = decoded.next().await {
+            let failed = batch.is_err();
+            if batches.send(batch).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(received)
 }
 
 /// A snapshot exported by a slot, for the sync pipeline.

@@ -3,7 +3,7 @@
 //! The replication stream carries each value in its type's text output, under the session
 //! settings the replication connection pins (TimeZone UTC, DateStyle ISO, extra_float_digits
 //! 3: see `setup::replication_conninfo`). Every conversion here yields exactly what the
-//! snapshot reads through [`crate::postgres::types::select_expr`] for the same value, so a
+//! snapshot reads through [`crate::postgres::types::copy_expr`] for the same value, so a
 //! row has one form whether it arrived by snapshot or by stream:
 //!
 //! - `float4` is parsed as a float and widened (as `::float8` does), not re-read as a double;
