@@ -41,7 +41,9 @@ pub trait SourceKind: Send + Sync {
     /// every transaction the source committed at or before `wanted`, a position in the
     /// notation an application reads from the source after its own commit (read-your-writes,
     /// no connection needed). A `wanted` in another notation is [`ConnectorError::Invalid`]
-    /// naming the notation and where to read it.
+    /// naming the notation and where to read it; `wanted` is checked before `cursor`, and
+    /// an empty cursor reaches nothing, so `reached(&SourcePosition(String::new()), wanted)`
+    /// checks the notation alone (as the read-your-writes fence does before it waits).
     fn reached(&self, cursor: &SourcePosition, wanted: &str) -> Result<bool, ConnectorError>;
 }
 

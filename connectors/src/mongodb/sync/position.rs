@@ -167,6 +167,15 @@ mod tests {
             assert!(reached(&cursor, wanted).expect(wanted), "{wanted}");
         }
         assert!(!reached(&cursor, "1700000000.4").expect("a time"));
+        let empty = SourcePosition(String::new());
+        assert!(
+            !reached(&empty, "1.0").expect("a time"),
+            "an empty cursor reaches nothing"
+        );
+        assert!(
+            reached(&empty, "0-1-42").is_err(),
+            "the notation is checked first"
+        );
         let snapshot = SourcePosition(format!("snapshot:1700000001.0/{}", token(1, 1, "04")));
         assert!(reached(&snapshot, "1700000000.9").expect("a time"));
         let error = reached(&cursor, "0/16B3748")

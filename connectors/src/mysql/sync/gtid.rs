@@ -133,6 +133,15 @@ mod tests {
             !reached(&cursor, "2-1-1").expect("a GTID"),
             "a domain it has not seen"
         );
+        let empty = SourcePosition(String::new());
+        assert!(
+            !reached(&empty, "0-1-1").expect("a GTID"),
+            "an empty cursor reaches nothing"
+        );
+        assert!(
+            reached(&empty, "0/16B3748").is_err(),
+            "the notation is checked first"
+        );
         let error = reached(&cursor, "0/16B3748")
             .expect_err("not a GTID")
             .to_string();

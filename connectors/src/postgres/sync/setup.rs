@@ -497,6 +497,10 @@ mod tests {
         assert!(reached(&cursor, " 0/16B3748 ").expect("an LSN"));
         assert!(!reached(&cursor, "16/B374D849").expect("an LSN"));
         assert!(!reached(&SourcePosition(String::new()), "0/1").expect("an LSN"));
+        assert!(
+            reached(&SourcePosition(String::new()), "0-1-42").is_err(),
+            "the notation is checked first"
+        );
         let error = reached(&cursor, "0-1-42")
             .expect_err("not an LSN")
             .to_string();
