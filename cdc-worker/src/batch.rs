@@ -38,6 +38,7 @@ use kyma_catalog::{
     Catalog, CatalogCommit, ClaimFence, CommitOutcome, CursorAdvance, LeaseId, OpenWrite, Revision,
     TableCommit, TableRef, TableState, TableSyncState, WriteRegistration, now_ms,
 };
+use kyma_table::key_index::{KeyIndex, Resolution};
 use kyma_table::{ExtentStore, TableWriter, WriteOptions, WrittenExtents};
 use uuid::Uuid;
 
@@ -167,10 +168,12 @@ impl SyncBatch {
 
     /// Commits everything written, the cursor `cursor` and the tables' new sync `states`
     /// (tables with a new state but no rows get a state-only commit) in one catalog commit
-    /// fenced by `fence`; on success the fence's cursor revision moves to the commit.
+    /// fenced by `fence`; on success the fence's cursor revision moves to the commit. Rows
+    /// whose keys were recorded are resolved through `indexes` (see [`KeyIndexes`]).
     pub async fn commit(
         mut self,
         fence: &mut CursorFence,
+        indexes: &mut KeyIndexes,
         cursor: CursorValue,
         states: &BTreeMap<TableRef, TableSyncState>,
     ) -> Result<CommittedBatch, SyncError> {
@@ -197,20 +200,22 @@ impl SyncBatch {
         let catalog_started = Instant::now();
         let (_, mut bases) = self.catalog.tables(&tables).await?;
         for rebases in 0..MAX_REBASES {
-            let commit = CatalogCommit {
-                commit_id,
-                cursor: Some(CursorAdvance {
-                    claim: fence.claim.clone(),
-                    base_cursor_revision: fence.cursor_revision,
-                    position: cursor.position.clone(),
-                    next_seq: cursor.next_seq,
-                    source_id: cursor.source_id.clone(),
-                }),
-                tables: table_commits(&self.store, &written, &bases, states).await?,
-                open_write: self.registration.clone(),
+            let attempt = self
+                .attempt(fence, indexes, &cursor, commit_id, &written, &bases, states)
+                .await;
+            let (outcome, resolutions) = match attempt {
+                Ok(attempted) => attempted,
+                Err(e) => {
+                    // An index may have caught up halfway, or the commit may have landed.
+                    for w in &written {
+                        indexes.forget(&w.table);
+                    }
+                    return Err(e);
+                }
             };
-            match self.catalog.commit(&commit).await? {
+            match outcome {
                 CommitOutcome::Committed { revision } => {
+                    indexes.committed(resolutions);
                     // The commit deleted the registration.
                     self.registration = None;
                     fence.cursor_revision = revision;
@@ -245,6 +250,35 @@ impl SyncBatch {
             fence.claim.connector
         )))
     }
+
+    /// One attempt of the commit on `bases`, with what each table's rows supersede.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        fence: &CursorFence,
+        indexes: &mut KeyIndexes,
+        cursor: &CursorValue,
+        commit_id: Uuid,
+        written: &[WrittenExtents],
+        bases: &[TableState],
+        states: &BTreeMap<TableRef, TableSyncState>,
+    ) -> Result<(CommitOutcome, Vec<(TableRef, Resolution)>), SyncError> {
+        let (tables, resolutions) =
+            table_commits(&self.store, indexes, written, bases, states).await?;
+        let commit = CatalogCommit {
+            commit_id,
+            cursor: Some(CursorAdvance {
+                claim: fence.claim.clone(),
+                base_cursor_revision: fence.cursor_revision,
+                position: cursor.position.clone(),
+                next_seq: cursor.next_seq,
+                source_id: cursor.source_id.clone(),
+            }),
+            tables,
+            open_write: self.registration.clone(),
+        };
+        Ok((self.catalog.commit(&commit).await?, resolutions))
+    }
 }
 
 /// A batch dropped with its registration (abandoned: a failed run, a lost claim) gives it up,
@@ -267,16 +301,23 @@ impl Drop for SyncBatch {
 }
 
 /// Each table's part of the commit, on `bases` (in the order: `written`, then the tables with
-/// a state change only).
+/// a state change only), and what the rows of each resolved one supersede.
 async fn table_commits(
     store: &ExtentStore,
+    indexes: &mut KeyIndexes,
     written: &[WrittenExtents],
     bases: &[TableState],
     states: &BTreeMap<TableRef, TableSyncState>,
-) -> Result<Vec<TableCommit>, SyncError> {
+) -> Result<(Vec<TableCommit>, Vec<(TableRef, Resolution)>), SyncError> {
     let mut commits = Vec::with_capacity(bases.len());
+    let mut resolutions = Vec::new();
     for (i, base) in bases.iter().enumerate() {
         let commit = match written.get(i) {
+            Some(extents) if !extents.keys.is_empty() => {
+                let (commit, resolution) = indexes.table_commit(store, extents, base).await?;
+                resolutions.extend(resolution.map(|r| (extents.table.clone(), r)));
+                commit
+            }
             Some(extents) => extents.table_commit(store, base).await?,
             None => TableCommit::state_only(base, base.sync.clone().unwrap_or_default()),
         };
@@ -285,5 +326,71 @@ async fn table_commits(
             None => commit,
         });
     }
-    Ok(commits)
+    Ok((commits, resolutions))
+}
+
+/// The key indexes of the tables a run commits changes to ([`kyma_table::key_index`]), so
+/// each commit records what its rows supersede as deleted rows and readers need not merge
+/// versions. They hold at most `max_keys` keys together: a table that would pass that is
+/// committed without resolving (and read by merging versions) until it fits again.
+#[derive(Debug)]
+pub struct KeyIndexes {
+    max_keys: u64,
+    tables: BTreeMap<TableRef, KeyIndex>,
+}
+
+impl KeyIndexes {
+    /// No index yet, at most `max_keys` keys.
+    pub fn new(max_keys: u64) -> Self {
+        Self {
+            max_keys,
+            tables: BTreeMap::new(),
+        }
+    }
+
+    /// `written`'s part of a commit on `base`, resolved through the table's index (built on
+    /// first use) when the budget allows.
+    async fn table_commit(
+        &mut self,
+        store: &ExtentStore,
+        written: &WrittenExtents,
+        base: &TableState,
+    ) -> Result<(TableCommit, Option<Resolution>), SyncError> {
+        let others: u64 = self
+            .tables
+            .iter()
+            .filter(|(table, _)| **table != written.table)
+            .map(|(_, index)| index.keys() as u64)
+            .sum();
+        let index = self
+            .tables
+            .entry(written.table.clone())
+            .or_insert_with(|| KeyIndex::new(written.table_id));
+        let budget = self.max_keys.saturating_sub(others);
+        let (commit, resolution) = written
+            .resolved_table_commit(store, base, index, budget)
+            .await?;
+        if resolution.is_none() {
+            self.forget(&written.table);
+        }
+        Ok((commit, resolution))
+    }
+
+    /// Moves the indexes onto a landed commit's snapshots.
+    fn committed(&mut self, resolutions: Vec<(TableRef, Resolution)>) {
+        for (table, resolution) in resolutions {
+            let moved = self
+                .tables
+                .get_mut(&table)
+                .is_some_and(|index| index.committed(resolution));
+            if !moved {
+                self.forget(&table);
+            }
+        }
+    }
+
+    /// Drops `table`'s index: the next commit builds a new one.
+    fn forget(&mut self, table: &TableRef) {
+        self.tables.remove(table);
+    }
 }

@@ -12,7 +12,7 @@ use kyma_catalog::{
     TableRef, WorkerSession,
 };
 use kyma_cdc_worker::SyncError;
-use kyma_cdc_worker::batch::{CursorFence, CursorValue, SyncBatch};
+use kyma_cdc_worker::batch::{CursorFence, CursorValue, KeyIndexes, SyncBatch};
 use kyma_table::synced::{ChangeOp, RowMeta, SyncedRowsBuilder, system_columns};
 use kyma_table::{ExtentStore, GcOptions, KymaValueRef, WriteOptions, collect_garbage};
 use kyma_test_harness::{Etcd, S3, unique_name};
@@ -141,7 +141,12 @@ async fn garbage_collection_past_the_grace_leaves_an_open_batch_whose_commit_the
     );
 
     let committed = batch
-        .commit(&mut fence(&f), cursor(), &BTreeMap::new())
+        .commit(
+            &mut fence(&f),
+            &mut KeyIndexes::new(u64::MAX),
+            cursor(),
+            &BTreeMap::new(),
+        )
         .await
         .expect("commit");
     assert_eq!(committed.rows.get(&f.table), Some(&1));
@@ -176,7 +181,14 @@ async fn a_batch_whose_registration_lapsed_with_its_lease_is_not_committed() {
     // The lease lapses (revoked here, as a frozen worker's runs out): the collector no longer
     // spares the batch, so its commit must not land.
     session.close().await.expect("revoke");
-    let outcome = batch.commit(&mut fence, cursor(), &BTreeMap::new()).await;
+    let outcome = batch
+        .commit(
+            &mut fence,
+            &mut KeyIndexes::new(u64::MAX),
+            cursor(),
+            &BTreeMap::new(),
+        )
+        .await;
     assert!(
         matches!(outcome, Err(SyncError::Transient(ref m)) if m.contains("lapsed")),
         "{outcome:?}"

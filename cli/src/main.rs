@@ -220,6 +220,7 @@ async fn run(command: Command) -> Result<(), RunError> {
                 SyncOptions {
                     compact_after_extents: usize::try_from(args.compact_after_extents)
                         .unwrap_or(usize::MAX),
+                    key_index_max_keys: args.key_index_max_keys,
                     ..SyncOptions::default()
                 },
             )

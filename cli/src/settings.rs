@@ -143,6 +143,11 @@ pub struct CdcWorkerArgs {
     /// (fewer: fresher reads, more compaction work).
     #[arg(long, env = "KYMA_COMPACT_AFTER_EXTENTS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(2..=10_000))]
     pub compact_after_extents: u64,
+    /// Keys the key indexes of one connector's tables may hold in this worker (40–80 bytes
+    /// each). They let each commit record the rows its changes supersede, so queries read a
+    /// synced table without merging versions; a table past the budget is read by merging.
+    #[arg(long, env = "KYMA_KEY_INDEX_MAX_KEYS", default_value_t = 16 << 20)]
+    pub key_index_max_keys: u64,
 }
 
 /// Where the shared catalog and storage are.

@@ -248,6 +248,10 @@ mod cases {
                 accounts.contains_key("11") && !accounts.contains_key("6000"),
                 "a deleted key came back; a row inserted and deleted in one transaction never shows"
             );
+            // Each commit of changes recorded what they superseded (checked above, by
+            // `kyma_rows`, against the versions).
+            let accounts = TableRef::new(CONNECTOR, source.schema(), "accounts");
+            assert!(kyma.positions_resolved(&accounts).await);
             worker.assert_counts_streamed_rows(CONNECTOR);
         });
     }

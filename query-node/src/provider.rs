@@ -18,7 +18,7 @@
 //! dynamic column. Such a table is read through a view that projects
 //! `coalesce(column, dynamic_<type>(source, path...))`, so readers see the union.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use datafusion::common::{
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{
     FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+    parquet::ParquetRowSelection,
 };
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
@@ -54,6 +55,7 @@ use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use kyma_catalog::{Catalog, TableOrigin, TableRef};
+use kyma_table::deletes::RowBitmap;
 use kyma_table::types::{UTC, arrow_schema};
 use kyma_table::{
     ExtentEntry, ExtentReader, ExtentStore, Manifest, StatValue, TableError, TableWriter,
@@ -248,12 +250,15 @@ pub enum Extents {
     Compacted,
     /// A synced table's delta extents.
     Delta,
+    /// Every extent of a synced table whose positions are resolved, without its deleted
+    /// rows (see [`kyma_table::deletes`]).
+    Live,
 }
 
 impl Extents {
     fn includes(self, extent: &ExtentEntry) -> bool {
         match self {
-            Extents::All => true,
+            Extents::All | Extents::Live => true,
             Extents::Compacted => extent.compacted,
             Extents::Delta => !extent.compacted,
         }
@@ -363,9 +368,14 @@ impl KymaTable {
             };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let rows: u64 = extents.iter().map(|e| e.rows).sum();
+        let live = self.extents == Extents::Live;
+        let rows: u64 = match live {
+            true => extents.iter().map(|e| e.live_rows()).sum(),
+            false => extents.iter().map(|e| e.rows).sum(),
+        };
         let bytes: u64 = extents.iter().map(|e| e.bytes).sum();
-        let groups = file_groups(&extents, state.config().target_partitions());
+        let deleted = live.then_some(self.entry.deleted.as_ref());
+        let groups = file_groups(&extents, deleted, state.config().target_partitions());
         let mut source = ParquetSource::new(self.schema.clone())
             .with_enable_page_index(true)
             .with_parquet_file_reader_factory(Arc::new(CachedExtents(self.tables.store.clone())));
@@ -419,8 +429,13 @@ impl KymaTable {
     }
 }
 
-/// Spreads extents over `partitions` groups, largest first onto the lightest group.
-fn file_groups(extents: &[&ExtentEntry], partitions: usize) -> Vec<FileGroup> {
+/// Spreads extents over `partitions` groups, largest first onto the lightest group; with
+/// `deleted`, each extent's deleted rows are skipped.
+fn file_groups(
+    extents: &[&ExtentEntry],
+    deleted: Option<&BTreeMap<String, RowBitmap>>,
+    partitions: usize,
+) -> Vec<FileGroup> {
     let mut sorted: Vec<&ExtentEntry> = extents.to_vec();
     sorted.sort_by_key(|e| std::cmp::Reverse(e.bytes));
     let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions
@@ -430,9 +445,14 @@ fn file_groups(extents: &[&ExtentEntry], partitions: usize) -> Vec<FileGroup> {
     for extent in sorted {
         if let Some(lightest) = groups.iter_mut().min_by_key(|(size, _)| *size) {
             lightest.0 += extent.bytes;
-            lightest
-                .1
-                .push(PartitionedFile::new(extent.path.clone(), extent.bytes));
+            let mut file = PartitionedFile::new(extent.path.clone(), extent.bytes);
+            let selection = deleted
+                .and_then(|d| d.get(&extent.path))
+                .and_then(|rows| rows.selection(extent.rows));
+            if let Some(selection) = selection {
+                file = file.with_extension(ParquetRowSelection::new(selection));
+            }
+            lightest.1.push(file);
         }
     }
     groups

@@ -20,9 +20,13 @@
 //!         TableScan delta                                      -- delta extents
 //! ```
 //!
-//! When the snapshot has no delta extent (right after the initial snapshot or a compaction,
-//! the common case) the plan is only `Filter _kyma_op != 'delete'` over the compacted scan:
-//! no join, no window.
+//! When the snapshot has no delta extent (right after the initial snapshot or a compaction)
+//! the plan is only `Filter _kyma_op != 'delete'` over the compacted scan: no join, no
+//! window. When its positions are resolved (the worker recorded every superseded row as
+//! deleted by position, [`kyma_table::deletes`]; the common case while a worker streams),
+//! the plan is `Filter _kyma_op != 'delete'` over one scan of every extent that skips the
+//! deleted rows: no join and no window however many deltas there are. The plan above is for
+//! the rest (a table past its worker's key budget, or one whose resolution is catching up).
 //!
 //! # Filters
 //!
@@ -75,11 +79,21 @@ impl SyncedTable {
             .manifest
             .as_ref()
             .is_ok_and(|m| m.extents.iter().any(|e| !e.compacted));
+        let resolved = entry.manifest.as_ref().is_ok_and(|m| m.positions_resolved);
         let scan = |name: &str, extents: Extents| {
             let extents = KymaTable::reading(tables.clone(), entry.clone(), extents);
             LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(extents)), None)
         };
         let not_tombstone = |column: Expr| column.not_eq(lit(ChangeOp::Delete.as_str()));
+        if resolved {
+            let plan = scan("live", Extents::Live)?
+                .filter(not_tombstone(col(qualified("live", OP))))?
+                .build()?;
+            return Ok(Self {
+                table: entry.state.table.clone(),
+                current_state: ViewTable::new(plan, None),
+            });
+        }
         let base = scan("compacted", Extents::Compacted)?
             .filter(not_tombstone(col(qualified("compacted", OP))))?;
         let plan = if has_delta {

@@ -18,6 +18,7 @@ use kyma_catalog::{
     Catalog, CatalogError, CatalogEvent, ConnectorSpec, ConnectorState, Revision, SourceCursor,
     TableRef, TableState, Versioned,
 };
+use kyma_table::deletes::{RowBitmap, load_deleted};
 use kyma_table::{ExtentStore, Manifest, TableError};
 use tokio::sync::watch;
 
@@ -31,6 +32,9 @@ pub struct TableEntry {
     pub state: TableState,
     /// The snapshot's manifest, or why it could not be read.
     pub manifest: Result<Arc<Manifest>, String>,
+    /// The rows of its extents deleted by position, by extent path (loaded with the
+    /// manifest, so no query waits for them).
+    pub deleted: Arc<BTreeMap<String, RowBitmap>>,
 }
 
 /// One connector as the view holds it.
@@ -184,22 +188,39 @@ impl Inner {
             return Arc::new(TableEntry {
                 state,
                 manifest: previous.manifest.clone(),
+                deleted: previous.deleted.clone(),
             });
         }
-        let manifest = match &state.snapshot.value.manifest {
-            None => Ok(Arc::new(Manifest::empty(
-                state.meta.id,
-                state.schema.value.version,
-            ))),
-            Some(path) => Manifest::load(&self.store, path)
-                .await
-                .map(Arc::new)
-                .map_err(|e| {
-                    tracing::error!(table = %state.table, error = %e, "cannot load manifest");
-                    format!("cannot read the manifest of {}: {e}", state.table)
-                }),
+        let loaded = match &state.snapshot.value.manifest {
+            None => Ok((
+                Manifest::empty(state.meta.id, state.schema.value.version),
+                BTreeMap::new(),
+            )),
+            Some(path) => self.load(path).await,
         };
-        Arc::new(TableEntry { state, manifest })
+        let (manifest, deleted) = match loaded {
+            Ok((manifest, deleted)) => (Ok(Arc::new(manifest)), deleted),
+            Err(e) => {
+                tracing::error!(table = %state.table, error = %e, "cannot load manifest");
+                let reason = format!("cannot read the manifest of {}: {e}", state.table);
+                (Err(reason), BTreeMap::new())
+            }
+        };
+        Arc::new(TableEntry {
+            state,
+            manifest,
+            deleted: Arc::new(deleted),
+        })
+    }
+
+    /// The manifest at `path` and its extents' deleted rows.
+    async fn load(
+        &self,
+        path: &str,
+    ) -> Result<(Manifest, BTreeMap<String, RowBitmap>), TableError> {
+        let manifest = Manifest::load(&self.store, path).await?;
+        let deleted = load_deleted(&manifest, &self.store).await?;
+        Ok((manifest, deleted))
     }
 
     /// Applies one watched change.

@@ -14,13 +14,16 @@ use arrow::datatypes::{DataType, Field, TimeUnit};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use common::{client, fetch, query, schema, standalone_with_storage};
 use kyma_catalog::{
-    Catalog, Column, ConnectionSpec, ConnectorMode, ConnectorSpec, KymaType, Revision, ScopeSpec,
-    SourceType, TableOrigin, TableRef, TlsMode,
+    Catalog, CatalogCommit, Column, CommitOutcome, ConnectionSpec, ConnectorMode, ConnectorSpec,
+    KymaType, Revision, ScopeSpec, SourceType, TableOrigin, TableRef, TlsMode,
 };
 use kyma_query_node::GrpcOptions;
+use kyma_table::key_index::KeyIndex;
 use kyma_table::synced::{ChangeOp, system_columns};
 use kyma_table::types::UTC;
-use kyma_table::{ExtentStore, TableWriter, WriteOptions};
+use kyma_table::{
+    CompactionOptions, CompactionOutcome, ExtentStore, TableWriter, WriteOptions, compact,
+};
 use kyma_test_harness::{MariaDb, Postgres};
 use tonic::transport::Channel;
 
@@ -242,6 +245,40 @@ async fn write(
     writer.write(&batch(versions)).await.expect("write");
     let summary = writer.commit().await.expect("commit");
     summary.revision.expect("a commit revision")
+}
+
+/// Writes `versions` as one delta extent the way a CDC worker commits changes: what they
+/// supersede resolved through `index` and recorded as deleted rows. Returns the revision.
+async fn write_resolved(
+    catalog: &Catalog,
+    store: &ExtentStore,
+    table: &TableRef,
+    index: &mut KeyIndex,
+    versions: &[Version],
+) -> Revision {
+    let options = WriteOptions {
+        record_keys: true,
+        ..WriteOptions::default()
+    };
+    let mut writer = TableWriter::open(catalog, store, table, options)
+        .await
+        .expect("writer");
+    writer.write(&batch(versions)).await.expect("write");
+    let written = writer.finish().await.expect("extents");
+    let state = catalog.table(table).await.expect("table state");
+    let (commit, resolution) = written
+        .resolved_table_commit(store, &state, index, u64::MAX)
+        .await
+        .expect("resolved commit");
+    let outcome = catalog
+        .commit(&CatalogCommit::tables(vec![commit]))
+        .await
+        .expect("catalog commit");
+    let CommitOutcome::Committed { revision } = outcome else {
+        panic!("nothing else commits: {outcome:?}");
+    };
+    assert!(index.committed(resolution.expect("within the budget")));
+    revision
 }
 
 /// A Postgres connector spec (not checked against the source: written to the catalog as is).
@@ -508,6 +545,111 @@ async fn without_delta_extents_the_read_is_the_compacted_scan_minus_tombstones()
         plan.lines()
             .any(|l| l.contains("DataSourceExec") && l.contains("score@")),
         "the filter reaches the scan:\n{plan}"
+    );
+}
+
+/// Versions written after [`DELTA_2`] and a compaction: key 1 updated, 9 deleted, 12 new.
+const DELTA_3: &[Version] = &[
+    version(1, Update, 40, Some("a2"), Some(11)),
+    tombstone(9, 41),
+    version(12, Insert, 42, Some("l"), Some(120)),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_superseded_rows_deleted_by_position_the_read_is_one_scan_and_the_same_state() {
+    let (node, catalog, store) = standalone_with_storage(GrpcOptions::default(), true).await;
+    catalog
+        .create_connector(&connector(
+            "pg_sync",
+            ConnectorMode::Sync,
+            "postgres://app@127.0.0.1:9/app".into(),
+        ))
+        .await
+        .expect("connector");
+    let users = TableRef::new("pg_sync", "public", "users");
+    create_synced(&catalog, &users).await;
+    // The copy is committed as a worker commits it (unresolved); the first commit of changes
+    // reads it into the index.
+    write(&catalog, &store, &users, true, BASE).await;
+    let table_id = catalog.table(&users).await.expect("state").meta.id;
+    let mut index = KeyIndex::new(table_id);
+    write_resolved(&catalog, &store, &users, &mut index, DELTA_1).await;
+    write_resolved(&catalog, &store, &users, &mut index, DELTA_2).await;
+    until_visible(&node, &catalog).await;
+    let mut flight = client(node.addr).await;
+
+    let expected: Vec<String> = CURRENT
+        .iter()
+        .map(|&(id, seq)| row(&find(id, seq)))
+        .collect();
+    let all = "SELECT * FROM pg_sync.public.users ORDER BY id";
+    assert_eq!(rows(&mut flight, all).await, expected);
+    assert_eq!(
+        rows(
+            &mut flight,
+            "SELECT id, score FROM pg_sync.public.users WHERE score >= 30 ORDER BY id"
+        )
+        .await,
+        ["3|33", "5|56", "9|90", "11|110"]
+    );
+    let plan = explain(
+        &mut flight,
+        "SELECT id FROM pg_sync.public.users WHERE score >= 30",
+    )
+    .await;
+    assert!(
+        !plan.contains("Join") && !plan.contains("row_number"),
+        "no merge by key:
+{plan}"
+    );
+    assert_eq!(
+        plan.lines()
+            .filter(|l| l.contains("DataSourceExec") && l.contains("score@"))
+            .count(),
+        1,
+        "one scan of every extent, filtered:
+{plan}"
+    );
+    // Every stored version is still there for raw().
+    assert_eq!(
+        rows(
+            &mut flight,
+            "SELECT count(*) FROM raw(pg_sync.public.users)"
+        )
+        .await,
+        [all_versions().len().to_string()]
+    );
+
+    // A compaction rewrites the extents the index points into; the next commit catches up.
+    let options = CompactionOptions {
+        min_delta_extents: 1,
+        ..CompactionOptions::default()
+    };
+    let compacted = compact(&catalog, &store, &users, &options)
+        .await
+        .expect("compaction");
+    assert!(
+        matches!(compacted.outcome, CompactionOutcome::Committed { .. }),
+        "{compacted:?}"
+    );
+    write_resolved(&catalog, &store, &users, &mut index, DELTA_3).await;
+    until_visible(&node, &catalog).await;
+    let mut expected: Vec<Version> = CURRENT
+        .iter()
+        .filter(|(id, _)| ![1, 9].contains(id))
+        .map(|&(id, seq)| find(id, seq))
+        .collect();
+    expected.extend([DELTA_3[0], DELTA_3[2]]);
+    expected.sort_by_key(|v| v.id);
+    assert_eq!(
+        rows(&mut flight, all).await,
+        expected.iter().map(row).collect::<Vec<_>>()
+    );
+    let plan = explain(&mut flight, all).await;
+    assert!(
+        !plan.contains("Join"),
+        "still one scan:
+{plan}"
     );
 }
 

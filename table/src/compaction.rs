@@ -33,6 +33,12 @@
 //!   Surviving tombstones go to extents of their own, so the manifest's `_kyma_event_at`
 //!   minimum of such an extent is its oldest tombstone and [`needs_compaction`] can tell from
 //!   the manifest alone when one expires.
+//! - **Deleted rows follow their extents.** Rows deleted by position ([`crate::deletes`])
+//!   are superseded versions, so the newest-version rule drops them from the new extents
+//!   anyway; an extent kept as it is keeps its deleted rows. The new manifest's positions
+//!   stay resolved unless commits landed while the compaction ran: their rows may supersede
+//!   rows of the new extents, which the next resolving commit then finds
+//!   ([`crate::key_index`]).
 //! - **Concurrent commits survive.** The new manifest is the new extents plus every extent of
 //!   the snapshot current at commit time that the compaction did not replace. On a conflict it
 //!   rebuilds that manifest on the new snapshot; when an extent it read is gone (another
@@ -459,6 +465,13 @@ impl PreparedCompaction {
                 base.path
             ));
         }
+        // Rows committed while it ran may supersede rows of the new extents, which no
+        // deleted rows record yet: the next resolving commit finds them (see
+        // `crate::key_index`).
+        let concurrent = current
+            .extents
+            .iter()
+            .any(|e| !self.snapshot.contains(&e.path));
         let mut extents = self.written.extents.clone();
         extents.extend(
             current
@@ -469,6 +482,7 @@ impl PreparedCompaction {
         Ok(Manifest {
             schema_version: state.schema.value.version,
             extents,
+            positions_resolved: current.positions_resolved && !concurrent,
             ..current
         })
     }
@@ -654,6 +668,7 @@ impl CompactedWriters {
         let write = WriteOptions {
             extent_rows: options.extent_rows,
             compacted,
+            record_keys: false,
         };
         Ok(Self {
             rows: TableWriter::open(catalog, store, table, write.clone()).await?,

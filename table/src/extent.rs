@@ -149,6 +149,7 @@ impl ExtentWriter {
             bytes,
             columns: self.stats,
             compacted: false,
+            deleted: None,
         })
     }
 

@@ -81,7 +81,7 @@ use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use uuid::Uuid;
 
 use crate::error::TableError;
-use crate::manifest::Manifest;
+use crate::manifest::{ExtentEntry, Manifest};
 use crate::store::ExtentStore;
 use crate::writer::current_manifest;
 
@@ -245,7 +245,13 @@ impl TableObject {
             .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect())
             .unwrap_or_default();
         let kind = match parts.as_slice() {
-            [dir, name] if dir == "extents" && name.ends_with(".parquet") => Kind::Extent,
+            // An extent, or the deleted rows of one (`crate::deletes`): kept while listed.
+            [dir, name]
+                if dir == "extents"
+                    && (name.ends_with(".parquet") || name.ends_with(".deleted")) =>
+            {
+                Kind::Extent
+            }
             [dir, name] if dir == "manifests" && name.ends_with(".json") => name
                 .split_once('-')
                 .and_then(|(version, _)| version.parse().ok())
@@ -294,7 +300,11 @@ async fn live_garbage<'a>(
     summary: &mut GcSummary,
 ) -> Result<Vec<&'a TableObject>, TableError> {
     let current = current_manifest(store, state).await?;
-    let mut keep: HashSet<&str> = current.extents.iter().map(|e| e.path.as_str()).collect();
+    let mut keep: HashSet<&str> = current
+        .extents
+        .iter()
+        .flat_map(ExtentEntry::objects)
+        .collect();
     keep.extend(state.snapshot.value.manifest.as_deref());
     summary.kept_young += objects
         .iter()
@@ -322,7 +332,13 @@ async fn live_garbage<'a>(
     if old_extent_outside {
         for manifest in &held {
             let manifest = Manifest::load(store, manifest.path()).await?;
-            held_extents.extend(manifest.extents.into_iter().map(|e| e.path));
+            held_extents.extend(
+                manifest
+                    .extents
+                    .iter()
+                    .flat_map(ExtentEntry::objects)
+                    .map(str::to_owned),
+            );
         }
     }
     Ok(objects

@@ -5,10 +5,12 @@
 
 pub mod cache;
 pub mod compaction;
+pub mod deletes;
 pub mod dynamic;
 mod error;
 pub mod extent;
 pub mod gc;
+pub mod key_index;
 pub mod manifest;
 mod reader;
 pub mod store;

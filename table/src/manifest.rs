@@ -15,6 +15,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::deletes::DeletedRows;
 use crate::error::TableError;
 use crate::store::ExtentStore;
 
@@ -34,6 +35,11 @@ pub struct Manifest {
     pub schema_version: u64,
     /// The live extents.
     pub extents: Vec<ExtentEntry>,
+    /// Synced tables: every row superseded by a newer version of its key is in its extent's
+    /// [`ExtentEntry::deleted`], so the current state is every row neither deleted nor a
+    /// tombstone (see [`crate::synced`]). False: versions must be merged by key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub positions_resolved: bool,
 }
 
 impl Manifest {
@@ -44,6 +50,7 @@ impl Manifest {
             table_id,
             schema_version,
             extents: Vec::new(),
+            positions_resolved: false,
         }
     }
 
@@ -116,6 +123,24 @@ pub struct ExtentEntry {
     /// [`crate::synced`]). Always false for native tables.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub compacted: bool,
+    /// Synced tables: its rows superseded by a newer version of their key, by position (see
+    /// [`crate::deletes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<DeletedRows>,
+}
+
+impl ExtentEntry {
+    /// The objects the entry refers to: the extent, and its stored deleted rows if any.
+    pub fn objects(&self) -> impl Iterator<Item = &str> {
+        let deleted = self.deleted.as_ref().and_then(|d| d.stored.as_deref());
+        std::iter::once(self.path.as_str()).chain(deleted)
+    }
+
+    /// Rows not deleted by position.
+    pub fn live_rows(&self) -> u64 {
+        self.rows
+            .saturating_sub(self.deleted.as_ref().map_or(0, |d| d.rows))
+    }
 }
 
 /// Statistics of one column in one extent.

@@ -23,6 +23,11 @@
 //!
 //! So the current state is: the compacted rows whose key has no delta row, plus, per key with
 //! delta rows, its newest delta row; tombstones dropped in both.
+//!
+//! A manifest whose positions are resolved ([`crate::Manifest::positions_resolved`]) also
+//! records every superseded row as deleted by position ([`crate::deletes`], found as changes
+//! are committed by [`crate::key_index`]); its current state is then simply every row neither
+//! deleted nor a tombstone.
 
 use std::sync::Arc;
 

@@ -18,16 +18,20 @@
 //!    own extents in the current manifest tells the writer that it already landed.
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch, new_null_array};
+use arrow::datatypes::Int64Type;
 use kyma_catalog::{
     Catalog, CatalogCommit, CatalogError, Column, CommitOutcome, Revision, TableCommit, TableRef,
     TableSchema, TableState, Versioned,
 };
 use uuid::Uuid;
 
+use crate::deletes::delete_rows;
 use crate::error::TableError;
 use crate::extent::ExtentWriter;
+use crate::key_index::{KeyIndex, KeyVersion, Resolution, key_hash};
 use crate::manifest::{ExtentEntry, Manifest};
 use crate::store::ExtentStore;
+use crate::synced::{PK, SEQ};
 use crate::types::{arrow_type, conform, infer_kyma_type};
 
 /// Rebases a commit at most this many times before giving up (as retryable).
@@ -41,6 +45,9 @@ pub struct WriteOptions {
     /// Mark the extents as part of a synced table's compacted base (see
     /// [`crate::synced`]): only for rows with one version per key, older than any delta.
     pub compacted: bool,
+    /// Remember each row's key and version ([`WrittenExtents::keys`]) for the commit to
+    /// resolve what they supersede ([`crate::key_index`]): synced delta writes.
+    pub record_keys: bool,
 }
 
 impl Default for WriteOptions {
@@ -48,6 +55,7 @@ impl Default for WriteOptions {
         Self {
             extent_rows: 1_000_000,
             compacted: false,
+            record_keys: false,
         }
     }
 }
@@ -66,6 +74,9 @@ pub struct WrittenExtents {
     /// The extents replace the table's current ones instead of adding to them (a source
     /// `TRUNCATE`).
     pub replace: bool,
+    /// With [`WriteOptions::record_keys`]: each extent's rows' keys and versions, in row
+    /// order (else empty).
+    pub keys: Vec<Vec<KeyVersion>>,
 }
 
 impl WrittenExtents {
@@ -76,6 +87,52 @@ impl WrittenExtents {
         store: &ExtentStore,
         state: &TableState,
     ) -> Result<TableCommit, TableError> {
+        let mut manifest = self.base_manifest(store, state).await?;
+        // Rows added without resolving what they may supersede.
+        manifest.positions_resolved &= self.extents.is_empty();
+        manifest.extents.extend(self.extents.iter().cloned());
+        self.stored_commit(store, state, &manifest).await
+    }
+
+    /// [`WrittenExtents::table_commit`] for a synced table's rows whose keys were recorded,
+    /// with the rows they supersede recorded as deleted, so the new snapshot's positions are
+    /// resolved ([`crate::key_index`]): `index` catches up with the snapshot on the way.
+    /// When the table's live rows pass `max_keys` it commits without resolving and returns
+    /// no [`Resolution`]; drop the index then. On success, hand the resolution to
+    /// [`KeyIndex::committed`].
+    pub async fn resolved_table_commit(
+        &self,
+        store: &ExtentStore,
+        state: &TableState,
+        index: &mut KeyIndex,
+        max_keys: u64,
+    ) -> Result<(TableCommit, Option<Resolution>), TableError> {
+        let mut manifest = self.base_manifest(store, state).await?;
+        let live_rows: u64 = manifest.extents.iter().map(ExtentEntry::live_rows).sum();
+        if self.keys.len() != self.extents.len() || live_rows + self.rows > max_keys {
+            return Ok((self.table_commit(store, state).await?, None));
+        }
+        index.catch_up(store, &manifest).await?;
+        let written: Vec<(String, Vec<KeyVersion>)> = self
+            .extents
+            .iter()
+            .map(|e| e.path.clone())
+            .zip(self.keys.iter().cloned())
+            .collect();
+        let resolution = index.resolve(&written)?;
+        manifest.extents.extend(self.extents.iter().cloned());
+        delete_rows(&mut manifest, &resolution.deleted, store).await?;
+        manifest.positions_resolved = true;
+        let commit = self.stored_commit(store, state, &manifest).await?;
+        Ok((commit, Some(resolution)))
+    }
+
+    /// The manifest the commit builds on: `state`'s, or an empty one when replacing.
+    async fn base_manifest(
+        &self,
+        store: &ExtentStore,
+        state: &TableState,
+    ) -> Result<Manifest, TableError> {
         if state.meta.id != self.table_id {
             return Err(CatalogError::NotFound(format!(
                 "table {} (it was dropped while this write ran)",
@@ -89,7 +146,15 @@ impl WrittenExtents {
             current_manifest(store, state).await?
         };
         manifest.schema_version = state.schema.value.version;
-        manifest.extents.extend(self.extents.iter().cloned());
+        Ok(manifest)
+    }
+
+    async fn stored_commit(
+        &self,
+        store: &ExtentStore,
+        state: &TableState,
+        manifest: &Manifest,
+    ) -> Result<TableCommit, TableError> {
         let path = manifest
             .store(store, state.snapshot.value.version + 1)
             .await?;
@@ -125,6 +190,38 @@ pub async fn current_manifest(
     }
 }
 
+/// Appends the key and version of each row of `batch` (a synced table's) to `keys`.
+fn record_keys(batch: &RecordBatch, keys: &mut Vec<KeyVersion>) -> Result<(), TableError> {
+    let missing = |column: &str| {
+        TableError::invalid(
+            column,
+            format!("rows whose keys are recorded need a `{column}` column of their type"),
+        )
+    };
+    let pk = batch
+        .column_by_name(PK)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| missing(PK))?;
+    let seq = batch
+        .column_by_name(SEQ)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| missing(SEQ))?;
+    keys.reserve(batch.num_rows());
+    for (pk, seq) in pk.iter().zip(seq.iter()) {
+        let (Some(pk), Some(seq)) = (pk, seq) else {
+            return Err(TableError::invalid(
+                PK,
+                "a synced row without its key or version",
+            ));
+        };
+        keys.push(KeyVersion {
+            key: key_hash(pk),
+            seq,
+        });
+    }
+    Ok(())
+}
+
 /// What a committed write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteSummary {
@@ -144,7 +241,10 @@ pub struct TableWriter {
     table_id: Uuid,
     schema: Versioned<TableSchema>,
     open: Option<ExtentWriter>,
+    /// With [`WriteOptions::record_keys`]: the open extent's keys.
+    open_keys: Vec<KeyVersion>,
     written: Vec<ExtentEntry>,
+    written_keys: Vec<Vec<KeyVersion>>,
     rows: u64,
     replace: bool,
     options: WriteOptions,
@@ -166,7 +266,9 @@ impl TableWriter {
             table_id: state.meta.id,
             schema: state.schema,
             open: None,
+            open_keys: Vec::new(),
             written: Vec::new(),
+            written_keys: Vec::new(),
             rows: 0,
             replace: false,
             options,
@@ -198,6 +300,9 @@ impl TableWriter {
                 &self.schema.value,
             )?);
         }
+        if self.options.record_keys {
+            record_keys(&conformed, &mut self.open_keys)?;
+        }
         if let Some(extent) = &mut self.open {
             extent.write(&conformed).await?;
             self.rows += conformed.num_rows() as u64;
@@ -213,6 +318,9 @@ impl TableWriter {
             let mut entry = extent.finish().await?;
             entry.compacted = self.options.compacted;
             self.written.push(entry);
+            if self.options.record_keys {
+                self.written_keys.push(std::mem::take(&mut self.open_keys));
+            }
         }
         Ok(())
     }
@@ -241,6 +349,7 @@ impl TableWriter {
     pub async fn truncate(&mut self) -> Result<(), TableError> {
         self.close_extent().await?;
         self.written.clear();
+        self.written_keys.clear();
         self.rows = 0;
         self.replace = true;
         Ok(())
@@ -256,6 +365,7 @@ impl TableWriter {
             extents: self.written,
             rows: self.rows,
             replace: self.replace,
+            keys: self.written_keys,
         })
     }
 

@@ -16,6 +16,8 @@ use kyma_catalog::{
     TableOrigin, TableRef,
 };
 use kyma_table::compaction::{CompactionOutcome, PreparedCompaction};
+use kyma_table::deletes::RowBitmap;
+use kyma_table::key_index::KeyIndex;
 use kyma_table::synced::{self, ChangeOp};
 use kyma_table::versions::key_versions;
 use kyma_table::{
@@ -262,8 +264,22 @@ type Raw = (String, i64, String, Option<String>, Option<String>);
 /// Every row of the current snapshot, sorted by key and seq (columns an extent lacks are
 /// null).
 async fn raw_rows(f: &Fixture) -> Vec<Raw> {
+    stored_rows(f, false).await
+}
+
+/// The rows of the current snapshot not deleted by position, sorted by key and seq.
+async fn live_rows(f: &Fixture) -> Vec<Raw> {
+    stored_rows(f, true).await
+}
+
+async fn stored_rows(f: &Fixture, skip_deleted: bool) -> Vec<Raw> {
     let mut rows = Vec::new();
     for extent in manifest(f).await.extents {
+        let deleted = match (&extent.deleted, skip_deleted) {
+            (Some(deleted), true) => deleted.load(&f.store).await.expect("deleted rows"),
+            _ => RowBitmap::default(),
+        };
+        let mut position = 0_u32;
         let bytes = f
             .store
             .object_store()
@@ -278,11 +294,126 @@ async fn raw_rows(f: &Fixture) -> Vec<Raw> {
             .build()
             .expect("reader");
         for batch in reader {
-            rows.extend(raws(&batch.expect("batch")));
+            for row in raws(&batch.expect("batch")) {
+                if !deleted.contains(position) {
+                    rows.push(row);
+                }
+                position += 1;
+            }
         }
     }
     rows.sort();
     rows
+}
+
+/// Commits `rows` as one delta extent the way a CDC worker commits changes, resolving what
+/// they supersede through `index` within `max_keys`; whether it did.
+async fn commit_resolved(f: &Fixture, rows: &[V], index: &mut KeyIndex, max_keys: u64) -> bool {
+    let options = WriteOptions {
+        record_keys: true,
+        ..WriteOptions::default()
+    };
+    let mut writer = TableWriter::open(&f.catalog, &f.store, &f.table, options)
+        .await
+        .expect("open");
+    writer.write(&batch(rows, false)).await.expect("write");
+    let written = writer.finish().await.expect("extents");
+    let state = f.catalog.table(&f.table).await.expect("table");
+    let (commit, resolution) = written
+        .resolved_table_commit(&f.store, &state, index, max_keys)
+        .await
+        .expect("resolved commit");
+    let outcome = f
+        .catalog
+        .commit(&CatalogCommit::tables(vec![commit]))
+        .await
+        .expect("catalog commit");
+    assert!(
+        matches!(outcome, CommitOutcome::Committed { .. }),
+        "{outcome:?}"
+    );
+    match resolution {
+        Some(resolution) => index.committed(resolution),
+        None => false,
+    }
+}
+
+/// Each key's newest stored version (tombstones included), sorted by key.
+async fn newest_versions(f: &Fixture) -> Vec<Raw> {
+    let mut newest: Vec<Raw> = Vec::new();
+    for row in raw_rows(f).await {
+        match newest.last_mut() {
+            Some(last) if last.0 == row.0 => *last = row,
+            _ => newest.push(row),
+        }
+    }
+    newest
+}
+
+#[tokio::test]
+async fn a_resolved_commit_after_a_racing_compaction_deletes_what_the_race_superseded() {
+    let f = fixture("resolved").await;
+    history(&f).await;
+    let table_id = f.catalog.table(&f.table).await.expect("table").meta.id;
+    let mut index = KeyIndex::new(table_id);
+    // The first resolved commit reads the whole history into the index.
+    assert!(
+        commit_resolved(
+            &f,
+            &[v(2, 30, ChangeOp::Update, young(), Some("two-v3"))],
+            &mut index,
+            u64::MAX
+        )
+        .await
+    );
+    assert!(manifest(&f).await.positions_resolved);
+    assert_eq!(live_rows(&f).await, newest_versions(&f).await);
+
+    // A compaction reads; a resolved delta supersedes a row it is rewriting; it commits.
+    let prepared = PreparedCompaction::prepare(&f.catalog, &f.store, &f.table, &options())
+        .await
+        .expect("prepare")
+        .expect("something to compact");
+    let racing = [v(1, 40, ChangeOp::Update, young(), Some("one-latest"))];
+    assert!(commit_resolved(&f, &racing, &mut index, u64::MAX).await);
+    let summary = prepared.commit().await.expect("compaction commit");
+    assert!(
+        matches!(summary.outcome, CompactionOutcome::Committed { .. }),
+        "{summary:?}"
+    );
+    assert!(
+        !manifest(&f).await.positions_resolved,
+        "the compaction's rows superseded meanwhile are not recorded as deleted yet"
+    );
+    assert_ne!(live_rows(&f).await, newest_versions(&f).await);
+
+    // The next resolved commit catches up with the compaction and records them.
+    assert!(
+        commit_resolved(
+            &f,
+            &[v(9, 41, ChangeOp::Insert, young(), Some("nine"))],
+            &mut index,
+            u64::MAX
+        )
+        .await
+    );
+    assert!(manifest(&f).await.positions_resolved);
+    let live = live_rows(&f).await;
+    assert_eq!(live, newest_versions(&f).await);
+    assert!(live.contains(&raw("1", 40, ChangeOp::Update, Some("one-latest"), None)));
+
+    // Past the key budget a commit is not resolved, and says so in the manifest.
+    let mut small = KeyIndex::new(table_id);
+    assert!(
+        !commit_resolved(
+            &f,
+            &[v(3, 42, ChangeOp::Update, young(), Some("three"))],
+            &mut small,
+            2
+        )
+        .await
+    );
+    assert!(!manifest(&f).await.positions_resolved);
 }
 
 /// The rows of `batch` as [`Raw`] rows (columns it lacks are null).

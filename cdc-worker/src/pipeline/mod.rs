@@ -72,7 +72,7 @@ use tokio::sync::watch;
 
 use self::status::StatusBook;
 use self::tables::{TableRun, ensure_table};
-use crate::batch::{CursorFence, CursorValue, SyncBatch};
+use crate::batch::{CursorFence, CursorValue, KeyIndexes, SyncBatch};
 use crate::compactor::Compactor;
 use crate::error::SyncError;
 use crate::metrics::SyncMetrics;
@@ -96,6 +96,10 @@ pub struct SyncOptions {
     /// Compact a synced table once commits have added this many delta extents to it (see
     /// [`crate::compactor`]).
     pub compact_after_extents: usize,
+    /// Keys the key indexes of one connector's tables may hold (each costs 40–80 bytes; see
+    /// [`kyma_table::key_index`]). A table past it is committed without resolving what its
+    /// changes supersede, and read by merging versions.
+    pub key_index_max_keys: u64,
 }
 
 impl Default for SyncOptions {
@@ -108,6 +112,7 @@ impl Default for SyncOptions {
             discover_every: Duration::from_secs(10),
             register_after: Duration::from_secs(600),
             compact_after_extents: CompactionOptions::default().min_delta_extents,
+            key_index_max_keys: 16 << 20,
         }
     }
 }
@@ -140,9 +145,11 @@ impl SyncContext {
 }
 
 /// The committed cursor as the run keeps it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Cursor {
     fence: CursorFence,
+    /// What the commits of changes supersede, per table.
+    key_indexes: KeyIndexes,
     /// The committed position (`None` before the first commit).
     position: Option<SourcePosition>,
     /// The next `_kyma_seq`.
@@ -169,7 +176,9 @@ impl Cursor {
         states: &BTreeMap<TableRef, TableSyncState>,
     ) -> Result<crate::batch::CommittedBatch, SyncError> {
         let value = self.value(position);
-        let committed = batch.commit(&mut self.fence, value, states).await?;
+        let committed = batch
+            .commit(&mut self.fence, &mut self.key_indexes, value, states)
+            .await?;
         self.position = Some(position.clone());
         Ok(committed)
     }
@@ -246,6 +255,7 @@ impl ConnectorSync {
                 claim: claim.fence.clone(),
                 cursor_revision: committed.map_or(0, |c| c.mod_revision),
             },
+            key_indexes: KeyIndexes::new(ctx.options.key_index_max_keys),
             position: committed
                 .map(|c| SourcePosition(c.value.position.clone()))
                 .filter(|p| !p.0.is_empty()),
@@ -309,6 +319,9 @@ impl ConnectorSync {
             &self.ctx.store,
             WriteOptions {
                 compacted,
+                // Changes: what they supersede is resolved at commit. Copies hold one row per
+                // key; the next commit of changes indexes them.
+                record_keys: !compacted,
                 ..WriteOptions::default()
             },
         )

@@ -197,7 +197,8 @@ impl<'a> Deployment<'a> {
     /// kyma's current state of a synced table: per key its newest version, tombstones
     /// dropped; read straight from the extents (independently of the query engine). Also
     /// every version (`_kyma_pk`, `_kyma_seq`) found more than once: a source change applied
-    /// twice.
+    /// twice. When the manifest says its positions are resolved, asserts that the rows not
+    /// deleted by position are exactly each key's newest version (what queries then read).
     pub async fn kyma_rows(&self, table: &TableRef) -> (Rows, Vec<(String, i64)>) {
         let state = self.catalog.table(table).await.expect("kyma table");
         let manifest = current_manifest(&self.store, &state)
@@ -206,7 +207,14 @@ impl<'a> Deployment<'a> {
         let mut versions: BTreeMap<String, (i64, bool, BTreeMap<String, String>)> = BTreeMap::new();
         let mut seen = std::collections::HashSet::new();
         let mut duplicates = Vec::new();
+        // Every row not deleted by position: (key, version).
+        let mut live: Vec<(String, i64)> = Vec::new();
         for extent in &manifest.extents {
+            let deleted = match &extent.deleted {
+                Some(deleted) => deleted.load(&self.store).await.expect("deleted rows"),
+                None => Default::default(),
+            };
+            let mut position: u32 = 0;
             let bytes = self
                 .store
                 .object_store()
@@ -237,6 +245,10 @@ impl<'a> Deployment<'a> {
                     if !seen.insert((pk.clone(), seq.value(i))) {
                         duplicates.push((pk.clone(), seq.value(i)));
                     }
+                    if !deleted.contains(position) {
+                        live.push((pk.clone(), seq.value(i)));
+                    }
+                    position += 1;
                     let newer = versions.get(&pk).is_none_or(|(s, _, _)| seq.value(i) > *s);
                     if newer {
                         versions.insert(pk, (seq.value(i), op.value(i) == "delete", values));
@@ -244,12 +256,33 @@ impl<'a> Deployment<'a> {
                 }
             }
         }
+        if manifest.positions_resolved {
+            let newest: Vec<(String, i64)> = versions
+                .iter()
+                .map(|(pk, (seq, _, _))| (pk.clone(), *seq))
+                .collect();
+            live.sort();
+            assert_eq!(
+                live, newest,
+                "{table}: the rows not deleted by position are not each key's newest version"
+            );
+        }
         let rows = versions
             .into_iter()
             .filter(|(_, (_, deleted, _))| !deleted)
             .map(|(pk, (_, _, values))| (pk, values))
             .collect();
         (rows, duplicates)
+    }
+
+    /// Whether `table`'s snapshot records what each version superseded (see
+    /// [`Deployment::kyma_rows`]).
+    pub async fn positions_resolved(&self, table: &TableRef) -> bool {
+        let state = self.catalog.table(table).await.expect("kyma table");
+        current_manifest(&self.store, &state)
+            .await
+            .expect("manifest")
+            .positions_resolved
     }
 
     /// How many rows (versions and tombstones) kyma stores for `table`.
