@@ -15,7 +15,9 @@
 //! deltas from before this worker started and tombstones that expire with time.
 //!
 //! Compaction never changes what a table holds (`kyma_table::compaction`), so when it runs
-//! decides only how many delta extents a read merges and how large manifests grow.
+//! decides only how many delta extents a read merges (or, for a table whose positions are
+//! resolved, how many files it opens and how many deleted rows it decodes) and how large
+//! manifests grow.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

@@ -148,7 +148,8 @@ async fn run(command: Command) -> Result<(), RunError> {
             let store = ExtentStore::open(
                 &StoreLocation::File(data_dir.join("store")),
                 &S3Options::default(),
-            )?;
+            )?
+            .with_cache(args.serve.extent_cache());
             let worker = CdcWorker::start(
                 catalog.clone(),
                 store.clone(),
@@ -184,7 +185,8 @@ async fn run(command: Command) -> Result<(), RunError> {
                 &S3Options {
                     endpoint: args.cluster.s3_endpoint.clone(),
                 },
-            )?;
+            )?
+            .with_cache(args.serve.extent_cache());
             let (node, admin) = start_node(catalog, store, &args.common, &args.serve).await?;
             tracing::info!(
                 http = %args.common.http_addr,

@@ -11,6 +11,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use kyma_catalog::CatalogLocation;
 use kyma_connectors::Secret;
 use kyma_table::StoreLocation;
+use kyma_table::cache::{ExtentCache, QUERY_NODE_CAPACITY_MB, QUERY_NODE_MAX_OBJECT_MB};
 
 /// kyma: SQL over Arrow Flight SQL across kyma tables and operational databases.
 #[derive(Debug, Parser)]
@@ -96,6 +97,24 @@ pub struct ServeArgs {
         value_name = "BOOL"
     )]
     pub federation_pushdown: bool,
+    /// Memory for extents and manifests read from object storage, kept across queries (they
+    /// never change, so a cached copy is never stale), in MiB.
+    #[arg(long, env = "KYMA_EXTENT_CACHE_MB", default_value_t = QUERY_NODE_CAPACITY_MB, value_name = "MIB")]
+    pub extent_cache_mb: u64,
+    /// Extents up to this size are fetched whole and cached; larger ones are read by range,
+    /// uncached. In MiB.
+    #[arg(long, env = "KYMA_EXTENT_CACHE_MAX_OBJECT_MB", default_value_t = QUERY_NODE_MAX_OBJECT_MB, value_name = "MIB")]
+    pub extent_cache_max_object_mb: u64,
+}
+
+impl ServeArgs {
+    /// The extent cache these settings ask for.
+    pub fn extent_cache(&self) -> ExtentCache {
+        ExtentCache::new(
+            self.extent_cache_mb.saturating_mul(1 << 20),
+            self.extent_cache_max_object_mb.saturating_mul(1 << 20),
+        )
+    }
 }
 
 /// `kyma standalone`.

@@ -47,6 +47,7 @@ use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     Expr, LogicalPlanBuilder, TableProviderFilterPushDown, TableType, col, lit,
 };
+use datafusion::parquet::arrow::arrow_reader::RowSelection;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
@@ -55,7 +56,6 @@ use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use kyma_catalog::{Catalog, TableOrigin, TableRef};
-use kyma_table::deletes::RowBitmap;
 use kyma_table::types::{UTC, arrow_schema};
 use kyma_table::{
     ExtentEntry, ExtentReader, ExtentStore, Manifest, StatValue, TableError, TableWriter,
@@ -433,7 +433,7 @@ impl KymaTable {
 /// `deleted`, each extent's deleted rows are skipped.
 fn file_groups(
     extents: &[&ExtentEntry],
-    deleted: Option<&BTreeMap<String, RowBitmap>>,
+    deleted: Option<&BTreeMap<String, RowSelection>>,
     partitions: usize,
 ) -> Vec<FileGroup> {
     let mut sorted: Vec<&ExtentEntry> = extents.to_vec();
@@ -446,11 +446,8 @@ fn file_groups(
         if let Some(lightest) = groups.iter_mut().min_by_key(|(size, _)| *size) {
             lightest.0 += extent.bytes;
             let mut file = PartitionedFile::new(extent.path.clone(), extent.bytes);
-            let selection = deleted
-                .and_then(|d| d.get(&extent.path))
-                .and_then(|rows| rows.selection(extent.rows));
-            if let Some(selection) = selection {
-                file = file.with_extension(ParquetRowSelection::new(selection));
+            if let Some(selection) = deleted.and_then(|d| d.get(&extent.path)) {
+                file = file.with_extension(ParquetRowSelection::new(selection.clone()));
             }
             lightest.1.push(file);
         }

@@ -13,12 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use datafusion::parquet::arrow::arrow_reader::RowSelection;
 use futures::{StreamExt, TryStreamExt};
 use kyma_catalog::{
     Catalog, CatalogError, CatalogEvent, ConnectorSpec, ConnectorState, Revision, SourceCursor,
     TableRef, TableState, Versioned,
 };
-use kyma_table::deletes::{RowBitmap, load_deleted};
+use kyma_table::deletes::load_deleted;
 use kyma_table::{ExtentStore, Manifest, TableError};
 use tokio::sync::watch;
 
@@ -32,9 +33,9 @@ pub struct TableEntry {
     pub state: TableState,
     /// The snapshot's manifest, or why it could not be read.
     pub manifest: Result<Arc<Manifest>, String>,
-    /// The rows of its extents deleted by position, by extent path (loaded with the
-    /// manifest, so no query waits for them).
-    pub deleted: Arc<BTreeMap<String, RowBitmap>>,
+    /// The rows to read of each extent some of whose rows are deleted by position, by
+    /// extent path (worked out with the manifest's loading, so no query waits for them).
+    pub deleted: Arc<BTreeMap<String, RowSelection>>,
 }
 
 /// One connector as the view holds it.
@@ -213,14 +214,22 @@ impl Inner {
         })
     }
 
-    /// The manifest at `path` and its extents' deleted rows.
+    /// The manifest at `path` and the rows to read of its extents with deleted rows.
     async fn load(
         &self,
         path: &str,
-    ) -> Result<(Manifest, BTreeMap<String, RowBitmap>), TableError> {
+    ) -> Result<(Manifest, BTreeMap<String, RowSelection>), TableError> {
         let manifest = Manifest::load(&self.store, path).await?;
-        let deleted = load_deleted(&manifest, &self.store).await?;
-        Ok((manifest, deleted))
+        let mut deleted = load_deleted(&manifest, &self.store).await?;
+        let selections = manifest
+            .extents
+            .iter()
+            .filter_map(|e| {
+                let selection = deleted.remove(&e.path)?.selection(e.rows)?;
+                Some((e.path.clone(), selection))
+            })
+            .collect();
+        Ok((manifest, selections))
     }
 
     /// Applies one watched change.

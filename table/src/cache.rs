@@ -12,10 +12,19 @@
 //! # What it holds
 //!
 //! Whole extents of at most [`ExtentCache::max_object`] bytes — delta extents, the ones that
-//! pile up between compactions and that every current-state read merges (before the cache,
-//! each query fetched every delta extent of the table again, twice) — up to
-//! [`ExtentCache::capacity`] bytes in all, the least recently used leaving first. Larger
-//! extents are read by range, uncached: their row groups are pruned and read selectively.
+//! pile up between compactions (before the cache, each query fetched every delta extent of
+//! the table again, twice), and on a query node the tables it reads — up to
+//! [`ExtentCache::capacity`] bytes in all. Larger extents are read by range, uncached: their
+//! row groups are pruned and read selectively.
+//!
+//! # Scans larger than the cache
+//!
+//! A plain least-recently-used cache keeps nothing when scans read more than it holds: every
+//! object leaves before it is read again. So an object enters **on probation** and moves to
+//! the **protected** part (at most [`PROTECTED_SHARE`] of the capacity, its least recently
+//! used object going back on probation) when read again; room is made by dropping the least
+//! recently used object on probation first. Repeated scans larger than the cache then keep
+//! hitting the protected part instead of churning all of it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,6 +38,17 @@ pub const DEFAULT_CAPACITY: u64 = 128 * 1024 * 1024;
 /// Extents larger than this are never cached when not configured.
 pub const DEFAULT_MAX_OBJECT: u64 = 8 * 1024 * 1024;
 
+/// A query node's capacity when not configured (`--extent-cache-mb`), in MiB: the tables
+/// it reads, kept across queries.
+pub const QUERY_NODE_CAPACITY_MB: u64 = 512;
+
+/// A query node's largest cached extent when not configured
+/// (`--extent-cache-max-object-mb`), in MiB.
+pub const QUERY_NODE_MAX_OBJECT_MB: u64 = 64;
+
+/// The share of the capacity objects read more than once may hold (see the module doc).
+pub const PROTECTED_SHARE: f64 = 0.8;
+
 /// The cache (see the module doc).
 #[derive(Debug)]
 pub struct ExtentCache {
@@ -39,9 +59,40 @@ pub struct ExtentCache {
 
 #[derive(Debug, Default)]
 struct Entries {
-    by_path: HashMap<Path, (Bytes, u64)>,
+    by_path: HashMap<Path, Entry>,
     bytes: u64,
+    protected_bytes: u64,
     clock: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    bytes: Bytes,
+    /// The clock at its last use.
+    used: u64,
+    /// Read again since it entered (see the module doc).
+    protected: bool,
+}
+
+impl Entries {
+    /// The least recently used object, on probation if any is.
+    fn victim(&self, protected: bool) -> Option<Path> {
+        self.by_path
+            .iter()
+            .filter(|(_, e)| e.protected == protected)
+            .min_by_key(|(_, e)| e.used)
+            .map(|(path, _)| path.clone())
+    }
+
+    fn remove(&mut self, path: &Path) {
+        if let Some(entry) = self.by_path.remove(path) {
+            let size = entry.bytes.len() as u64;
+            self.bytes -= size;
+            if entry.protected {
+                self.protected_bytes -= size;
+            }
+        }
+    }
 }
 
 impl ExtentCache {
@@ -75,9 +126,25 @@ impl ExtentCache {
         let mut entries = self.lock();
         entries.clock += 1;
         let now = entries.clock;
-        let (bytes, used) = entries.by_path.get_mut(path)?;
-        *used = now;
-        Some(bytes.clone())
+        let entry = entries.by_path.get_mut(path)?;
+        entry.used = now;
+        let bytes = entry.bytes.clone();
+        if !entry.protected {
+            entry.protected = true;
+            entries.protected_bytes += bytes.len() as u64;
+            let share = (self.capacity as f64 * PROTECTED_SHARE) as u64;
+            while entries.protected_bytes > share {
+                let Some(oldest) = entries.victim(true) else {
+                    break;
+                };
+                if let Some(demoted) = entries.by_path.get_mut(&oldest) {
+                    demoted.protected = false;
+                    let size = demoted.bytes.len() as u64;
+                    entries.protected_bytes -= size;
+                }
+            }
+        }
+        Some(bytes)
     }
 
     /// Holds `bytes` as the content of `path`, making room by dropping the least recently
@@ -88,24 +155,21 @@ impl ExtentCache {
             return;
         }
         let mut entries = self.lock();
+        entries.remove(&path);
         while entries.bytes + size > self.capacity {
-            let Some(oldest) = entries
-                .by_path
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(path, _)| path.clone())
-            else {
+            let Some(oldest) = entries.victim(false).or_else(|| entries.victim(true)) else {
                 break;
             };
-            if let Some((dropped, _)) = entries.by_path.remove(&oldest) {
-                entries.bytes -= dropped.len() as u64;
-            }
+            entries.remove(&oldest);
         }
         entries.clock += 1;
-        let now = entries.clock;
-        if let Some((previous, _)) = entries.by_path.insert(path, (bytes, now)) {
-            entries.bytes -= previous.len() as u64;
-        }
+        let used = entries.clock;
+        let entry = Entry {
+            bytes,
+            used,
+            protected: false,
+        };
+        entries.by_path.insert(path, entry);
         entries.bytes += size;
     }
 
@@ -152,6 +216,43 @@ mod tests {
         assert!(cache.get(&Path::from("a")).is_some());
         assert!(cache.get(&Path::from("c")).is_some());
         assert_eq!(cache.held(), 80);
+    }
+
+    #[test]
+    fn a_scan_larger_than_the_cache_leaves_extents_read_twice_in_it() {
+        let cache = ExtentCache::new(100, 50);
+        for name in ["a", "b", "c"] {
+            cache.insert(Path::from(name), bytes(30));
+        }
+        assert!(cache.get(&Path::from("a")).is_some());
+        assert!(cache.get(&Path::from("b")).is_some());
+        // A scan of four more extents: each makes room on probation only.
+        for name in ["d", "e", "f", "g"] {
+            cache.insert(Path::from(name), bytes(30));
+        }
+        assert!(cache.get(&Path::from("a")).is_some(), "read twice: kept");
+        assert!(cache.get(&Path::from("b")).is_some(), "read twice: kept");
+        assert!(cache.get(&Path::from("c")).is_none(), "read once: gone");
+        assert!(
+            cache.get(&Path::from("g")).is_some(),
+            "the newest on probation"
+        );
+        assert_eq!(cache.held(), 90);
+    }
+
+    #[test]
+    fn the_protected_part_holds_at_most_its_share() {
+        let cache = ExtentCache::new(100, 50);
+        for name in ["a", "b", "c"] {
+            cache.insert(Path::from(name), bytes(30));
+            assert!(cache.get(&Path::from(name)).is_some());
+        }
+        // 90 bytes read twice passes 80: the least recently used goes back on probation,
+        // and is the first to leave.
+        cache.insert(Path::from("d"), bytes(30));
+        assert!(cache.get(&Path::from("a")).is_none());
+        assert!(cache.get(&Path::from("b")).is_some());
+        assert!(cache.get(&Path::from("c")).is_some());
     }
 
     #[test]

@@ -16,6 +16,12 @@
 //! **full** compaction rewrites the base with them, as described below; its cost is
 //! amortised over the changes that made the deltas that large.
 //!
+//! A table whose positions are resolved ([`Manifest::positions_resolved`]) is read without
+//! merging, so its delta rows cost reads nothing: it is compacted only for the number of its
+//! delta extents, or fully once a [`CompactionOptions::min_deleted_fraction`] of its rows are
+//! deleted by position (reads decode those to skip them). A burst updating a tenth of a
+//! table then costs no rewrite at all.
+//!
 //! # Invariants
 //!
 //! - **The base stays a base.** After a compaction commits, the compacted extents hold at
@@ -105,6 +111,11 @@ pub struct CompactionOptions {
     /// Rewrite the base too once delta rows reach this fraction of the base's rows; below
     /// it, only the deltas are merged (see the module doc). 0: always rewrite the base.
     pub full_at_delta_fraction: f64,
+    /// A table whose positions are resolved is read without merging versions, so its delta
+    /// rows cost reads nothing: it is compacted for its delta extents' number, or, fully,
+    /// once its rows deleted by position reach this fraction of its rows (reads decode them
+    /// to skip them).
+    pub min_deleted_fraction: f64,
     /// Rows per new compacted extent.
     pub extent_rows: u64,
     /// Longest a compaction may run before its commit; past it, it abandons. Keep it at most
@@ -123,6 +134,7 @@ impl CompactionOptions {
             min_delta_rows: 1_000_000,
             min_delta_fraction: 0.05,
             full_at_delta_fraction: 0.25,
+            min_deleted_fraction: 0.25,
             extent_rows: WriteOptions::default().extent_rows,
             max_duration: crate::gc::DEFAULT_GRACE / 2,
             now: None,
@@ -202,7 +214,9 @@ pub struct CompactionCounts {
 /// Whether compacting `manifest`'s table would gain anything: it has at least
 /// [`CompactionOptions::min_delta_extents`] delta extents, or
 /// [`CompactionOptions::min_delta_rows`] delta rows, or delta rows reaching
-/// [`CompactionOptions::min_delta_fraction`] of the base's, or an extent whose statistics
+/// [`CompactionOptions::min_delta_fraction`] of the base's (for a table whose positions are
+/// resolved, instead of those two: rows deleted by position reaching
+/// [`CompactionOptions::min_deleted_fraction`] of its rows), or an extent whose statistics
 /// allow an expired tombstone. Reads nothing but the manifest.
 pub fn needs_compaction(manifest: &Manifest, options: &CompactionOptions) -> bool {
     worth_compacting(manifest, options, options.tombstone_cutoff())
@@ -223,6 +237,7 @@ fn merges_deltas_only(manifest: &Manifest, options: &CompactionOptions, cutoff: 
     let (base_rows, delta_rows) = (rows(true), rows(false));
     let delta_extents = manifest.extents.iter().filter(|e| !e.compacted).count();
     base_rows > 0
+        && !many_deleted(manifest, options)
         && delta_extents >= 2
         && (delta_rows as f64) < options.full_at_delta_fraction * base_rows as f64
         && !manifest
@@ -243,15 +258,39 @@ fn worth_compacting(manifest: &Manifest, options: &CompactionOptions, cutoff: i6
         .filter(|e| e.compacted)
         .map(|e| e.rows)
         .sum();
-    let enough_deltas = delta_extents > 0
-        && (delta_extents >= options.min_delta_extents
-            || delta_rows >= options.min_delta_rows
-            || delta_rows as f64 >= options.min_delta_fraction * base_rows as f64);
+    let enough_deltas = match manifest.positions_resolved {
+        // Reads skip deleted rows instead of merging: only files and dead rows cost them.
+        true => {
+            (delta_extents > 0 && delta_extents >= options.min_delta_extents)
+                || many_deleted(manifest, options)
+        }
+        false => {
+            delta_extents > 0
+                && (delta_extents >= options.min_delta_extents
+                    || delta_rows >= options.min_delta_rows
+                    || delta_rows as f64 >= options.min_delta_fraction * base_rows as f64)
+        }
+    };
     enough_deltas
         || manifest
             .extents
             .iter()
             .any(|e| may_hold_expired_tombstone(e, cutoff))
+}
+
+/// Whether `manifest`'s positions are resolved and its rows deleted by position reach
+/// [`CompactionOptions::min_deleted_fraction`] of its rows.
+fn many_deleted(manifest: &Manifest, options: &CompactionOptions) -> bool {
+    let rows = manifest.rows();
+    let deleted = rows
+        - manifest
+            .extents
+            .iter()
+            .map(ExtentEntry::live_rows)
+            .sum::<u64>();
+    manifest.positions_resolved
+        && deleted > 0
+        && deleted as f64 >= options.min_deleted_fraction * rows as f64
 }
 
 /// From the manifest's statistics: `_kyma_op` reaches down to `delete` (the smallest of the

@@ -21,7 +21,7 @@
 //!
 //! A key is the 128-bit xxh3 hash of `_kyma_pk`'s text: two keys collide with odds of about
 //! n²/2¹²⁹ (10⁻²⁰ at a billion keys). Each key costs its hash, its position and its version,
-//! 32 bytes, plus the hash table's slack: 40 to 80 bytes per key.
+//! 32 bytes, plus the hash table's slack: 38 to 76 bytes per key.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -38,18 +38,23 @@ use crate::reader::{open_extent, read_error};
 use crate::store::ExtentStore;
 use crate::synced::{PK, SEQ};
 
+/// A key: the 128-bit hash of its `_kyma_pk` text, as two words (8-byte aligned, so a
+/// [`KeyVersion`] takes 24 bytes, not 32).
+pub type Key = [u64; 2];
+
 /// One row's key and version, in the order rows were written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyVersion {
     /// [`key_hash`] of its `_kyma_pk`.
-    pub key: u128,
+    pub key: Key,
     /// Its `_kyma_seq`.
     pub seq: i64,
 }
 
 /// The key of a `_kyma_pk` text.
-pub fn key_hash(pk: &str) -> u128 {
-    XxHash3_128::oneshot(pk.as_bytes())
+pub fn key_hash(pk: &str) -> Key {
+    let hash = XxHash3_128::oneshot(pk.as_bytes());
+    [(hash >> 64) as u64, hash as u64]
 }
 
 /// Where a key's newest row is.
@@ -70,7 +75,7 @@ pub struct KeyIndex {
     live: Vec<bool>,
     /// Ordinals of the live extents.
     ordinals: HashMap<String, u32>,
-    newest: HashMap<u128, Slot>,
+    newest: HashMap<Key, Slot>,
     /// Rows found superseded by [`KeyIndex::catch_up`], not committed as deleted yet.
     pending: BTreeMap<u32, RowBitmap>,
 }
@@ -82,7 +87,7 @@ pub struct Resolution {
     pub deleted: BTreeMap<String, RowBitmap>,
     first_ordinal: u32,
     new_extents: Vec<String>,
-    newest: HashMap<u128, Slot>,
+    newest: HashMap<Key, Slot>,
 }
 
 impl KeyIndex {
@@ -158,7 +163,7 @@ impl KeyIndex {
     }
 
     /// Makes `slot` its key's newest row unless a newer one is indexed; the loser is pending.
-    fn place(&mut self, key: u128, slot: Slot) {
+    fn place(&mut self, key: Key, slot: Slot) {
         let superseded = match self.newest.get(&key) {
             Some(old) if self.live[old.extent as usize] && old.seq > slot.seq => slot,
             Some(old) if self.live[old.extent as usize] => {
@@ -181,7 +186,7 @@ impl KeyIndex {
     /// keys in row order) to the manifest the index caught up with; the index is unchanged.
     pub fn resolve(&self, written: &[(String, Vec<KeyVersion>)]) -> Result<Resolution, TableError> {
         let first_ordinal = u32::try_from(self.paths.len()).unwrap_or(u32::MAX);
-        let mut newest: HashMap<u128, Slot> = HashMap::new();
+        let mut newest: HashMap<Key, Slot> = HashMap::new();
         let mut deleted = self.pending.clone();
         for (i, (path, versions)) in written.iter().enumerate() {
             let extent = first_ordinal.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));

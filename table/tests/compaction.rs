@@ -351,6 +351,43 @@ async fn newest_versions(f: &Fixture) -> Vec<Raw> {
 }
 
 #[tokio::test]
+async fn a_resolved_table_is_compacted_for_its_dead_rows_not_for_its_delta_rows() {
+    let f = fixture("dead-rows").await;
+    let base: Vec<V> = (1..=20)
+        .map(|k| v(k, 0, ChangeOp::Insert, young(), Some("base")))
+        .collect();
+    commit(&f, &base, false, true).await;
+    let table_id = f.catalog.table(&f.table).await.expect("table").meta.id;
+    let mut index = KeyIndex::new(table_id);
+    let options = CompactionOptions {
+        now: Some(now()),
+        ..CompactionOptions::default()
+    };
+    let update = |keys: std::ops::RangeInclusive<i64>, seq: i64| -> Vec<V> {
+        keys.map(|k| v(k, seq, ChangeOp::Update, young(), Some("new")))
+            .collect()
+    };
+    // A tenth of the rows updated: delta rows past `min_delta_fraction`, nothing to gain.
+    assert!(commit_resolved(&f, &update(1..=2, 1), &mut index, u64::MAX).await);
+    assert!(!needs_compaction(&manifest(&f).await, &options));
+    // 6 of 26 rows dead: still below a quarter.
+    assert!(commit_resolved(&f, &update(3..=6, 2), &mut index, u64::MAX).await);
+    assert!(!needs_compaction(&manifest(&f).await, &options));
+    // 8 of 28: a full compaction drops them.
+    assert!(commit_resolved(&f, &update(7..=8, 3), &mut index, u64::MAX).await);
+    assert!(needs_compaction(&manifest(&f).await, &options));
+    let summary = compact(&f.catalog, &f.store, &f.table, &options)
+        .await
+        .expect("compaction");
+    assert!(!summary.counts.deltas_only, "{summary:?}");
+    assert_eq!(summary.counts.versions_dropped, 8);
+    let after = manifest(&f).await;
+    assert!(after.positions_resolved && after.extents.iter().all(|e| e.compacted));
+    assert_eq!(live_rows(&f).await, newest_versions(&f).await);
+    assert_eq!(live_rows(&f).await.len(), 20);
+}
+
+#[tokio::test]
 async fn a_resolved_commit_after_a_racing_compaction_deletes_what_the_race_superseded() {
     let f = fixture("resolved").await;
     history(&f).await;
