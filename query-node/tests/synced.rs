@@ -354,9 +354,8 @@ async fn explain(flight: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Str
     rows(flight, &format!("EXPLAIN {sql}")).await.join("\n")
 }
 
-/// A node with connector `pg_sync` (mode sync) and its synced table `public.users` holding
-/// [`BASE`], [`DELTA_1`] and [`DELTA_2`].
-async fn node_with_users() -> (common::ServedNode, Catalog) {
+/// A node with connector `pg_sync` (mode sync) and its synced table `public.users`, empty.
+async fn node_with_empty_users() -> (common::ServedNode, Catalog, ExtentStore, TableRef) {
     let (node, catalog, store) = standalone_with_storage(GrpcOptions::default(), true).await;
     catalog
         .create_connector(&connector(
@@ -368,6 +367,13 @@ async fn node_with_users() -> (common::ServedNode, Catalog) {
         .expect("connector");
     let users = TableRef::new("pg_sync", "public", "users");
     create_synced(&catalog, &users).await;
+    (node, catalog, store, users)
+}
+
+/// A node with connector `pg_sync` (mode sync) and its synced table `public.users` holding
+/// [`BASE`], [`DELTA_1`] and [`DELTA_2`].
+async fn node_with_users() -> (common::ServedNode, Catalog) {
+    let (node, catalog, store, users) = node_with_empty_users().await;
     write(&catalog, &store, &users, true, BASE).await;
     write(&catalog, &store, &users, false, DELTA_1).await;
     write(&catalog, &store, &users, false, DELTA_2).await;
@@ -501,17 +507,7 @@ async fn filters_judge_only_the_newest_version_of_each_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_delta_extents_the_read_is_the_compacted_scan_minus_tombstones() {
-    let (node, catalog, store) = standalone_with_storage(GrpcOptions::default(), true).await;
-    catalog
-        .create_connector(&connector(
-            "pg_sync",
-            ConnectorMode::Sync,
-            "postgres://app@127.0.0.1:9/app".into(),
-        ))
-        .await
-        .expect("connector");
-    let users = TableRef::new("pg_sync", "public", "users");
-    create_synced(&catalog, &users).await;
+    let (node, catalog, store, users) = node_with_empty_users().await;
     write(&catalog, &store, &users, true, BASE).await;
     until_visible(&node, &catalog).await;
     let mut flight = client(node.addr).await;
@@ -557,17 +553,7 @@ const DELTA_3: &[Version] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_superseded_rows_deleted_by_position_the_read_is_one_scan_and_the_same_state() {
-    let (node, catalog, store) = standalone_with_storage(GrpcOptions::default(), true).await;
-    catalog
-        .create_connector(&connector(
-            "pg_sync",
-            ConnectorMode::Sync,
-            "postgres://app@127.0.0.1:9/app".into(),
-        ))
-        .await
-        .expect("connector");
-    let users = TableRef::new("pg_sync", "public", "users");
-    create_synced(&catalog, &users).await;
+    let (node, catalog, store, users) = node_with_empty_users().await;
     // The copy is committed as a worker commits it (unresolved); the first commit of changes
     // reads it into the index.
     write(&catalog, &store, &users, true, BASE).await;
