@@ -6,7 +6,10 @@
 //!
 //! 1. Rows are written into extents as they arrive (one [`TableWriter`] per touched table),
 //!    so a batch, or a single huge source transaction, never has to fit in memory.
-//! 2. [`SyncBatch::commit`] closes the extents, stores a new manifest per table, then makes
+//! 2. [`SyncBatch::commit`] closes the extents, stores a new manifest per table (recording,
+//!    through the table's key index, the stored rows the batch's changes supersede as
+//!    deleted: [`KeyIndexes`]; an index is only moved on by a commit known to have landed,
+//!    and dropped when the outcome is unknown), then makes
 //!    one [`CatalogCommit`] that compares the connector's epoch (the fence), its cursor and
 //!    the shards of every touched table, and installs the new cursor, snapshots and sync
 //!    states together.
