@@ -56,6 +56,7 @@ use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use kyma_catalog::{Catalog, TableOrigin, TableRef};
+use kyma_table::synced::may_hold_tombstones;
 use kyma_table::types::{UTC, arrow_schema};
 use kyma_table::{
     ExtentEntry, ExtentReader, ExtentStore, Manifest, StatValue, TableError, TableWriter,
@@ -250,18 +251,30 @@ pub enum Extents {
     Compacted,
     /// A synced table's delta extents.
     Delta,
-    /// Every extent of a synced table whose positions are resolved, without its deleted
-    /// rows (see [`kyma_table::deletes`]).
-    Live,
+    /// Of a synced table whose positions are resolved, without their deleted rows (see
+    /// [`kyma_table::deletes`]): the extents whose statistics say they hold no tombstone …
+    LiveWithoutTombstones,
+    /// … and the others.
+    LiveWithTombstones,
 }
 
 impl Extents {
     fn includes(self, extent: &ExtentEntry) -> bool {
         match self {
-            Extents::All | Extents::Live => true,
+            Extents::All => true,
             Extents::Compacted => extent.compacted,
             Extents::Delta => !extent.compacted,
+            Extents::LiveWithoutTombstones => !may_hold_tombstones(extent),
+            Extents::LiveWithTombstones => may_hold_tombstones(extent),
         }
+    }
+
+    /// Whether deleted rows are skipped.
+    fn live(self) -> bool {
+        matches!(
+            self,
+            Extents::LiveWithoutTombstones | Extents::LiveWithTombstones
+        )
     }
 }
 
@@ -368,7 +381,7 @@ impl KymaTable {
             };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let live = self.extents == Extents::Live;
+        let live = self.extents.live();
         let rows: u64 = match live {
             true => extents.iter().map(|e| e.live_rows()).sum(),
             false => extents.iter().map(|e| e.rows).sum(),

@@ -20,13 +20,15 @@
 //!         TableScan delta                                      -- delta extents
 //! ```
 //!
-//! When the snapshot has no delta extent (right after the initial snapshot or a compaction)
-//! the plan is only `Filter _kyma_op != 'delete'` over the compacted scan: no join, no
-//! window. When its positions are resolved (the worker recorded every superseded row as
-//! deleted by position, [`kyma_table::deletes`]; the common case while a worker streams),
-//! the plan is `Filter _kyma_op != 'delete'` over one scan of every extent that skips the
-//! deleted rows: no join and no window however many deltas there are. The plan above is for
-//! the rest (a table past its worker's key budget, or one whose resolution is catching up).
+//! In two cases the plan scans every extent, skipping its deleted rows, with no join and no
+//! window: when the snapshot has no delta extent (right after the initial snapshot or a
+//! compaction: every stored row is then its key's only one), and when its positions are
+//! resolved (the worker recorded every superseded row as deleted by position,
+//! [`kyma_table::deletes`]; the common case while a worker streams), however many deltas
+//! there are. Extents whose statistics rule out tombstones (`_kyma_op`'s minimum is not
+//! `delete`) are scanned as they are; the others under `Filter _kyma_op != 'delete'`, in a
+//! union when the table has both kinds. The plan above is for the rest (a table past its
+//! worker's key budget, or one whose resolution is catching up).
 //!
 //! # Filters
 //!
@@ -54,7 +56,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 use kyma_catalog::TableRef;
-use kyma_table::synced::{ChangeOp, OP, PK, SEQ};
+use kyma_table::synced::{ChangeOp, OP, PK, SEQ, may_hold_tombstones};
 
 use crate::provider::{Extents, KymaTable, NodeTables};
 use crate::view::TableEntry;
@@ -85,10 +87,22 @@ impl SyncedTable {
             LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(extents)), None)
         };
         let not_tombstone = |column: Expr| column.not_eq(lit(ChangeOp::Delete.as_str()));
-        if resolved {
-            let plan = scan("live", Extents::Live)?
-                .filter(not_tombstone(col(qualified("live", OP))))?
-                .build()?;
+        // Without deltas every row is its key's only one, deleted rows aside: no merge either.
+        if resolved || !has_delta {
+            let plan = match tombstones(&entry) {
+                // Extents without a tombstone need no filter, nor their `_kyma_op` decoded.
+                (false, _) => scan("live", Extents::LiveWithoutTombstones)?.build()?,
+                (true, false) => scan("live", Extents::LiveWithTombstones)?
+                    .filter(not_tombstone(col(qualified("live", OP))))?
+                    .build()?,
+                (true, true) => scan("live", Extents::LiveWithoutTombstones)?
+                    .union(
+                        scan("live_tombstones", Extents::LiveWithTombstones)?
+                            .filter(not_tombstone(col(qualified("live_tombstones", OP))))?
+                            .build()?,
+                    )?
+                    .build()?,
+            };
             return Ok(Self {
                 table: entry.state.table.clone(),
                 current_state: ViewTable::new(plan, None),
@@ -96,7 +110,7 @@ impl SyncedTable {
         }
         let base = scan("compacted", Extents::Compacted)?
             .filter(not_tombstone(col(qualified("compacted", OP))))?;
-        let plan = if has_delta {
+        let plan = {
             let delta_keys = scan("delta_keys", Extents::Delta)?
                 .project([col(qualified("delta_keys", PK))])?
                 .build()?;
@@ -133,14 +147,20 @@ impl SyncedTable {
             )?
             .union(newest_delta)?
             .build()?
-        } else {
-            base.build()?
         };
         Ok(Self {
             table: entry.state.table.clone(),
             current_state: ViewTable::new(plan, None),
         })
     }
+}
+
+/// Whether `entry`'s extents include some that may hold tombstones, and some that do not.
+fn tombstones(entry: &TableEntry) -> (bool, bool) {
+    let extents = entry.manifest.as_ref().map_or(&[][..], |m| &m.extents[..]);
+    let with = extents.iter().any(may_hold_tombstones);
+    let without = extents.iter().any(|e| !may_hold_tombstones(e));
+    (with, without)
 }
 
 /// `relation.name` as a column, whatever characters the name holds.

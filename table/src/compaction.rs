@@ -88,7 +88,7 @@ use crate::error::TableError;
 use crate::manifest::{ExtentEntry, Manifest, StatValue};
 use crate::reader::{open_extent, read_error};
 use crate::store::ExtentStore;
-use crate::synced::{ChangeOp, EVENT_AT, OP, PK, SEQ};
+use crate::synced::{ChangeOp, EVENT_AT, OP, PK, SEQ, may_hold_tombstones};
 use crate::writer::{TableWriter, WriteOptions, WrittenExtents, current_manifest};
 
 /// Rebases the commit at most this many times before giving up (as retryable).
@@ -293,20 +293,15 @@ fn many_deleted(manifest: &Manifest, options: &CompactionOptions) -> bool {
         && deleted as f64 >= options.min_deleted_fraction * rows as f64
 }
 
-/// From the manifest's statistics: `_kyma_op` reaches down to `delete` (the smallest of the
-/// three values, so its minimum is `delete` exactly when the extent holds a tombstone) and
-/// `_kyma_event_at` reaches below `cutoff`. Unknown statistics count as maybe.
+/// From the manifest's statistics: the extent may hold a tombstone
+/// ([`may_hold_tombstones`]) and `_kyma_event_at` reaches below `cutoff`. Unknown statistics
+/// count as maybe.
 fn may_hold_expired_tombstone(entry: &ExtentEntry, cutoff: i64) -> bool {
-    let min = |column: &str| entry.columns.get(column).and_then(|s| s.min.as_ref());
-    let tombstone = match min(OP) {
-        Some(StatValue::Str(op)) => op == ChangeOp::Delete.as_str(),
-        _ => true,
-    };
-    let old = match min(EVENT_AT) {
+    let old = match entry.columns.get(EVENT_AT).and_then(|s| s.min.as_ref()) {
         Some(StatValue::Int(at)) => *at < cutoff,
         _ => true,
     };
-    tombstone && old
+    may_hold_tombstones(entry) && old
 }
 
 /// Compacts `table` (see the module docs): skips when [`needs_compaction`] says there is

@@ -36,6 +36,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use kyma_catalog::{Column, KymaType, TableSchema};
 
 use crate::error::TableError;
+use crate::manifest::{ExtentEntry, StatValue};
 use crate::types::arrow_schema;
 use crate::value::{KymaColumnBuilder, KymaValueRef};
 
@@ -69,6 +70,16 @@ impl ChangeOp {
             ChangeOp::Update => "update",
             ChangeOp::Delete => "delete",
         }
+    }
+}
+
+/// From the manifest's statistics: whether `entry` may hold a tombstone. `_kyma_op`'s
+/// minimum is `delete` exactly when it does (the smallest of the three values); unknown
+/// statistics count as maybe.
+pub fn may_hold_tombstones(entry: &ExtentEntry) -> bool {
+    match entry.columns.get(OP).and_then(|s| s.min.as_ref()) {
+        Some(StatValue::Str(op)) => op == ChangeOp::Delete.as_str(),
+        _ => true,
     }
 }
 
