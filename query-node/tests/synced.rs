@@ -354,6 +354,18 @@ async fn explain(flight: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Str
     rows(flight, &format!("EXPLAIN {sql}")).await.join("\n")
 }
 
+/// The scans of a physical plan, one line each.
+fn scans(plan: &str) -> Vec<&str> {
+    plan.lines()
+        .filter(|l| l.contains("DataSourceExec"))
+        .collect()
+}
+
+/// Whether a plan merges versions by key (an anti-join and a window).
+fn merges(plan: &str) -> bool {
+    plan.contains("Join") || plan.contains("row_number")
+}
+
 /// A node with connector `pg_sync` (mode sync) and its synced table `public.users`, empty.
 async fn node_with_empty_users() -> (common::ServedNode, Catalog, ExtentStore, TableRef) {
     let (node, catalog, store) = standalone_with_storage(GrpcOptions::default(), true).await;
@@ -492,10 +504,7 @@ async fn filters_judge_only_the_newest_version_of_each_key() {
         "SELECT id FROM pg_sync.public.users WHERE score >= 30",
     )
     .await;
-    let scans: Vec<&str> = plan
-        .lines()
-        .filter(|l| l.contains("DataSourceExec"))
-        .collect();
+    let scans = scans(&plan);
     assert_eq!(scans.len(), 3, "compacted, delta keys, delta:\n{plan}");
     assert_eq!(
         scans.iter().filter(|l| l.contains("score@")).count(),
@@ -527,19 +536,12 @@ async fn without_delta_extents_the_read_is_the_compacted_scan_minus_tombstones()
     )
     .await;
     assert!(
-        !plan.contains("Join") && !plan.contains("row_number"),
+        !merges(&plan),
         "no join and no window without delta extents:\n{plan}"
     );
-    assert_eq!(
-        plan.lines()
-            .filter(|l| l.contains("DataSourceExec"))
-            .count(),
-        1,
-        "{plan}"
-    );
+    assert_eq!(scans(&plan).len(), 1, "{plan}");
     assert!(
-        plan.lines()
-            .any(|l| l.contains("DataSourceExec") && l.contains("score@")),
+        scans(&plan).iter().any(|l| l.contains("score@")),
         "the filter reaches the scan:\n{plan}"
     );
 }
@@ -583,14 +585,9 @@ async fn with_superseded_rows_deleted_by_position_the_read_is_one_scan_and_the_s
         "SELECT id FROM pg_sync.public.users WHERE score >= 30",
     )
     .await;
-    assert!(
-        !plan.contains("Join") && !plan.contains("row_number"),
-        "no merge by key:\n{plan}"
-    );
+    assert!(!merges(&plan), "no merge by key:\n{plan}");
     assert_eq!(
-        plan.lines()
-            .filter(|l| l.contains("DataSourceExec") && l.contains("score@"))
-            .count(),
+        scans(&plan).iter().filter(|l| l.contains("score@")).count(),
         1,
         "one scan of every extent, filtered:\n{plan}"
     );
@@ -634,11 +631,8 @@ async fn with_superseded_rows_deleted_by_position_the_read_is_one_scan_and_the_s
         "SELECT id, score FROM pg_sync.public.users WHERE score >= 30",
     )
     .await;
-    assert!(!plan.contains("Join"), "no merge by key:\n{plan}");
-    let scans: Vec<&str> = plan
-        .lines()
-        .filter(|l| l.contains("DataSourceExec"))
-        .collect();
+    assert!(!merges(&plan), "no merge by key:\n{plan}");
+    let scans = scans(&plan);
     assert_eq!(
         scans.len(),
         2,
