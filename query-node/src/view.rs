@@ -9,7 +9,7 @@
 //! When the watch breaks or its history is compacted, the view reloads everything and
 //! watches again from the reload's revision: no change is missed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,8 +19,7 @@ use kyma_catalog::{
     Catalog, CatalogError, CatalogEvent, ConnectorSpec, ConnectorState, Revision, SourceCursor,
     TableRef, TableState, Versioned,
 };
-use kyma_table::deletes::load_deleted;
-use kyma_table::{ExtentStore, Manifest, TableError};
+use kyma_table::{ExtentEntry, ExtentStore, Manifest, TableError};
 use tokio::sync::watch;
 
 /// Manifests loaded in parallel during a full reload.
@@ -181,7 +180,7 @@ impl Inner {
     /// An entry for `state`, reusing the loaded manifest when the pointer did not move.
     async fn entry(&self, state: TableState) -> Arc<TableEntry> {
         let previous = self.read().get(&state.table).cloned();
-        if let Some(previous) = previous
+        if let Some(previous) = &previous
             && previous.state.meta.id == state.meta.id
             && previous.state.snapshot.value.manifest == state.snapshot.value.manifest
             && previous.manifest.is_ok()
@@ -197,7 +196,7 @@ impl Inner {
                 Manifest::empty(state.meta.id, state.schema.value.version),
                 BTreeMap::new(),
             )),
-            Some(path) => self.load(path).await,
+            Some(path) => self.load(path, previous.as_deref()).await,
         };
         let (manifest, deleted) = match loaded {
             Ok((manifest, deleted)) => (Ok(Arc::new(manifest)), deleted),
@@ -214,20 +213,42 @@ impl Inner {
         })
     }
 
-    /// The manifest at `path` and the rows to read of its extents with deleted rows.
+    /// The manifest at `path` and the rows to read of its extents with deleted rows. An
+    /// extent's deleted rows change only with its manifest entry, so the selections of
+    /// entries `previous` held unchanged are reused rather than decoded again.
     async fn load(
         &self,
         path: &str,
+        previous: Option<&TableEntry>,
     ) -> Result<(Manifest, BTreeMap<String, RowSelection>), TableError> {
         let manifest = Manifest::load(&self.store, path).await?;
-        let mut deleted = load_deleted(&manifest, &self.store).await?;
-        let selections = manifest
-            .extents
-            .iter()
-            .filter_map(|e| {
-                let selection = deleted.remove(&e.path)?.selection(e.rows)?;
-                Some((e.path.clone(), selection))
+        let before: HashMap<&str, &ExtentEntry> = previous
+            .and_then(|p| p.manifest.as_deref().ok())
+            .map(|m| m.extents.iter().map(|e| (e.path.as_str(), e)).collect())
+            .unwrap_or_default();
+        let reused = |entry: &ExtentEntry| {
+            let unchanged = before
+                .get(entry.path.as_str())
+                .is_some_and(|b| b.deleted == entry.deleted);
+            unchanged
+                .then(|| previous?.deleted.get(&entry.path).cloned())
+                .flatten()
+        };
+        let selections = manifest.extents.iter().filter_map(|entry| {
+            let deleted = entry.deleted.as_ref()?;
+            let reused = reused(entry);
+            Some(async move {
+                let selection = match reused {
+                    Some(selection) => Some(selection),
+                    None => deleted.load(&self.store).await?.selection(entry.rows),
+                };
+                Ok::<_, TableError>(selection.map(|s| (entry.path.clone(), s)))
             })
+        });
+        let selections = futures::future::try_join_all(selections)
+            .await?
+            .into_iter()
+            .flatten()
             .collect();
         Ok((manifest, selections))
     }

@@ -25,7 +25,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -229,12 +228,9 @@ impl DeletedRows {
             "tables/{table_id}/extents/{}.deleted",
             Uuid::now_v7()
         ));
-        let bytes = Bytes::from(all.encode()?);
         store
-            .object_store()
-            .put(&path, PutPayload::from(bytes.clone()))
+            .put_immutable(&path, Bytes::from(all.encode()?))
             .await?;
-        store.cache().insert(path.clone(), bytes);
         Ok(DeletedRows {
             rows: all.count(),
             stored: Some(path.to_string()),
@@ -244,31 +240,8 @@ impl DeletedRows {
 }
 
 async fn load_stored(store: &ExtentStore, path: &str) -> Result<RowBitmap, TableError> {
-    let location = Path::from(path);
-    let bytes = match store.cache().get(&location) {
-        Some(bytes) => bytes,
-        None => {
-            let bytes = store.object_store().get(&location).await?.bytes().await?;
-            store.cache().insert(location, bytes.clone());
-            bytes
-        }
-    };
+    let bytes = store.get_immutable(&Path::from(path)).await?;
     RowBitmap::decode(&bytes, path)
-}
-
-/// The deleted rows of every extent of `manifest` that has some, by extent path.
-pub async fn load_deleted(
-    manifest: &Manifest,
-    store: &ExtentStore,
-) -> Result<BTreeMap<String, RowBitmap>, TableError> {
-    let loads = manifest.extents.iter().filter_map(|entry| {
-        let deleted = entry.deleted.as_ref()?;
-        Some(async move { Ok::<_, TableError>((entry.path.clone(), deleted.load(store).await?)) })
-    });
-    Ok(futures::future::try_join_all(loads)
-        .await?
-        .into_iter()
-        .collect())
 }
 
 /// Records `deleted` (rows per extent path) in `manifest`'s entries. Every extent named must

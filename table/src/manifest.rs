@@ -11,7 +11,6 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -61,15 +60,7 @@ impl Manifest {
 
     /// Reads the manifest at `path`.
     pub async fn load(store: &ExtentStore, path: &str) -> Result<Self, TableError> {
-        let location = Path::from(path);
-        let bytes = match store.cache().get(&location) {
-            Some(bytes) => bytes,
-            None => {
-                let bytes = store.object_store().get(&location).await?.bytes().await?;
-                store.cache().insert(location, bytes.clone());
-                bytes
-            }
-        };
+        let bytes = store.get_immutable(&Path::from(path)).await?;
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| TableError::Corrupt {
                 path: path.to_owned(),
@@ -94,13 +85,8 @@ impl Manifest {
             path: path.to_string(),
             reason: e.to_string(),
         })?;
-        let json = Bytes::from(json);
-        store
-            .object_store()
-            .put(&path, PutPayload::from(json.clone()))
-            .await?;
         // Manifests never change under their path: the next commit reads this one back.
-        store.cache().insert(path.clone(), json);
+        store.put_immutable(&path, Bytes::from(json)).await?;
         Ok(path.to_string())
     }
 }

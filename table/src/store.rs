@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use object_store::ObjectStore;
+use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -21,6 +21,7 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use uuid::Uuid;
 
 use crate::cache::ExtentCache;
@@ -177,6 +178,27 @@ impl ExtentStore {
     /// The object store, rooted at the prefix.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The content of the immutable object at `path` (a manifest, deleted rows): from the
+    /// cache, else fetched once and cached (see [`crate::cache`] for why that is safe).
+    pub async fn get_immutable(&self, path: &Path) -> Result<Bytes, TableError> {
+        if let Some(bytes) = self.cache.get(path) {
+            return Ok(bytes);
+        }
+        let bytes = self.store.get(path).await?.bytes().await?;
+        self.cache.insert(path.clone(), bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Writes `bytes` as the immutable object at `path` (a new one, never rewritten) and
+    /// caches it, so this process reads it back without a round trip.
+    pub async fn put_immutable(&self, path: &Path, bytes: Bytes) -> Result<(), TableError> {
+        self.store
+            .put(path, PutPayload::from(bytes.clone()))
+            .await?;
+        self.cache.insert(path.clone(), bytes);
+        Ok(())
     }
 
     /// Path of a new extent of `table_id`.

@@ -87,8 +87,18 @@ impl WrittenExtents {
         store: &ExtentStore,
         state: &TableState,
     ) -> Result<TableCommit, TableError> {
-        let mut manifest = self.base_manifest(store, state).await?;
-        // Rows added without resolving what they may supersede.
+        let manifest = self.base_manifest(store, state).await?;
+        self.unresolved_commit(store, state, manifest).await
+    }
+
+    /// The commit adding these extents to `manifest` without resolving what they may
+    /// supersede.
+    async fn unresolved_commit(
+        &self,
+        store: &ExtentStore,
+        state: &TableState,
+        mut manifest: Manifest,
+    ) -> Result<TableCommit, TableError> {
         manifest.positions_resolved &= self.extents.is_empty();
         manifest.extents.extend(self.extents.iter().cloned());
         self.stored_commit(store, state, &manifest).await
@@ -110,7 +120,7 @@ impl WrittenExtents {
         let mut manifest = self.base_manifest(store, state).await?;
         let live_rows: u64 = manifest.extents.iter().map(ExtentEntry::live_rows).sum();
         if self.keys.len() != self.extents.len() || live_rows + self.rows > max_keys {
-            return Ok((self.table_commit(store, state).await?, None));
+            return Ok((self.unresolved_commit(store, state, manifest).await?, None));
         }
         index.catch_up(store, &manifest).await?;
         let written: Vec<(String, Vec<KeyVersion>)> = self

@@ -384,7 +384,6 @@ fn vector(wire: &Type, raw: &[u8], dimension: usize) -> Result<Vec<f32>, String>
     Ok(values)
 }
 
-/// A `numeric` in its binary form (base-10000 digits) as decimal text, or NaN / ±Infinity.
 /// Powers of ten a double holds exactly.
 const EXACT_POWERS_OF_TEN: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
@@ -439,6 +438,7 @@ fn numeric_fast_f64(raw: &[u8]) -> Option<f64> {
     Some(if negative { -magnitude } else { magnitude })
 }
 
+/// A `numeric` in its binary form (base-10000 digits) as decimal text, or NaN / ±Infinity.
 fn numeric_text(raw: &[u8]) -> Result<String, String> {
     let short = |at: usize| -> Result<i32, String> {
         raw.get(at..at + 2)
