@@ -149,7 +149,8 @@ async fn run(command: Command) -> Result<(), RunError> {
                 &StoreLocation::File(data_dir.join("store")),
                 &S3Options::default(),
             )?
-            .with_cache(args.serve.extent_cache());
+            .with_cache(args.serve.extent_cache())
+            .with_column_cache(args.serve.column_cache());
             let worker = CdcWorker::start(
                 catalog.clone(),
                 store.clone(),
@@ -186,7 +187,8 @@ async fn run(command: Command) -> Result<(), RunError> {
                     endpoint: args.cluster.s3_endpoint.clone(),
                 },
             )?
-            .with_cache(args.serve.extent_cache());
+            .with_cache(args.serve.extent_cache())
+            .with_column_cache(args.serve.column_cache());
             let (node, admin) = start_node(catalog, store, &args.common, &args.serve).await?;
             tracing::info!(
                 http = %args.common.http_addr,

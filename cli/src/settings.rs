@@ -12,6 +12,7 @@ use kyma_catalog::CatalogLocation;
 use kyma_connectors::Secret;
 use kyma_table::StoreLocation;
 use kyma_table::cache::{ExtentCache, QUERY_NODE_CAPACITY_MB, QUERY_NODE_MAX_OBJECT_MB};
+use kyma_table::columns;
 
 /// kyma: SQL over Arrow Flight SQL across kyma tables and operational databases.
 #[derive(Debug, Parser)]
@@ -105,9 +106,19 @@ pub struct ServeArgs {
     /// uncached. In MiB.
     #[arg(long, env = "KYMA_EXTENT_CACHE_MAX_OBJECT_MB", default_value_t = QUERY_NODE_MAX_OBJECT_MB, value_name = "MIB")]
     pub extent_cache_max_object_mb: u64,
+    /// Memory for decoded columns of the extents queries read (extents never change, so
+    /// they are decoded once), in MiB; 0 decodes every read. A column of an extent larger
+    /// than a quarter of this is not held.
+    #[arg(long, env = "KYMA_COLUMN_CACHE_MB", default_value_t = columns::QUERY_NODE_CAPACITY_MB, value_name = "MIB")]
+    pub column_cache_mb: u64,
 }
 
 impl ServeArgs {
+    /// The decoded-column cache these settings ask for.
+    pub fn column_cache(&self) -> columns::ColumnCache {
+        columns::ColumnCache::new(self.column_cache_mb.saturating_mul(1 << 20))
+    }
+
     /// The extent cache these settings ask for.
     pub fn extent_cache(&self) -> ExtentCache {
         ExtentCache::new(

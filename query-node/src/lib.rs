@@ -4,6 +4,7 @@
 
 pub mod admin_grpc;
 pub mod admin_http;
+pub mod decoded;
 pub mod dynamic_sql;
 pub mod engine;
 pub mod federation;

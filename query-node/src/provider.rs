@@ -53,6 +53,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use kyma_catalog::{Catalog, TableOrigin, TableRef};
@@ -63,6 +64,7 @@ use kyma_table::{
     WriteOptions,
 };
 
+use crate::decoded::DecodedExtentsExec;
 use crate::dynamic_sql::DynamicFunctions;
 use crate::queries::{SYSTEM_SCHEMA, SystemSchema};
 use crate::synced::SyncedTable;
@@ -72,6 +74,9 @@ use crate::view::{CatalogView, TableEntry};
 pub const KYMA_CATALOG: &str = "kyma";
 /// The schema a table goes to when none is named.
 pub const DEFAULT_SCHEMA: &str = "default";
+/// What a value of a variable-width type (text, binary, nested) is taken to occupy decoded,
+/// in bytes, when judging whether an extent's column fits the column cache.
+const VARIABLE_WIDTH_ESTIMATE: usize = 32;
 /// How long a write waits for this node's view to show its commit.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -373,22 +378,66 @@ impl KymaTable {
             }
             None => None,
         };
+        let projected = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
         let extents = self.live_extents(&manifest, predicate.as_ref());
         if extents.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => self.schema.clone(),
-            };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let live = self.extents.live();
-        let rows: u64 = match live {
-            true => extents.iter().map(|e| e.live_rows()).sum(),
-            false => extents.iter().map(|e| e.rows).sum(),
+        let reads_whole = predicate.is_none() && limit.is_none();
+        let (decoded, parquet): (Vec<_>, Vec<_>) = extents.into_iter().partition(|(_, e)| {
+            let columns = self.tables.store.columns();
+            columns.takes(decoded_size(e, &projected))
+                && (reads_whole
+                    || columns.holds_all(e, projected.fields())
+                    || columns.read_before(e))
+        });
+        let partitions = state.config().target_partitions();
+        let deleted = self.extents.live().then(|| self.entry.deleted.clone());
+        let mut scans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !decoded.is_empty() {
+            let groups = spread(decoded, |(_, e)| e.rows, partitions);
+            let indexes = groups
+                .into_iter()
+                .map(|g| g.into_iter().map(|(i, _)| i).collect())
+                .collect();
+            scans.push(Arc::new(DecodedExtentsExec::new(
+                self.tables.store.clone(),
+                manifest.clone(),
+                indexes,
+                projected.clone(),
+                deleted.clone(),
+                projected_predicate(state, filters, &projected),
+            )));
+        }
+        if !parquet.is_empty() {
+            let extents: Vec<&ExtentEntry> = parquet.into_iter().map(|(_, e)| e).collect();
+            let deleted = deleted.as_deref();
+            scans.push(
+                self.parquet_scan(&extents, deleted, projection, predicate, limit, partitions)?,
+            );
+        }
+        UnionExec::try_new(scans)
+    }
+
+    /// The Parquet scan of `extents`, pruned by `predicate`, skipping `deleted` rows.
+    fn parquet_scan(
+        &self,
+        extents: &[&ExtentEntry],
+        deleted: Option<&BTreeMap<String, RowSelection>>,
+        projection: Option<&Vec<usize>>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+        limit: Option<usize>,
+        partitions: usize,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let rows: u64 = match deleted {
+            Some(_) => extents.iter().map(|e| e.live_rows()).sum(),
+            None => extents.iter().map(|e| e.rows).sum(),
         };
         let bytes: u64 = extents.iter().map(|e| e.bytes).sum();
-        let deleted = live.then_some(self.entry.deleted.as_ref());
-        let groups = file_groups(&extents, deleted, state.config().target_partitions());
+        let groups = file_groups(extents, deleted, partitions);
         let mut source = ParquetSource::new(self.schema.clone())
             .with_enable_page_index(true)
             .with_parquet_file_reader_factory(Arc::new(CachedExtents(self.tables.store.clone())));
@@ -407,12 +456,13 @@ impl KymaTable {
         Ok(DataSourceExec::from_data_source(config))
     }
 
-    /// The extents read that the predicate may match, judged from the manifest's statistics.
+    /// The extents read that the predicate may match, judged from the manifest's statistics,
+    /// with their indexes in the manifest.
     fn live_extents<'a>(
         &self,
         manifest: &'a Manifest,
         predicate: Option<&Arc<dyn PhysicalExpr>>,
-    ) -> Vec<&'a ExtentEntry> {
+    ) -> Vec<(usize, &'a ExtentEntry)> {
         let keep = predicate
             .and_then(|p| {
                 PruningPredicateBuilder::new()
@@ -437,39 +487,81 @@ impl KymaTable {
                         .as_ref()
                         .is_none_or(|k| k.get(*i).copied().unwrap_or(true))
             })
-            .map(|(_, e)| e)
             .collect()
     }
 }
 
-/// Spreads extents over `partitions` groups, largest first onto the lightest group; with
-/// `deleted`, each extent's deleted rows are skipped.
+/// `filters` as one predicate over `schema`'s columns, when they read only those (a filter
+/// always does when DataFusion asks for a projection: it applies the filter above the scan).
+fn projected_predicate(
+    state: &dyn Session,
+    filters: &[Expr],
+    schema: &SchemaRef,
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let expr = conjunction(filters.iter().cloned())?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
+    state.create_physical_expr(expr, &df_schema).ok()
+}
+
+/// Spreads `items` over at most `partitions` groups, heaviest first onto the lightest group;
+/// no group is empty.
+fn spread<T>(mut items: Vec<T>, weight: impl Fn(&T) -> u64, partitions: usize) -> Vec<Vec<T>> {
+    items.sort_by_key(|item| std::cmp::Reverse(weight(item)));
+    let mut groups: Vec<(u64, Vec<T>)> = (0..partitions.clamp(1, items.len().max(1)))
+        .map(|_| (0, Vec::new()))
+        .collect();
+    for item in items {
+        if let Some(lightest) = groups.iter_mut().min_by_key(|(total, _)| *total) {
+            lightest.0 += weight(&item);
+            lightest.1.push(item);
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(_, items)| items)
+        .collect()
+}
+
+/// Spreads extents over `partitions` file groups by size; with `deleted`, each extent's
+/// deleted rows are skipped.
 fn file_groups(
     extents: &[&ExtentEntry],
     deleted: Option<&BTreeMap<String, RowSelection>>,
     partitions: usize,
 ) -> Vec<FileGroup> {
-    let mut sorted: Vec<&ExtentEntry> = extents.to_vec();
-    sorted.sort_by_key(|e| std::cmp::Reverse(e.bytes));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions
-        .clamp(1, sorted.len().max(1)))
-        .map(|_| (0, Vec::new()))
-        .collect();
-    for extent in sorted {
-        if let Some(lightest) = groups.iter_mut().min_by_key(|(size, _)| *size) {
-            lightest.0 += extent.bytes;
-            let mut file = PartitionedFile::new(extent.path.clone(), extent.bytes);
-            if let Some(selection) = deleted.and_then(|d| d.get(&extent.path)) {
-                file = file.with_extension(ParquetRowSelection::new(selection.clone()));
-            }
-            lightest.1.push(file);
-        }
-    }
-    groups
+    spread(extents.to_vec(), |e| e.bytes, partitions)
         .into_iter()
-        .filter(|(_, files)| !files.is_empty())
-        .map(|(_, files)| FileGroup::new(files))
+        .map(|extents| {
+            let files = extents.into_iter().map(|extent| {
+                let file = PartitionedFile::new(extent.path.clone(), extent.bytes);
+                match deleted.and_then(|d| d.get(&extent.path)) {
+                    Some(selection) => {
+                        file.with_extension(ParquetRowSelection::new(selection.clone()))
+                    }
+                    None => file,
+                }
+            });
+            FileGroup::new(files.collect())
+        })
         .collect()
+}
+
+/// Bytes that `schema`'s columns of `extent` take decoded, as the largest single column
+/// (the unit [`kyma_table::columns`] holds), estimated from the row count: a fixed-width
+/// type's width, [`VARIABLE_WIDTH_ESTIMATE`] bytes per value otherwise.
+fn decoded_size(extent: &ExtentEntry, schema: &SchemaRef) -> u64 {
+    let widest = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            f.data_type()
+                .primitive_width()
+                .unwrap_or(VARIABLE_WIDTH_ESTIMATE)
+        })
+        .max()
+        .unwrap_or(0);
+    extent.rows.saturating_mul(widest as u64)
 }
 
 #[async_trait]

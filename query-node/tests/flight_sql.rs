@@ -452,6 +452,49 @@ async fn extents_outside_a_filter_are_skipped_from_manifest_statistics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_read_whole_or_filtered_twice_are_read_from_their_decoded_columns() {
+    let node = standalone(GrpcOptions::default()).await;
+    let mut client = common::client(node.addr).await;
+    for table in ["whole", "filtered"] {
+        for (create, batch) in [
+            (true, people(&[1, 2, 3], &["a", "b", "c"])),
+            (false, people(&[4, 5], &["d", "e"])),
+        ] {
+            ingest(&mut client, table, create, vec![batch])
+                .await
+                .expect("ingest");
+        }
+    }
+    let ids = |batches: Result<Vec<RecordBatch>, _>| ids_of(&batches.expect("query"));
+    let decoded =
+        |plan: &str| plan.contains("DecodedExtentsExec") && !plan.contains("DataSourceExec");
+
+    // A read of every row decodes the columns, from the first read on.
+    let whole = "SELECT id, name FROM whole ORDER BY id";
+    let plan = query_text(&mut client, &format!("EXPLAIN {whole}")).await;
+    assert!(decoded(&plan), "{plan}");
+    assert_eq!(ids(query(&mut client, whole).await), vec![1, 2, 3, 4, 5]);
+
+    // A filtered read prunes the Parquet the first time, and decodes from the second on.
+    // `nullif` makes the filter NULL for `b`: a NULL drops the row like false.
+    let filtered = "SELECT id FROM filtered WHERE nullif(name, 'b') <> 'd' ORDER BY id";
+    let first = query_text(&mut client, &format!("EXPLAIN {filtered}")).await;
+    assert!(
+        first.contains("DataSourceExec") && !first.contains("DecodedExtentsExec"),
+        "{first}"
+    );
+    let second = query_text(&mut client, &format!("EXPLAIN {filtered}")).await;
+    assert!(
+        decoded(&second) && second.contains("predicate="),
+        "{second}"
+    );
+    for _ in 0..2 {
+        // Decoded, then read from the held columns.
+        assert_eq!(ids(query(&mut client, filtered).await), vec![1, 3, 5]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_commands_list_catalogs_schemas_and_tables_with_schemas() {
     let node = standalone(GrpcOptions::default()).await;
     let mut client = common::client(node.addr).await;

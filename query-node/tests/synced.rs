@@ -354,10 +354,10 @@ async fn explain(flight: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Str
     rows(flight, &format!("EXPLAIN {sql}")).await.join("\n")
 }
 
-/// The scans of a physical plan, one line each.
+/// The scans of a physical plan (of Parquet or of decoded columns), one line each.
 fn scans(plan: &str) -> Vec<&str> {
     plan.lines()
-        .filter(|l| l.contains("DataSourceExec"))
+        .filter(|l| l.contains("DataSourceExec") || l.contains("DecodedExtentsExec"))
         .collect()
 }
 
@@ -571,6 +571,12 @@ async fn with_superseded_rows_deleted_by_position_the_read_is_one_scan_and_the_s
         .map(|&(id, seq)| row(&find(id, seq)))
         .collect();
     let all = "SELECT * FROM pg_sync.public.users ORDER BY id";
+    assert_eq!(rows(&mut flight, all).await, expected);
+    let plan = explain(&mut flight, all).await;
+    assert!(
+        plan.contains("DecodedExtentsExec: extents=[tables/"),
+        "read again from the decoded columns, deleted rows skipped there:\n{plan}"
+    );
     assert_eq!(rows(&mut flight, all).await, expected);
     assert_eq!(
         rows(

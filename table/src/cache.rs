@@ -1,6 +1,7 @@
 //! A process-wide cache of small extents and manifests, held in memory, so that no query (or
 //! compaction) fetches the same small extent from object storage twice, and a CDC worker
-//! reads back the manifest it stored last without a round trip.
+//! reads back the manifest it stored last without a round trip. Its eviction policy,
+//! [`SegmentedLru`], also holds a query node's decoded columns ([`crate::columns`]).
 //!
 //! # Why it is safe
 //!
@@ -27,6 +28,7 @@
 //! hitting the protected part instead of churning all of it.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -49,44 +51,59 @@ pub const QUERY_NODE_MAX_OBJECT_MB: u64 = 64;
 /// The share of the capacity objects read more than once may hold (see the module doc).
 pub const PROTECTED_SHARE: f64 = 0.8;
 
-/// The cache (see the module doc).
-#[derive(Debug)]
-pub struct ExtentCache {
-    capacity: u64,
-    max_object: u64,
-    inner: Mutex<Entries>,
+/// The cache of extents and manifests (see the module doc).
+pub type ExtentCache = SegmentedLru<Path, Bytes>;
+
+/// What a cached value costs, in bytes of memory.
+pub trait Weighed {
+    /// Its size in bytes.
+    fn weight(&self) -> u64;
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    by_path: HashMap<Path, Entry>,
+impl Weighed for Bytes {
+    fn weight(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+/// A size-bounded cache of immutable values, evicting as the module doc describes.
+#[derive(Debug)]
+pub struct SegmentedLru<K, V> {
+    capacity: u64,
+    max_object: u64,
+    inner: Mutex<Entries<K, V>>,
+}
+
+#[derive(Debug)]
+struct Entries<K, V> {
+    by_key: HashMap<K, Entry<V>>,
     bytes: u64,
     protected_bytes: u64,
     clock: u64,
 }
 
 #[derive(Debug)]
-struct Entry {
-    bytes: Bytes,
+struct Entry<V> {
+    value: V,
     /// The clock at its last use.
     used: u64,
     /// Read again since it entered (see the module doc).
     protected: bool,
 }
 
-impl Entries {
+impl<K: Hash + Eq + Clone, V: Weighed + Clone> Entries<K, V> {
     /// The least recently used object, on probation if any is.
-    fn victim(&self, protected: bool) -> Option<Path> {
-        self.by_path
+    fn victim(&self, protected: bool) -> Option<K> {
+        self.by_key
             .iter()
             .filter(|(_, e)| e.protected == protected)
             .min_by_key(|(_, e)| e.used)
-            .map(|(path, _)| path.clone())
+            .map(|(key, _)| key.clone())
     }
 
-    fn remove(&mut self, path: &Path) {
-        if let Some(entry) = self.by_path.remove(path) {
-            let size = entry.bytes.len() as u64;
+    fn remove(&mut self, key: &K) {
+        if let Some(entry) = self.by_key.remove(key) {
+            let size = entry.value.weight();
             self.bytes -= size;
             if entry.protected {
                 self.protected_bytes -= size;
@@ -95,14 +112,19 @@ impl Entries {
     }
 }
 
-impl ExtentCache {
-    /// A cache of up to `capacity` bytes holding extents of at most `max_object` bytes
+impl<K: Hash + Eq + Clone, V: Weighed + Clone> SegmentedLru<K, V> {
+    /// A cache of up to `capacity` bytes holding values of at most `max_object` bytes
     /// (a capacity of 0 caches nothing).
     pub fn new(capacity: u64, max_object: u64) -> Self {
         Self {
             capacity,
             max_object: max_object.min(capacity),
-            inner: Mutex::new(Entries::default()),
+            inner: Mutex::new(Entries {
+                by_key: HashMap::new(),
+                bytes: 0,
+                protected_bytes: 0,
+                clock: 0,
+            }),
         }
     }
 
@@ -111,51 +133,55 @@ impl ExtentCache {
         self.capacity
     }
 
-    /// The largest extent it holds.
+    /// The largest value it holds.
     pub fn max_object(&self) -> u64 {
         self.max_object
     }
 
-    /// Whether an extent of `size` bytes is read through the cache.
+    /// Whether a value of `size` bytes would be held.
     pub fn takes(&self, size: u64) -> bool {
         size > 0 && size <= self.max_object
     }
 
-    /// The cached content of `path`, if held.
-    pub fn get(&self, path: &Path) -> Option<Bytes> {
+    /// Whether a value is held for `key` (not a use: nothing moves).
+    pub fn contains(&self, key: &K) -> bool {
+        self.lock().by_key.contains_key(key)
+    }
+
+    /// The value held for `key`, if any.
+    pub fn get(&self, key: &K) -> Option<V> {
         let mut entries = self.lock();
         entries.clock += 1;
         let now = entries.clock;
-        let entry = entries.by_path.get_mut(path)?;
+        let entry = entries.by_key.get_mut(key)?;
         entry.used = now;
-        let bytes = entry.bytes.clone();
+        let value = entry.value.clone();
         if !entry.protected {
             entry.protected = true;
-            entries.protected_bytes += bytes.len() as u64;
+            entries.protected_bytes += value.weight();
             let share = (self.capacity as f64 * PROTECTED_SHARE) as u64;
             while entries.protected_bytes > share {
                 let Some(oldest) = entries.victim(true) else {
                     break;
                 };
-                if let Some(demoted) = entries.by_path.get_mut(&oldest) {
+                if let Some(demoted) = entries.by_key.get_mut(&oldest) {
                     demoted.protected = false;
-                    let size = demoted.bytes.len() as u64;
+                    let size = demoted.value.weight();
                     entries.protected_bytes -= size;
                 }
             }
         }
-        Some(bytes)
+        Some(value)
     }
 
-    /// Holds `bytes` as the content of `path`, making room by dropping the least recently
-    /// used extents.
-    pub fn insert(&self, path: Path, bytes: Bytes) {
-        let size = bytes.len() as u64;
+    /// Holds `value` for `key`, making room by dropping the least recently used values.
+    pub fn insert(&self, key: K, value: V) {
+        let size = value.weight();
         if !self.takes(size) {
             return;
         }
         let mut entries = self.lock();
-        entries.remove(&path);
+        entries.remove(&key);
         while entries.bytes + size > self.capacity {
             let Some(oldest) = entries.victim(false).or_else(|| entries.victim(true)) else {
                 break;
@@ -165,11 +191,11 @@ impl ExtentCache {
         entries.clock += 1;
         let used = entries.clock;
         let entry = Entry {
-            bytes,
+            value,
             used,
             protected: false,
         };
-        entries.by_path.insert(path, entry);
+        entries.by_key.insert(key, entry);
         entries.bytes += size;
     }
 
@@ -178,14 +204,14 @@ impl ExtentCache {
         self.lock().bytes
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries<K, V>> {
         // The entries stay consistent under a panic elsewhere: every change completes
         // before the lock is released.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-impl Default for ExtentCache {
+impl Default for SegmentedLru<Path, Bytes> {
     fn default() -> Self {
         Self::new(DEFAULT_CAPACITY, DEFAULT_MAX_OBJECT)
     }

@@ -4,6 +4,7 @@
 //! the catalog.
 
 pub mod cache;
+pub mod columns;
 pub mod compaction;
 pub mod deletes;
 pub mod dynamic;

@@ -25,6 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use uuid::Uuid;
 
 use crate::cache::ExtentCache;
+use crate::columns::ColumnCache;
 
 use crate::error::TableError;
 
@@ -112,6 +113,9 @@ pub struct ExtentStore {
     store: Arc<dyn ObjectStore>,
     /// Small extents already read, shared by every clone ([`crate::cache`]).
     cache: Arc<ExtentCache>,
+    /// Decoded columns already read, shared by every clone ([`crate::columns`]); holds
+    /// nothing unless set.
+    columns: Arc<ColumnCache>,
 }
 
 impl ExtentStore {
@@ -161,6 +165,7 @@ impl ExtentStore {
         Self {
             store,
             cache: Arc::new(ExtentCache::default()),
+            columns: Arc::new(ColumnCache::new(0)),
         }
     }
 
@@ -168,6 +173,17 @@ impl ExtentStore {
     pub fn with_cache(mut self, cache: ExtentCache) -> Self {
         self.cache = Arc::new(cache);
         self
+    }
+
+    /// The same store holding decoded columns in `columns` (a query node's).
+    pub fn with_column_cache(mut self, columns: ColumnCache) -> Self {
+        self.columns = Arc::new(columns);
+        self
+    }
+
+    /// The decoded columns held.
+    pub fn columns(&self) -> &Arc<ColumnCache> {
+        &self.columns
     }
 
     /// The cache small extents are read through.

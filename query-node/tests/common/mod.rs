@@ -18,8 +18,12 @@ use futures::TryStreamExt;
 use kyma_catalog::{Catalog, CatalogLocation};
 use kyma_connectors::{ConnectorAdmin, SecretResolver};
 use kyma_query_node::{FederationOptions, GrpcOptions, QueryNode};
+use kyma_table::columns::ColumnCache;
 use kyma_table::{ExtentStore, S3Options, StoreLocation};
 use tonic::transport::Channel;
+
+/// The test node's decoded-column cache.
+const COLUMN_CACHE_BYTES: u64 = 64 << 20;
 
 /// A node serving on loopback until dropped.
 pub struct ServedNode {
@@ -88,7 +92,9 @@ pub async fn standalone_with_storage(
         &StoreLocation::File(dir.path().join("store")),
         &S3Options::default(),
     )
-    .expect("local store");
+    .expect("local store")
+    // As a query node runs (a small capacity: reads go through both scans).
+    .with_column_cache(ColumnCache::new(COLUMN_CACHE_BYTES));
     let secrets = dir.path().join("secrets");
     std::fs::create_dir_all(&secrets).expect("secrets dir");
     let secrets = SecretResolver::new(secrets);
