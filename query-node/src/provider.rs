@@ -387,13 +387,7 @@ impl KymaTable {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
         let reads_whole = predicate.is_none() && limit.is_none();
-        let (decoded, parquet): (Vec<_>, Vec<_>) = extents.into_iter().partition(|(_, e)| {
-            let columns = self.tables.store.columns();
-            columns.takes(decoded_size(e, &projected))
-                && (reads_whole
-                    || columns.holds_all(e, projected.fields())
-                    || columns.read_before(e))
-        });
+        let (decoded, parquet) = self.by_scan(extents, &projected, reads_whole);
         let partitions = state.config().target_partitions();
         let deleted = self.extents.live().then(|| self.entry.deleted.clone());
         let mut scans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
@@ -420,6 +414,24 @@ impl KymaTable {
             );
         }
         UnionExec::try_new(scans)
+    }
+
+    /// `extents` split into those read from decoded columns and those read from Parquet
+    /// (see [`crate::decoded`], "Which extents"); `projected` are the columns read, and
+    /// `reads_whole` says the scan has no filter or LIMIT.
+    fn by_scan<'a>(
+        &self,
+        extents: Vec<(usize, &'a ExtentEntry)>,
+        projected: &SchemaRef,
+        reads_whole: bool,
+    ) -> (Vec<(usize, &'a ExtentEntry)>, Vec<(usize, &'a ExtentEntry)>) {
+        let columns = self.tables.store.columns();
+        extents.into_iter().partition(|(_, e)| {
+            columns.takes(decoded_size(e, projected))
+                && (reads_whole
+                    || columns.holds_all(e, projected.fields())
+                    || columns.read_before(e))
+        })
     }
 
     /// The Parquet scan of `extents`, pruned by `predicate`, skipping `deleted` rows.

@@ -137,6 +137,10 @@ struct Args {
     /// Runs of each timed query in the read phase (the report gives the median).
     #[arg(long, default_value_t = 3)]
     read_runs: usize,
+    /// The query node's decoded-column cache, in MiB (as `kyma query-node
+    /// --column-cache-mb`; 0: every query decodes Parquet).
+    #[arg(long, default_value_t = columns::QUERY_NODE_CAPACITY_MB)]
+    column_cache_mb: u64,
     /// Last, measure the process's peak memory through a snapshot of this many tables
     /// (1,000 rows each) and then one source transaction of `--memory-txn-mb` (0: skip).
     #[arg(long, default_value_t = 0)]
@@ -409,9 +413,7 @@ async fn run(bench: &Bench, pg_version: &str) -> BenchResult<()> {
             QUERY_NODE_CAPACITY_MB << 20,
             QUERY_NODE_MAX_OBJECT_MB << 20,
         ))
-        .with_column_cache(columns::ColumnCache::new(
-            columns::QUERY_NODE_CAPACITY_MB << 20,
-        ));
+        .with_column_cache(columns::ColumnCache::new(bench.args.column_cache_mb << 20));
     let node = ServedNode::start(
         bench.deployment.catalog().await?,
         store.clone(),
