@@ -421,10 +421,10 @@ impl KymaTable {
     /// `reads_whole` says the scan has no filter or LIMIT.
     fn by_scan<'a>(
         &self,
-        extents: Vec<(usize, &'a ExtentEntry)>,
+        extents: Indexed<'a>,
         projected: &SchemaRef,
         reads_whole: bool,
-    ) -> (Vec<(usize, &'a ExtentEntry)>, Vec<(usize, &'a ExtentEntry)>) {
+    ) -> (Indexed<'a>, Indexed<'a>) {
         let columns = self.tables.store.columns();
         extents.into_iter().partition(|(_, e)| {
             columns.takes(decoded_size(e, projected))
@@ -474,7 +474,7 @@ impl KymaTable {
         &self,
         manifest: &'a Manifest,
         predicate: Option<&Arc<dyn PhysicalExpr>>,
-    ) -> Vec<(usize, &'a ExtentEntry)> {
+    ) -> Indexed<'a> {
         let keep = predicate
             .and_then(|p| {
                 PruningPredicateBuilder::new()
@@ -514,6 +514,9 @@ fn projected_predicate(
     let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
     state.create_physical_expr(expr, &df_schema).ok()
 }
+
+/// Extents of a manifest with their indexes in it.
+type Indexed<'a> = Vec<(usize, &'a ExtentEntry)>;
 
 /// Spreads `items` over at most `partitions` groups, heaviest first onto the lightest group;
 /// no group is empty.
