@@ -1,7 +1,9 @@
 //! The CDC worker: its own process, any number of replicas (SPEC §2, §6).
 //!
 //! A worker registers itself in the catalog under a lease that it keeps alive. Its
-//! supervisor polls the connectors: every connector in mode `sync` or `both` that an
+//! supervisor looks at the connectors every [`POLL_EVERY`], and at once when the catalog's
+//! watch shows a connector it does not run change or one deleted (a new registration is
+//! claimed within a round trip, not at the next poll): every connector in mode `sync` or `both` that an
 //! operator wants running and that no live worker holds is claimed (at a new, higher fencing
 //! epoch, under the worker's lease) and synced on a task of its own by the one sync pipeline
 //! ([`pipeline::ConnectorSync`]), whatever the source: the worker knows sources only through
@@ -24,17 +26,18 @@ pub mod error;
 pub mod metrics;
 pub mod pipeline;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::StreamExt;
 use kyma_catalog::{
-    Catalog, CatalogError, ConnectorClaim, ConnectorSpec, ConnectorState, ConnectorStatus,
-    DesiredState, LeaseId, WorkerSession,
+    Catalog, CatalogError, CatalogEvent, ConnectorClaim, ConnectorSpec, ConnectorState,
+    ConnectorStatus, DesiredState, LeaseId, WorkerSession,
 };
 use kyma_connectors::{SecretResolver, registry};
 use kyma_table::ExtentStore;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::compactor::Compactor;
 
@@ -44,6 +47,9 @@ pub use pipeline::{COMMIT_STAGES, ConnectorSync, SyncContext, SyncOptions};
 
 /// How often the supervisor looks for connectors to claim or stop.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// The least time between two looks prompted by the catalog's watch (other workers'
+/// connectors change with each of their commits).
+const NEWS_SPACING: Duration = Duration::from_millis(50);
 /// A run that lasted this long got somewhere: its failure starts the backoff over.
 const BACKOFF_RESETS_AFTER: Duration = Duration::from_secs(60);
 /// How long a definite error waits before the next attempt.
@@ -210,6 +216,8 @@ async fn supervise_session(
     let mut maintenance: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_compaction = tokio::time::Instant::now();
     let mut last_gc = tokio::time::Instant::now();
+    let news = ConnectorNews::watch(ctx.catalog.clone());
+    let mut looked = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -218,8 +226,10 @@ async fn supervise_session(
                 lost = true;
                 break;
             }
-            () = tokio::time::sleep(POLL_EVERY) => {}
+            () = tokio::time::sleep_until(looked + POLL_EVERY) => {}
+            () = news.arrived(looked + NEWS_SPACING) => {}
         }
+        looked = tokio::time::Instant::now();
         let connectors = match ctx.catalog.list_connectors().await {
             Ok(c) => c,
             Err(e) => {
@@ -301,6 +311,7 @@ async fn supervise_session(
                 Err(e) => tracing::warn!(connector = %name, error = %e, "claim failed"),
             }
         }
+        news.running(running.keys());
     }
     if let Some(m) = maintenance {
         m.abort();
@@ -310,6 +321,82 @@ async fn supervise_session(
         let _ = r.task.await;
     }
     lost
+}
+
+/// The catalog's watch, filtered for what a supervisor acts on: a change to a connector it
+/// does not run (a registration, a resume, another worker letting go) or a deletion. The
+/// connectors it runs change with every commit of theirs, so those changes are ignored (the
+/// poll still sees pauses and resync requests). The watch is opened again after a failure;
+/// meanwhile the poll goes on.
+struct ConnectorNews {
+    running: Arc<Mutex<HashSet<String>>>,
+    arrived: Arc<Notify>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectorNews {
+    fn watch(catalog: Catalog) -> Self {
+        let running = Arc::new(Mutex::new(HashSet::new()));
+        let arrived = Arc::new(Notify::new());
+        let watcher = tokio::spawn({
+            let (running, arrived) = (running.clone(), arrived.clone());
+            async move {
+                loop {
+                    if let Err(e) = forward_news(&catalog, &running, &arrived).await {
+                        tracing::debug!(error = %e, "the connector watch failed; polling meanwhile");
+                    }
+                    tokio::time::sleep(POLL_EVERY).await;
+                }
+            }
+        });
+        Self {
+            running,
+            arrived,
+            watcher,
+        }
+    }
+
+    /// Completes when news arrived since the last call, not before `not_before`.
+    async fn arrived(&self, not_before: tokio::time::Instant) {
+        self.arrived.notified().await;
+        tokio::time::sleep_until(not_before).await;
+    }
+
+    /// The connectors the supervisor runs now.
+    fn running<'a>(&self, names: impl Iterator<Item = &'a String>) {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.clear();
+        running.extend(names.cloned());
+    }
+}
+
+impl Drop for ConnectorNews {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Notifies `arrived` of each change the supervisor acts on, until the watch fails.
+async fn forward_news(
+    catalog: &Catalog,
+    running: &Mutex<HashSet<String>>,
+    arrived: &Notify,
+) -> Result<(), CatalogError> {
+    let revision = catalog.ping().await?;
+    let mut changes = Box::pin(catalog.watch(revision + 1).await?);
+    while let Some(change) = changes.next().await {
+        let change = change?;
+        let running = running.lock().unwrap_or_else(PoisonError::into_inner);
+        let news = change.events.iter().any(|event| match event {
+            CatalogEvent::ConnectorChanged(name) => !running.contains(name),
+            CatalogEvent::ConnectorDeleted(_) => true,
+            _ => false,
+        });
+        if news {
+            arrived.notify_one();
+        }
+    }
+    Ok(())
 }
 
 /// What a claimed connector's run starts from: the lease it was claimed under, its status

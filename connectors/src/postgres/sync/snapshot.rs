@@ -6,9 +6,13 @@
 //! [`SnapshotSession::copy_table`] streams one table with binary `COPY` of its typed
 //! relation ([`copy_expr`]: federation's, except that a `numeric` read as `real` is parsed
 //! in kyma), so memory stays bounded by a few batches whatever the table's size. The copy is
-//! decoded on a task of its own, up to [`DECODED_AHEAD`] batches ahead of the reader, so the
-//! pipeline's work on one batch (keys, statistics, handing it to the extent encoder)
-//! overlaps the decoding of the next. The snapshot sees exactly the transactions that
+//! read and decoded in three stages, each on a task of its own: the server's messages are
+//! read up to [`READ_AHEAD`] groups (of those already arrived, at most [`GROUP_MESSAGES`])
+//! ahead of the decoder, so the server is not held up while a batch decodes; they are
+//! decoded up to [`DECODED_AHEAD`] batches ahead of the reader, so the pipeline's work on
+//! one batch (keys, statistics, handing it to the extent encoder) overlaps the decoding of
+//! the next. Before the reading stage, the decoder waited on the server for about two
+//! thirds of a 3M-row copy's time. The snapshot sees exactly the transactions that
 //! committed before the consistent point; the slot — the connector's own, or a temporary
 //! one created only for its snapshot — streams exactly those that commit after it.
 //!
@@ -34,6 +38,12 @@ use crate::sync::{Snapshot, SourcePosition, SourceTable, TableId};
 
 /// Batches a copy decodes ahead of its reader.
 pub const DECODED_AHEAD: usize = 2;
+
+/// Groups of copy messages (one per row) read ahead of the decoder.
+pub const READ_AHEAD: usize = 16;
+
+/// The most messages in one group read ahead.
+pub const GROUP_MESSAGES: usize = 1024;
 
 /// An ordinary connection holding an exported snapshot open.
 #[derive(Debug)]
@@ -100,14 +110,23 @@ impl SnapshotSession {
             .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
             .await
             .map_err(|e| classify(&what, &e))?;
-        let chunks = Box::pin(copy).map_err(move |e| classify(&what, &e));
+        let groups = Box::pin(copy)
+            .map_err(move |e| classify(&what, &e))
+            .ready_chunks(GROUP_MESSAGES)
+            .map(|group| group.into_iter().collect::<Result<Vec<_>, _>>());
         let mut ended = false;
-        let decoded = chunks
+        let decoded = ahead(groups, READ_AHEAD)
             .map(Some)
             .chain(futures::stream::once(async { None }))
-            .map(move |chunk| -> Result<Vec<RecordBatch>, ConnectorError> {
-                match chunk {
-                    Some(chunk) => decoder.push(&chunk?),
+            .map(move |group| -> Result<Vec<RecordBatch>, ConnectorError> {
+                match group {
+                    Some(group) => {
+                        let mut batches = Vec::new();
+                        for chunk in group? {
+                            batches.extend(decoder.push(&chunk)?);
+                        }
+                        Ok(batches)
+                    }
                     None if !ended => {
                         ended = true;
                         Ok(decoder.finish()?.into_iter().collect())
@@ -117,7 +136,7 @@ impl SnapshotSession {
             })
             .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
             .try_flatten();
-        Ok(decode_ahead(decoded))
+        Ok(ahead(decoded, DECODED_AHEAD))
     }
 
     /// Ends the snapshot transaction.
@@ -129,17 +148,18 @@ impl SnapshotSession {
     }
 }
 
-/// Polls `decoded` on a task of its own, [`DECODED_AHEAD`] batches ahead of the returned
-/// stream; the task stops after the first error or once the returned stream is dropped.
-fn decode_ahead(
-    decoded: impl Stream<Item = Result<RecordBatch, ConnectorError>> + Send + 'static,
-) -> impl Stream<Item = Result<RecordBatch, ConnectorError>> + Send + 'static {
-    let (batches, received) = tokio::sync::mpsc::channel(DECODED_AHEAD);
+/// Polls `items` on a task of its own, up to `depth` items ahead of the returned stream;
+/// the task stops after the first error or once the returned stream is dropped.
+fn ahead<T: Send + 'static>(
+    items: impl Stream<Item = Result<T, ConnectorError>> + Send + 'static,
+    depth: usize,
+) -> impl Stream<Item = Result<T, ConnectorError>> + Send + 'static {
+    let (sender, received) = tokio::sync::mpsc::channel(depth);
     tokio::spawn(async move {
-        let mut decoded = std::pin::pin!(decoded);
-        while let Some(batch) = decoded.next().await {
-            let failed = batch.is_err();
-            if batches.send(batch).await.is_err() || failed {
+        let mut items = std::pin::pin!(items);
+        while let Some(item) = items.next().await {
+            let failed = item.is_err();
+            if sender.send(item).await.is_err() || failed {
                 break;
             }
         }
