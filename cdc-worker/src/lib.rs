@@ -1,17 +1,17 @@
 //! The CDC worker: its own process, any number of replicas (SPEC §2, §6).
 //!
-//! A worker registers itself in the catalog under a lease that it keeps alive. Its
-//! supervisor looks at the connectors every [`POLL_EVERY`], and at once when the catalog's
-//! watch shows a connector it does not run change or one deleted (a new registration is
-//! claimed within a round trip, not at the next poll): every connector in mode `sync` or `both` that an
-//! operator wants running and that no live worker holds is claimed (at a new, higher fencing
-//! epoch, under the worker's lease) and synced on a task of its own by the one sync pipeline
+//! A worker registers itself in the catalog under a lease that it keeps alive. Its supervisor
+//! looks at the connectors every 500 ms, and at once when the catalog's watch shows a connector
+//! it does not run change or one deleted (a new registration is claimed within a round trip,
+//! not at the next poll): every connector in mode `sync` or `both` that an operator wants
+//! running and that no live worker holds is claimed (at a new, higher fencing epoch, under the
+//! worker's lease) and synced on a task of its own by the one sync pipeline
 //! ([`pipeline::ConnectorSync`]), whatever the source: the worker knows sources only through
-//! `kyma_connectors::registry` and `kyma_connectors::sync`. A worker that dies loses its claims when its lease lapses,
-//! and another worker takes over from the committed cursor; a worker that was only paused
-//! finds its next commit fenced and stops. A worker that outlives its lease (it was paused,
-//! or cut off from the catalog for longer than the lease) stops its connectors and registers
-//! again under a new lease, to claim whatever is free.
+//! `kyma_connectors::registry` and `kyma_connectors::sync`. A worker that dies loses its claims
+//! when its lease lapses, and another worker takes over from the committed cursor; a worker
+//! that was only paused finds its next commit fenced and stops. A worker that outlives its
+//! lease (it was paused, or cut off from the catalog for longer than the lease) stops its
+//! connectors and registers again under a new lease, to claim whatever is free.
 //!
 //! Errors: transient ones (source or catalog unreachable, connection lost) are retried with
 //! backoff from the last commit; definite ones (a setting to fix, a dropped slot) put the

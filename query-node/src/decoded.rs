@@ -170,10 +170,14 @@ impl ExecutionPlan for DecodedExtentsExec {
 
     fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
         let rows: u64 = self.extents(partition).map(|e| self.rows_of(e)).sum();
+        let rows = usize::try_from(rows).unwrap_or(usize::MAX);
+        // The predicate drops rows: then the count is only an upper bound.
+        let rows = match self.predicate {
+            None => Precision::Exact(rows),
+            Some(_) => Precision::Inexact(rows),
+        };
         Ok(Arc::new(
-            Statistics::new_unknown(&self.schema).with_num_rows(Precision::Exact(
-                usize::try_from(rows).unwrap_or(usize::MAX),
-            )),
+            Statistics::new_unknown(&self.schema).with_num_rows(rows),
         ))
     }
 

@@ -8,6 +8,9 @@
 //!    **widens** the schema through the catalog (a CAS; the loser of a race re-reads and
 //!    widens again, so concurrent writers with different columns both succeed), then resumes
 //!    under the new schema. No row is ever refused for an undeclared column.
+//!    An extent that reaches [`WriteOptions::extent_rows`] finishes (its last row group
+//!    encoded, its upload completed) on a task of its own while the next one fills; at most
+//!    one finishes at a time, and every one has finished before a commit names it.
 //! 2. [`TableWriter::commit`] writes a new manifest (the current snapshot's extents plus the
 //!    new ones) and swaps the snapshot pointer with one catalog commit. Files are written
 //!    before the pointer moves, so a crash leaves only unreferenced files, never a snapshot
@@ -23,6 +26,8 @@ use kyma_catalog::{
     Catalog, CatalogCommit, CatalogError, Column, CommitOutcome, Revision, TableCommit, TableRef,
     TableSchema, TableState, Versioned,
 };
+use parquet::errors::ParquetError;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::deletes::delete_rows;
@@ -253,11 +258,20 @@ pub struct TableWriter {
     open: Option<ExtentWriter>,
     /// With [`WriteOptions::record_keys`]: the open extent's keys.
     open_keys: Vec<KeyVersion>,
+    /// The full extent finishing while the next one fills; at most one.
+    closing: Option<Closing>,
     written: Vec<ExtentEntry>,
     written_keys: Vec<Vec<KeyVersion>>,
     rows: u64,
     replace: bool,
     options: WriteOptions,
+}
+
+/// An extent finishing on a task of its own, with its keys (when recorded).
+#[derive(Debug)]
+struct Closing {
+    task: JoinHandle<Result<ExtentEntry, TableError>>,
+    keys: Vec<KeyVersion>,
 }
 
 impl TableWriter {
@@ -277,6 +291,7 @@ impl TableWriter {
             schema: state.schema,
             open: None,
             open_keys: Vec::new(),
+            closing: None,
             written: Vec::new(),
             written_keys: Vec::new(),
             rows: 0,
@@ -317,22 +332,45 @@ impl TableWriter {
             extent.write(&conformed).await?;
             self.rows += conformed.num_rows() as u64;
             if extent.rows() >= self.options.extent_rows {
-                self.close_extent().await?;
+                self.start_closing().await?;
             }
         }
         Ok(())
     }
 
-    async fn close_extent(&mut self) -> Result<(), TableError> {
+    /// Starts finishing the open extent on a task of its own, so the next extent fills
+    /// meanwhile; waits first for the one finishing before, if any.
+    async fn start_closing(&mut self) -> Result<(), TableError> {
+        self.await_closing().await?;
         if let Some(extent) = self.open.take() {
-            let mut entry = extent.finish().await?;
+            let keys = std::mem::take(&mut self.open_keys);
+            let task = tokio::spawn(extent.finish());
+            self.closing = Some(Closing { task, keys });
+        }
+        Ok(())
+    }
+
+    /// Waits for the extent finishing, and adds it to what was written.
+    async fn await_closing(&mut self) -> Result<(), TableError> {
+        if let Some(Closing { task, keys }) = self.closing.take() {
+            let mut entry = task.await.map_err(|e| {
+                TableError::Parquet(ParquetError::General(format!(
+                    "finishing an extent failed: {e}"
+                )))
+            })??;
             entry.compacted = self.options.compacted;
             self.written.push(entry);
             if self.options.record_keys {
-                self.written_keys.push(std::mem::take(&mut self.open_keys));
+                self.written_keys.push(keys);
             }
         }
         Ok(())
+    }
+
+    /// Finishes the open extent and the one finishing, if any.
+    async fn close_extent(&mut self) -> Result<(), TableError> {
+        self.start_closing().await?;
+        self.await_closing().await
     }
 
     /// Rows written so far.
