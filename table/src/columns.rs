@@ -31,7 +31,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use arrow::array::{ArrayRef, new_null_array};
+use arrow::array::{Array, ArrayRef, RecordBatch, new_empty_array, new_null_array};
 use arrow::compute::{cast, concat};
 use arrow::datatypes::{DataType, FieldRef};
 use futures::TryStreamExt;
@@ -182,36 +182,44 @@ async fn decode(
     let rows = usize::try_from(entry.rows).unwrap_or(usize::MAX);
     fields
         .iter()
-        .map(|field| {
-            let Some(parts) = batches
-                .iter()
-                .map(|b| b.column_by_name(field.name()).cloned())
-                .collect::<Option<Vec<ArrayRef>>>()
-                .filter(|_| file_schema.index_of(field.name()).is_ok())
-            else {
-                return Ok(new_null_array(field.data_type(), rows));
-            };
-            let parts: Vec<&dyn arrow::array::Array> = parts.iter().map(|a| a.as_ref()).collect();
-            let whole = match parts.as_slice() {
-                [] => arrow::array::new_empty_array(field.data_type()),
-                _ => concat(&parts)?,
-            };
-            if whole.len() != rows {
-                return Err(TableError::Corrupt {
-                    path: entry.path.clone(),
-                    reason: format!(
-                        "column `{}` holds {} rows, the manifest says {rows}",
-                        field.name(),
-                        whole.len()
-                    ),
-                });
-            }
-            match whole.data_type() == field.data_type() {
-                true => Ok(whole),
-                false => Ok(cast(&whole, field.data_type())?),
-            }
+        .map(|field| match file_schema.index_of(field.name()) {
+            Ok(_) => whole_column(&batches, field, rows, entry),
+            Err(_) => Ok(new_null_array(field.data_type(), rows)),
         })
         .collect()
+}
+
+/// `field`'s column of the decoded `batches` as one array of `field`'s type, checked to hold
+/// the `rows` the manifest says `entry` has.
+fn whole_column(
+    batches: &[RecordBatch],
+    field: &FieldRef,
+    rows: usize,
+    entry: &ExtentEntry,
+) -> Result<ArrayRef, TableError> {
+    let parts: Vec<&dyn Array> = batches
+        .iter()
+        .filter_map(|b| b.column_by_name(field.name()))
+        .map(|a| a.as_ref())
+        .collect();
+    let whole = match parts.as_slice() {
+        [] => new_empty_array(field.data_type()),
+        _ => concat(&parts)?,
+    };
+    if whole.len() != rows {
+        return Err(TableError::Corrupt {
+            path: entry.path.clone(),
+            reason: format!(
+                "column `{}` holds {} rows, the manifest says {rows}",
+                field.name(),
+                whole.len()
+            ),
+        });
+    }
+    match whole.data_type() == field.data_type() {
+        true => Ok(whole),
+        false => Ok(cast(&whole, field.data_type())?),
+    }
 }
 
 #[cfg(test)]
