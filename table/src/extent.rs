@@ -16,8 +16,10 @@
 //!
 //! Dictionary encoding pays off for repeating values and only costs for distinct ones (every
 //! value is interned, then the encoder falls back to plain once the dictionary page is full).
-//! The first batch decides per extent: a flat column whose sample of it is mostly distinct
-//! ([`mostly_distinct`]: keys, timestamps, free text) is written without a dictionary.
+//! The first batch decides per extent ([`undictionaried`]): a flat column whose sample of it
+//! is mostly distinct (keys, timestamps, free text) is written plain, without a dictionary;
+//! an integer column whose sample holds one value (the system columns of a snapshot's
+//! extent) is delta-encoded, which stores the run in a few bytes without hashing each row.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -29,7 +31,7 @@ use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -156,7 +158,7 @@ impl ExtentWriter {
     /// Queues `message` for the encoder, starting it (its settings from `first`) if need be.
     async fn send(&mut self, message: Encode, first: &RecordBatch) -> Result<(), TableError> {
         if self.encoder.is_none() {
-            let props = properties(self.schema_version, &mostly_distinct(first));
+            let props = properties(self.schema_version, &undictionaried(first));
             let sink = BufWriter::new(self.store.object_store().clone(), self.path.clone());
             let writer = AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(props))?;
             let (queue, batches) = mpsc::channel(QUEUED_BATCHES);
@@ -207,8 +209,20 @@ async fn joined(task: JoinHandle<Result<(), TableError>>) -> Result<(), TableErr
     })?
 }
 
-/// The Parquet settings of an extent: no dictionary on `plain_columns`.
-fn properties(schema_version: u64, plain_columns: &[String]) -> WriterProperties {
+/// How a flat column is encoded when the default (a dictionary) would cost more than it
+/// saves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undictionaried {
+    /// Mostly distinct values: plain.
+    Plain,
+    /// An integer column holding one value (a snapshot's system columns): delta encoding,
+    /// which stores a run of one value in a few bytes without interning every row.
+    Delta,
+}
+
+/// The Parquet settings of an extent, with `encodings` for the columns that get no
+/// dictionary.
+fn properties(schema_version: u64, encodings: &[(String, Undictionaried)]) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
@@ -221,14 +235,19 @@ fn properties(schema_version: u64, plain_columns: &[String]) -> WriterProperties
             SCHEMA_VERSION_KEY.to_owned(),
             schema_version.to_string(),
         )]));
-    for column in plain_columns {
-        props = props.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
+    for (column, encoding) in encodings {
+        let path = ColumnPath::from(column.as_str());
+        props = props.set_column_dictionary_enabled(path.clone(), false);
+        if *encoding == Undictionaried::Delta {
+            props = props.set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        }
     }
     props.build()
 }
 
-/// The flat columns of `batch` whose sampled values are mostly (over half) distinct.
-fn mostly_distinct(batch: &RecordBatch) -> Vec<String> {
+/// The flat columns of `batch` that get no dictionary: those whose sampled values are
+/// mostly (over half) distinct, and integer columns whose sample holds a single value.
+fn undictionaried(batch: &RecordBatch) -> Vec<(String, Undictionaried)> {
     let sampled = batch.num_rows().min(DICTIONARY_SAMPLE_ROWS);
     if sampled < DICTIONARY_MIN_SAMPLE {
         return Vec::new();
@@ -246,9 +265,24 @@ fn mostly_distinct(batch: &RecordBatch) -> Vec<String> {
                 .convert_columns(&[column.slice(0, sampled)])
                 .ok()?;
             let distinct: HashSet<&[u8]> = rows.iter().map(|row| row.data()).collect();
-            (distinct.len() * 2 > sampled).then(|| field.name().clone())
+            let encoding = if distinct.len() * 2 > sampled {
+                Undictionaried::Plain
+            } else if distinct.len() == 1 && delta_encodable(field.data_type()) {
+                Undictionaried::Delta
+            } else {
+                return None;
+            };
+            Some((field.name().clone(), encoding))
         })
         .collect()
+}
+
+/// A column Parquet stores as 32- or 64-bit integers, which delta encoding takes.
+fn delta_encodable(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _)
+    )
 }
 
 /// A column Parquet stores as one leaf under its own name.
@@ -270,19 +304,24 @@ fn flat(data_type: &DataType) -> bool {
 mod tests {
     use std::sync::Arc;
 
+    use arrow::array::AsArray;
     use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::Int64Type;
     use kyma_catalog::{Column, KymaType};
     use object_store::memory::InMemory;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     use super::*;
 
     #[tokio::test]
-    async fn distinct_columns_are_written_without_a_dictionary_and_repeating_ones_with() {
+    async fn distinct_columns_are_plain_one_valued_integers_delta_and_repeating_ones_dictionaries()
+    {
         let store = ExtentStore::from_object_store(Arc::new(InMemory::new()));
         let schema = TableSchema::initial(vec![
             Column::new("id", KymaType::Long),
             Column::new("status", KymaType::String),
+            Column::new("batch", KymaType::Long),
         ])
         .expect("schema");
         let mut writer = ExtentWriter::create(&store, Uuid::now_v7(), &schema).expect("writer");
@@ -292,7 +331,11 @@ mod tests {
                 StringArray::from_iter_values((0..1000).map(|i| ["new", "paid", "shipped"][i % 3]));
             let batch = RecordBatch::try_new(
                 arrow_schema(&schema),
-                vec![Arc::new(ids), Arc::new(statuses)],
+                vec![
+                    Arc::new(ids),
+                    Arc::new(statuses),
+                    Arc::new(Int64Array::from(vec![7; 1000])),
+                ],
             )
             .expect("batch");
             writer.write(&batch).await.expect("write");
@@ -308,7 +351,7 @@ mod tests {
             .bytes()
             .await
             .expect("bytes");
-        let reader = SerializedFileReader::new(bytes).expect("parquet");
+        let reader = SerializedFileReader::new(bytes.clone()).expect("parquet");
         let row_group = reader.metadata().row_group(0);
         assert_eq!(reader.metadata().file_metadata().num_rows(), 3000);
         assert!(
@@ -318,6 +361,35 @@ mod tests {
         assert!(
             row_group.column(1).dictionary_page_offset().is_some(),
             "the repeating `status` keeps its dictionary"
+        );
+        let batch_column = row_group.column(2);
+        assert!(batch_column.dictionary_page_offset().is_none());
+        assert!(
+            batch_column
+                .encodings()
+                .any(|e| e == Encoding::DELTA_BINARY_PACKED),
+            "the one-valued `batch` is delta-encoded: {:?}",
+            batch_column.encodings().collect::<Vec<_>>()
+        );
+        let read = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .expect("reader")
+            .build()
+            .expect("reader");
+        let mut batch_values = Vec::new();
+        for batch in read {
+            let batch = batch.expect("batch");
+            batch_values.extend(
+                batch
+                    .column(2)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec(),
+            );
+        }
+        assert_eq!(
+            batch_values,
+            vec![7; 3000],
+            "delta-encoded values read back"
         );
     }
 
