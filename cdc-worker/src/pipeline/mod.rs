@@ -284,6 +284,7 @@ impl ConnectorSync {
         loop {
             self.reconcile(source.as_mut()).await?;
             self.status.status.last_error = None;
+            self.status.status.retries = None;
             self.write_status(true).await?;
             self.prepare_and_copy(source.as_mut()).await?;
             match self.stream(source.as_mut(), stop).await? {
@@ -298,6 +299,7 @@ impl ConnectorSync {
     pub async fn record_error(&mut self, e: &SyncError) -> Result<(), SyncError> {
         self.ctx.metrics.error(&self.spec.name, e.is_retryable());
         self.status.status.last_error = Some(e.to_string());
+        self.status.status.retries = Some(e.is_retryable());
         self.write_status(true).await
     }
 

@@ -274,10 +274,11 @@ pub async fn ensure_publication(
     };
     client.batch_execute(&sql).await.map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            let said = e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_owned());
             ConnectorError::invalid(
                 "connection.url",
                 format!(
-                    "the role cannot create publication {}: it must own the synced tables (or be superuser): {e}",
+                    "the role cannot create publication {}: it needs CREATE on the database and must own the synced tables (or be superuser); the server said: {said}",
                     names.publication
                 ),
             )
