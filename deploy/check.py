@@ -117,6 +117,7 @@ METRICS = {
     "kyma_rows_ingested_total",
     "kyma_statement_duration_seconds",
     "kyma_pushdown_total",
+    "kyma_pushdown_refused_total",
     "kyma_sync_rows_total",
     "kyma_sync_bytes_total",
     "kyma_sync_snapshot_rows_total",

@@ -34,14 +34,14 @@ install_build_deps() {
 # What the tests need: real servers, and the S3-compatible server from crates.io.
 install_test_deps() {
   install_build_deps
-  install_debian_packages etcd-server postgresql-15 mariadb-server mariadb-client openssl
+  install_debian_packages etcd-server postgresql-15 mariadb-server mariadb-client openssl prometheus
   if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
     echo "kyma: installing s3s-fs 0.14.1 (the test S3 server)" >&2
     cargo install --locked s3s-fs@0.14.1 --features binary
   fi
 }
 
-# The Python clients the tests drive kyma with (ADBC Flight SQL and pyarrow), pinned, in a
+# The Python clients the tests drive kyma with (ADBC Flight SQL, pyarrow, pandas, Polars), pinned, in a
 # virtualenv outside the clone, with the MongoDB test tools (mongomock evaluates the federation
 # corpus's `$match` filters, query-node/tests/federation_mongodb.rs; mockupdb scripts a wire
 # server). Exports KYMA_TEST_PYTHON for cli/tests/python_clients.rs and those tests.
@@ -49,8 +49,8 @@ install_python_clients() {
   install_debian_packages python3 python3-venv
   local venv="${XDG_CACHE_HOME:-$HOME/.cache}/kyma/venv"
   local pins=(adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1
-    mongomock==4.3.0 pymongo==4.20.1 mockupdb==1.8.1)
-  if ! "$venv/bin/python" -c 'import adbc_driver_flightsql, pyarrow, mongomock, mockupdb' >/dev/null 2>&1; then
+    pandas==3.1.1 polars==2.1.0 mongomock==4.3.0 pymongo==4.20.1 mockupdb==1.8.1)
+  if ! "$venv/bin/python" -c 'import adbc_driver_flightsql, pyarrow, pandas, polars, mongomock, mockupdb' >/dev/null 2>&1; then
     echo "kyma: installing the Python test clients into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"

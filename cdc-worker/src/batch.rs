@@ -95,6 +95,8 @@ pub struct CommittedBatch {
     pub rows: BTreeMap<TableRef, u64>,
     /// Extents committed per table.
     pub extents: BTreeMap<TableRef, usize>,
+    /// Bytes of the extents committed per table.
+    pub bytes: BTreeMap<TableRef, u64>,
     /// How many times the commit rebased on a concurrent table commit.
     pub rebases: u64,
     /// When the catalog transaction started (the extents were written by then).
@@ -228,6 +230,10 @@ impl SyncBatch {
                         extents: written
                             .iter()
                             .map(|w| (w.table.clone(), w.extents.len()))
+                            .collect(),
+                        bytes: written
+                            .iter()
+                            .map(|w| (w.table.clone(), w.extents.iter().map(|e| e.bytes).sum()))
                             .collect(),
                         rebases: rebases as u64,
                         catalog_started,

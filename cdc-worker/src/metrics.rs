@@ -1,15 +1,25 @@
-//! A worker's sync metrics in the Prometheus text format (SPEC §8): per connector, rows and
-//! commits synced, commits that rebased on a concurrent compaction, compactions, errors by
+//! A worker's sync metrics in the Prometheus text format (SPEC §8): per connector, rows,
+//! bytes and commits synced, commits that rebased on a concurrent compaction, compactions, errors by
 //! kind, and the lag of the last commit.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+/// What one commit synced.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Synced {
+    /// Rows (versions and tombstones).
+    pub rows: u64,
+    /// Bytes of the extents written.
+    pub bytes: u64,
+}
+
 /// Counters of one connector.
 #[derive(Debug, Default, Clone)]
 struct ConnectorCounters {
     rows: u64,
+    bytes: u64,
     snapshot_rows: u64,
     commits: u64,
     rebases: u64,
@@ -31,19 +41,27 @@ impl SyncMetrics {
         change(connectors.entry(connector.to_owned()).or_default());
     }
 
-    /// The initial snapshot of `connector` committed `rows` rows.
-    pub fn snapshot_committed(&self, connector: &str, rows: u64) {
+    /// The snapshot of a table of `connector` committed.
+    pub fn snapshot_committed(&self, connector: &str, synced: Synced) {
         self.update(connector, |c| {
-            c.snapshot_rows += rows;
+            c.snapshot_rows += synced.rows;
+            c.bytes += synced.bytes;
             c.commits += 1;
         });
     }
 
-    /// A streaming batch of `connector` committed `rows` rows after `rebases` rebases, `lag_ms`
-    /// after its newest source commit.
-    pub fn batch_committed(&self, connector: &str, rows: u64, rebases: u64, lag_ms: Option<u64>) {
+    /// A streaming batch of `connector` committed after `rebases` rebases, `lag_ms` after its
+    /// newest source commit.
+    pub fn batch_committed(
+        &self,
+        connector: &str,
+        synced: Synced,
+        rebases: u64,
+        lag_ms: Option<u64>,
+    ) {
         self.update(connector, |c| {
-            c.rows += rows;
+            c.rows += synced.rows;
+            c.bytes += synced.bytes;
             c.commits += 1;
             c.rebases += rebases;
             if lag_ms.is_some() {
@@ -76,12 +94,18 @@ impl SyncMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         type Value = fn(&ConnectorCounters) -> Option<String>;
-        let series: [(&str, &str, &str, Value); 6] = [
+        let series: [(&str, &str, &str, Value); 7] = [
             (
                 "kyma_sync_rows_total",
                 "counter",
                 "Rows (versions and tombstones) committed by streaming.",
                 |c| Some(c.rows.to_string()),
+            ),
+            (
+                "kyma_sync_bytes_total",
+                "counter",
+                "Bytes of the extents committed by snapshots and streaming.",
+                |c| Some(c.bytes.to_string()),
             ),
             (
                 "kyma_sync_snapshot_rows_total",
@@ -161,15 +185,17 @@ mod tests {
     #[test]
     fn renders_counters_per_connector() {
         let metrics = SyncMetrics::default();
-        metrics.snapshot_committed("pg", 1000);
-        metrics.batch_committed("pg", 7, 1, Some(250));
-        metrics.batch_committed("pg", 3, 0, None);
+        let synced = |rows, bytes| Synced { rows, bytes };
+        metrics.snapshot_committed("pg", synced(1000, 40_000));
+        metrics.batch_committed("pg", synced(7, 900), 1, Some(250));
+        metrics.batch_committed("pg", synced(3, 100), 0, None);
         metrics.error("pg", true);
         let mut text = String::new();
         metrics.render(&mut text);
         for line in [
             "kyma_sync_rows_total{connector=\"pg\"} 10",
             "kyma_sync_snapshot_rows_total{connector=\"pg\"} 1000",
+            "kyma_sync_bytes_total{connector=\"pg\"} 41000",
             "kyma_sync_commits_total{connector=\"pg\"} 3",
             "kyma_sync_commit_conflicts_total{connector=\"pg\"} 1",
             "kyma_sync_lag_seconds{connector=\"pg\"} 0.25",

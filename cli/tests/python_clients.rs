@@ -1,7 +1,8 @@
-//! kyma through the Python clients (ADBC `adbc_driver_flightsql` and `pyarrow.flight`) against
-//! real `kyma` processes: a standalone session that survives a restart, and two query nodes on
-//! etcd and S3 that see each other's commits. The script is tests/python/kyma_clients.py;
-//! `scripts/test` installs the clients into a virtualenv and sets KYMA_TEST_PYTHON.
+//! kyma through the Python clients (ADBC `adbc_driver_flightsql` and `pyarrow.flight`, and
+//! pandas and Polars reading through ADBC) against real `kyma` processes: a standalone session
+//! that survives a restart, the quick start's DataFrame reads, and two query nodes on etcd and S3
+//! that see each other's commits. The script is tests/python/kyma_clients.py; `scripts/test`
+//! installs the clients into a virtualenv and sets KYMA_TEST_PYTHON.
 
 mod common;
 
@@ -20,7 +21,7 @@ fn python() -> PathBuf {
         .expect("KYMA_TEST_PYTHON or HOME");
     assert!(
         python.is_file(),
-        "{} is missing: run ./scripts/test, which installs adbc_driver_flightsql and pyarrow into a virtualenv (or point KYMA_TEST_PYTHON at a Python that has them)",
+        "{} is missing: run ./scripts/test, which installs adbc_driver_flightsql, pyarrow, pandas and polars into a virtualenv (or point KYMA_TEST_PYTHON at a Python that has them)",
         python.display()
     );
     python
@@ -70,6 +71,16 @@ fn python_adbc_session_against_standalone_survives_a_restart() {
     let mut again = Kyma::spawn(&["standalone", "--data-dir", &data, &grpc]);
     again.wait_for_200("/readyz");
     clients(&["after-restart", &uri], &[&again]);
+}
+
+#[test]
+fn pandas_and_polars_read_a_standalone_through_adbc() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().to_string_lossy().into_owned();
+    let (grpc, uri) = grpc_port();
+    let mut kyma = Kyma::spawn(&["standalone", "--data-dir", &data, &grpc]);
+    kyma.wait_for_200("/readyz");
+    clients(&["dataframes", &uri], &[&kyma]);
 }
 
 #[test]

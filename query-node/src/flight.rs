@@ -146,7 +146,12 @@ impl KymaFlightSqlService {
         query_id: Option<String>,
     ) -> Result<(Outcome, QueryTracker), Status> {
         let started = Instant::now();
-        let mut tracker = QueryTracker::new(self.engine.queries().clone(), query_id, sql);
+        let mut tracker = QueryTracker::new(
+            self.engine.queries().clone(),
+            self.metrics.clone(),
+            query_id,
+            sql,
+        );
         let result = self.engine.execute(sql, params).await;
         self.metrics.statement(started.elapsed(), result.is_ok());
         match result {
@@ -226,11 +231,11 @@ impl KymaFlightSqlService {
         mut handle: Handle,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let described = self
-            .engine
-            .describe(&handle.sql)
-            .await
-            .map_err(|e| status_of(&e))?;
+        let started = Instant::now();
+        let described = match self.engine.describe(&handle.sql).await {
+            Ok(described) => described,
+            Err(e) => return Err(self.refused(&handle.sql, started, &e)),
+        };
         let query_id = uuid::Uuid::now_v7().to_string();
         handle.query_id = Some(query_id.clone());
         if !described.is_query {
@@ -257,6 +262,21 @@ impl KymaFlightSqlService {
         .into_inner()
         .with_app_metadata(serde_json::to_vec(&metadata).unwrap_or_default());
         Ok(Response::new(info))
+    }
+
+    /// A statement that failed before it ran (while planned for its FlightInfo): counted
+    /// as a failed statement and recorded in `kyma.system.queries` with its error.
+    fn refused(&self, sql: &str, started: Instant, error: &DataFusionError) -> Status {
+        self.metrics.statement(started.elapsed(), false);
+        let mut tracker = QueryTracker::new(
+            self.engine.queries().clone(),
+            self.metrics.clone(),
+            None,
+            sql,
+        );
+        tracker.started = started;
+        tracker.fail(error.to_string());
+        status_of(error)
     }
 
     async fn catalog_entries(&self) -> Vec<(String, String, String, &'static str, SchemaRef)> {
@@ -828,6 +848,7 @@ impl FlightSqlService for KymaFlightSqlService {
             .ingest(&table, mode, &schema, Box::pin(batches))
             .await;
         self.metrics.statement(started.elapsed(), result.is_ok());
+        self.metrics.completed(started.elapsed());
         let rows = result.map_err(|e| status_of(&e))?;
         self.metrics.rows_ingested(rows);
         Ok(i64::try_from(rows).unwrap_or(i64::MAX))
@@ -913,6 +934,7 @@ impl FlightSqlService for KymaFlightSqlService {
 /// A statement on its way into `kyma.system.queries`: recorded when dropped.
 struct QueryTracker {
     log: Arc<QueryLog>,
+    metrics: Arc<QueryMetrics>,
     record: QueryRecord,
     started: Instant,
     plan: Option<Arc<dyn ExecutionPlan>>,
@@ -920,12 +942,18 @@ struct QueryTracker {
 }
 
 impl QueryTracker {
-    fn new(log: Arc<QueryLog>, query_id: Option<String>, sql: &str) -> Self {
+    fn new(
+        log: Arc<QueryLog>,
+        metrics: Arc<QueryMetrics>,
+        query_id: Option<String>,
+        sql: &str,
+    ) -> Self {
         let started_at_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
         Self {
             log,
+            metrics,
             record: QueryRecord {
                 query_id: query_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
                 sql: sql.to_owned(),
@@ -951,7 +979,10 @@ impl QueryTracker {
 impl Drop for QueryTracker {
     fn drop(&mut self) {
         let mut record = self.record.clone();
-        record.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = self.started.elapsed();
+        record.duration_ms = elapsed.as_secs_f64() * 1000.0;
+        self.metrics.completed(elapsed);
+        self.metrics.pushdown(&record.pushdown);
         if let Some(plan) = &self.plan {
             record.source_bytes = source_bytes(plan);
         }

@@ -1,15 +1,18 @@
-"""kyma through the Python clients a data engineer uses: ADBC (adbc_driver_flightsql) and
-pyarrow.flight. Run by cli/tests/python_clients.rs against real `kyma` processes.
+"""kyma through the Python clients a data engineer uses: ADBC (adbc_driver_flightsql),
+pyarrow.flight, and pandas and Polars reading through ADBC. Run by cli/tests/python_clients.rs
+against real `kyma` processes.
 
     kyma_clients.py session URI        ingest, query, prepared statement, metadata, widening,
                                        bracket access into dynamic, raw pyarrow.flight
     kyma_clients.py after-restart URI  the session's data is all still there
     kyma_clients.py write URI TABLE    ingest a few rows into TABLE
     kyma_clients.py wait-read URI TABLE  poll until TABLE shows those rows (another node)
+    kyma_clients.py dataframes URI     pd.read_sql and pl.read_database on the ADBC connection
 """
 
 import sys
 import time
+import warnings
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import pyarrow as pa
@@ -145,6 +148,82 @@ def wait_read(uri, table):
             time.sleep(0.05)
 
 
+def dataframes(uri):
+    import pandas as pd
+    import polars as pl
+
+    with connect(uri) as conn, conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE kyma.default.trips "
+            "(id long NOT NULL, city string, fare real, paid bool, at timestamp, riders long)"
+        )
+        cur.execute(
+            "INSERT INTO trips VALUES "
+            "(1, 'Oslo', 12.5, true, TIMESTAMP '2024-05-01 12:00:00', 2), "
+            "(2, 'Lima', 7.25, false, TIMESTAMP '2024-05-01 12:30:00', NULL), "
+            "(3, 'Oslo', 30.0, true, TIMESTAMP '2024-05-02 08:15:00', 1)"
+        )
+
+        # Both take the ADBC DBAPI connection as it is: pandas must not warn that it is not
+        # SQLAlchemy, and Polars needs execute_options only to pass parameters.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            df = pd.read_sql("SELECT * FROM trips ORDER BY id", conn)
+            by_city = pd.read_sql(
+                "SELECT city, count(*) AS n, sum(fare) AS total FROM trips GROUP BY city ORDER BY city", conn
+            )
+            pl_df = pl.read_database("SELECT * FROM trips ORDER BY id", conn)
+            one = pl.read_database(
+                "SELECT city FROM trips WHERE id = ?", conn, execute_options={"parameters": (2,)}
+            )
+        check(not caught, f"warnings: {[str(w.message) for w in caught]}")
+
+        dtypes = {name: str(dtype) for name, dtype in df.dtypes.items()}
+        check(
+            dtypes
+            == {
+                "id": "int64",
+                "city": "str",
+                "fare": "float64",
+                "paid": "bool",
+                "at": "datetime64[us, UTC]",
+                "riders": "float64",  # a long with a NULL: pandas' NaN
+            },
+            f"pandas dtypes: {dtypes}",
+        )
+        check(len(df) == 3 and df["id"].tolist() == [1, 2, 3], f"pandas rows: {df}")
+        check(df["city"].tolist() == ["Oslo", "Lima", "Oslo"], f"pandas strings: {df}")
+        check(df["fare"].tolist() == [12.5, 7.25, 30.0], f"pandas reals: {df}")
+        check(df["paid"].tolist() == [True, False, True], f"pandas bools: {df}")
+        check(df["at"][2] == pd.Timestamp("2024-05-02 08:15:00", tz="UTC"), f"pandas timestamps: {df}")
+        check(df["riders"][0] == 2 and pd.isna(df["riders"][1]), f"pandas NULL: {df}")
+        check(
+            by_city.to_dict("list") == {"city": ["Lima", "Oslo"], "n": [1, 2], "total": [7.25, 42.5]},
+            f"pandas aggregate: {by_city}",
+        )
+        check(str(by_city.dtypes["n"]) == "int64", f"count(*) dtype: {by_city.dtypes}")
+
+        check(
+            pl_df.schema
+            == pl.Schema(
+                {
+                    "id": pl.Int64,
+                    "city": pl.String,
+                    "fare": pl.Float64,
+                    "paid": pl.Boolean,
+                    "at": pl.Datetime("us", "UTC"),
+                    "riders": pl.Int64,
+                }
+            ),
+            f"polars schema: {pl_df.schema}",
+        )
+        check(pl_df.height == 3, f"polars rows: {pl_df}")
+        check(pl_df["riders"].to_list() == [2, None, 1], f"polars NULL stays a null Int64: {pl_df}")
+        check(pl_df["city"].to_list() == ["Oslo", "Lima", "Oslo"], f"polars strings: {pl_df}")
+        check(pl_df["at"][0].isoformat() == "2024-05-01T12:00:00+00:00", f"polars timestamps: {pl_df}")
+        check(one.to_dict(as_series=False) == {"city": ["Lima"]}, f"polars parameter: {one}")
+
+
 def varint(n):
     out = bytearray()
     while True:
@@ -166,6 +245,12 @@ def statement_query(sql):
 
 
 if __name__ == "__main__":
-    commands = {"session": session, "after-restart": after_restart, "write": write, "wait-read": wait_read}
+    commands = {
+        "session": session,
+        "after-restart": after_restart,
+        "write": write,
+        "wait-read": wait_read,
+        "dataframes": dataframes,
+    }
     commands[sys.argv[1]](*sys.argv[2:])
     print(f"{sys.argv[1]}: ok")

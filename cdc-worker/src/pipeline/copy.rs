@@ -10,6 +10,7 @@ use kyma_table::synced::{SnapshotMeta, snapshot_rows};
 use super::tables::key_indices;
 use super::{ConnectorSync, now_micros};
 use crate::error::SyncError;
+use crate::metrics::Synced;
 
 impl ConnectorSync {
     /// Copies every pending table under `snapshot`, then ends it. Creates the cursor at the
@@ -97,8 +98,13 @@ impl ConnectorSync {
         let states = BTreeMap::from([(table.clone(), copied.clone())]);
         let committed = self.cursor.commit(batch, &cursor_position, &states).await?;
         tracing::info!(connector = %self.spec.name, table = %table, position = %position, rows = done, revision = committed.revision, "table copied");
-        self.ctx.metrics.snapshot_committed(&self.spec.name, done);
-        self.status.table(&key).rows_synced = done;
+        let bytes = committed.bytes.get(&table).copied().unwrap_or(0);
+        self.ctx
+            .metrics
+            .snapshot_committed(&self.spec.name, Synced { rows: done, bytes });
+        let status = self.status.table(&key);
+        status.rows_synced = done;
+        status.bytes_synced = bytes;
         self.status.show(&key, &copied);
         if let Some(run) = self.tables.get_mut(id) {
             run.state = copied;

@@ -20,6 +20,7 @@ use super::tables::{ColumnMap, Shape, TableRun};
 use super::{ConnectorSync, Ended, now_micros, scope_of};
 use crate::batch::SyncBatch;
 use crate::error::SyncError;
+use crate::metrics::Synced;
 
 /// The open source transaction.
 struct OpenTransaction {
@@ -508,9 +509,9 @@ impl ConnectorSync {
         };
         stages.trace(&self.spec.name, committed.revision);
         for run in self.tables.values() {
-            if let Some(rows) = committed.rows.get(&run.table) {
-                self.status.table(&run.key()).rows_synced += rows;
-            }
+            let table = self.status.table(&run.key());
+            table.rows_synced += committed.rows.get(&run.table).copied().unwrap_or(0);
+            table.bytes_synced += committed.bytes.get(&run.table).copied().unwrap_or(0);
         }
         let compaction = self.ctx.compaction_options(&self.spec);
         for (table, extents) in &committed.extents {
@@ -527,7 +528,10 @@ impl ConnectorSync {
         }
         self.ctx.metrics.batch_committed(
             &self.spec.name,
-            committed.rows.values().sum(),
+            Synced {
+                rows: committed.rows.values().sum(),
+                bytes: committed.bytes.values().sum(),
+            },
             committed.rebases,
             lag_ms,
         );
