@@ -9,19 +9,24 @@
 //!   `=` nor `!=`, as SQL NULL does.
 //! - The typed readers (`dynamic_long`, `dynamic_real`, `dynamic_string`, `dynamic_bool`,
 //!   `dynamic_timestamp`) and `dynamic_to_json` can also be called directly.
+//! - `parse_json(text)` makes a dynamic value of JSON text (an error when it is not JSON);
+//!   text an INSERT writes into a dynamic column goes through it
+//!   ([`DynamicFunctions::parse_inserted_text`]). Clients read dynamic values as JSON text
+//!   (`crate::wire`).
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, StringArray};
+use arrow::array::{ArrayRef, AsArray, BinaryBuilder, StringArray};
 use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ExprSchema, Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::planner::{
     ExprPlanner, PlannerResult, RawBinaryExpr, RawFieldAccessExpr,
 };
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ExprSchemable, GetFieldAccess, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, Volatility, lit,
+    Cast, ColumnarValue, DmlStatement, Expr, ExprSchemable, GetFieldAccess, LogicalPlan,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, WriteOp, lit,
 };
 use datafusion::sql::sqlparser::ast::BinaryOperator;
 use kyma_catalog::KymaType;
@@ -29,6 +34,9 @@ use kyma_table::dynamic;
 
 /// Name of the path reader that returns CBOR.
 pub const DYNAMIC_GET: &str = "dynamic_get";
+
+/// Name of the function parsing JSON text into a dynamic value.
+pub const PARSE_JSON: &str = "parse_json";
 
 /// Reads a path out of a dynamic value as one kyma type (`Dynamic`: the CBOR found).
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -102,6 +110,54 @@ impl ScalarUDFImpl for DynamicToJson {
     }
 }
 
+/// Parses JSON text into dynamic values; text that is not JSON is an error naming it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ParseJson {
+    signature: Signature,
+}
+
+/// The most characters of a bad value an error shows.
+const SHOWN_CHARS: usize = 60;
+
+impl ScalarUDFImpl for ParseJson {
+    fn name(&self) -> &str {
+        PARSE_JSON
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Binary)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [value] = args.args.as_slice() else {
+            return exec_err!("parse_json takes one text value");
+        };
+        let text = arrow::compute::cast(&value.to_array(args.number_rows)?, &DataType::Utf8)?;
+        let mut out = BinaryBuilder::with_capacity(text.len(), text.len() * 16);
+        for value in text.as_string::<i32>() {
+            let Some(value) = value else {
+                out.append_null();
+                continue;
+            };
+            match dynamic::from_json_text(value) {
+                Ok(cbor) => out.append_value(cbor),
+                Err(e) => {
+                    let shown: String = value.chars().take(SHOWN_CHARS).collect();
+                    let more = if shown.len() < value.len() { "…" } else { "" };
+                    return exec_err!(
+                        "text written into a dynamic value must be JSON (quote a plain string: '\"text\"'); `{shown}{more}` is not: {e}"
+                    );
+                }
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
 fn path_steps(name: &str, steps: &[ColumnarValue]) -> Result<Vec<String>> {
     steps
         .iter()
@@ -138,6 +194,7 @@ pub struct DynamicFunctions {
     boolean: Arc<ScalarUDF>,
     timestamp: Arc<ScalarUDF>,
     to_json: Arc<ScalarUDF>,
+    parse_json: Arc<ScalarUDF>,
 }
 
 impl Default for DynamicFunctions {
@@ -159,6 +216,9 @@ impl Default for DynamicFunctions {
             to_json: Arc::new(ScalarUDF::from(DynamicToJson {
                 signature: Signature::any(1, Volatility::Immutable),
             })),
+            parse_json: Arc::new(ScalarUDF::from(ParseJson {
+                signature: Signature::string(1, Volatility::Immutable),
+            })),
         }
     }
 }
@@ -174,7 +234,38 @@ impl DynamicFunctions {
             self.boolean.clone(),
             self.timestamp.clone(),
             self.to_json.clone(),
+            self.parse_json.clone(),
         ]
+    }
+
+    /// An INSERT's text written into dynamic columns is JSON: the planner casts it to
+    /// Binary (kyma's dynamic storage type), which would store the text's bytes; each such
+    /// cast becomes `parse_json`. Other plans are returned as they are.
+    pub fn parse_inserted_text(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        let LogicalPlan::Dml(DmlStatement {
+            op: WriteOp::Insert(_),
+            ..
+        }) = &plan
+        else {
+            return Ok(plan);
+        };
+        plan.transform_up(|node| {
+            let schema = node.inputs().first().map_or_else(
+                || Arc::new(DFSchema::empty()),
+                |input| input.schema().clone(),
+            );
+            node.map_expressions(|expr| {
+                expr.transform_up(|expr| match expr {
+                    Expr::Cast(Cast { expr: text, field })
+                        if field.data_type() == &DataType::Binary && is_text(&text, &schema) =>
+                    {
+                        Ok(Transformed::yes(self.parse_json.call(vec![*text])))
+                    }
+                    other => Ok(Transformed::no(other)),
+                })
+            })
+        })
+        .map(|transformed| transformed.data)
     }
 
     /// `dynamic_get(args)`, or the typed reader for `ty`.
@@ -223,6 +314,13 @@ impl DynamicPlanner {
     pub fn new(functions: DynamicFunctions) -> Self {
         Self { functions }
     }
+}
+
+fn is_text(expr: &Expr, schema: &DFSchema) -> bool {
+    matches!(
+        expr.get_type(schema as &dyn ExprSchema),
+        Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+    )
 }
 
 fn is_dynamic(expr: &Expr, schema: &DFSchema) -> bool {

@@ -60,6 +60,10 @@ pub enum Outcome {
 
 /// A running query.
 pub struct QueryRows {
+    /// The schema [`QueryEngine::describe`] announces for it (from the plan before
+    /// optimization): the stream's may differ in nullability (a folded constant is never
+    /// null), and clients check what they get against what was announced.
+    pub schema: SchemaRef,
     /// Its rows.
     pub stream: SendableRecordBatchStream,
     /// Its physical plan (metrics such as bytes read from sources are read from it when the
@@ -224,6 +228,7 @@ impl QueryEngine {
             ))?;
         }
         let is_command = matches!(plan, LogicalPlan::Dml(_));
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let is_explain = matches!(plan, LogicalPlan::Explain(_));
         let state = self.ctx.state();
         let optimized = state.optimize(&plan)?;
@@ -252,6 +257,7 @@ impl QueryEngine {
             stream
         };
         Ok(Outcome::Rows(QueryRows {
+            schema,
             stream,
             plan: physical,
             pushdown,
@@ -261,6 +267,7 @@ impl QueryEngine {
     async fn plan(&self, statement: DfStatement) -> Result<LogicalPlan> {
         load_live_tables(&statement, &self.sources).await?;
         let plan = self.ctx.state().statement_to_plan(statement).await?;
+        let plan = self.tables.functions.parse_inserted_text(plan)?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .verify_plan(&plan)
@@ -366,6 +373,11 @@ impl QueryEngine {
         batches: impl Stream<Item = Result<RecordBatch>> + Send + Unpin,
     ) -> Result<u64> {
         check_native(table)?;
+        let schema = &crate::wire::ingested_schema(schema);
+        let batches = batches.map(|batch| {
+            batch
+                .and_then(|batch| crate::wire::ingested_batch(batch).map_err(DataFusionError::from))
+        });
         let catalog = &self.tables.catalog;
         if mode == IngestMode::Replace {
             match catalog.drop_table(table).await {

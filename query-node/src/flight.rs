@@ -71,6 +71,7 @@ use crate::fence::PositionFence;
 use crate::metrics::QueryMetrics;
 use crate::provider::{DEFAULT_SCHEMA, KYMA_CATALOG, count_batch};
 use crate::queries::{QueryLog, QueryRecord};
+use crate::wire;
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
@@ -176,13 +177,19 @@ impl KymaFlightSqlService {
 
     fn stream_rows(&self, rows: QueryRows, tracker: QueryTracker) -> DoGetStream {
         let metrics = self.metrics.clone();
-        let schema = rows.stream.schema();
+        let schema = wire::client_schema(&rows.schema);
+        let client_schema = schema.clone();
         let batches = TrackedStream {
             inner: rows.stream,
             tracker,
         }
         .inspect_ok(move |b| metrics.rows_returned(b.num_rows() as u64))
-        .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))));
+        .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))))
+        .and_then(move |batch| {
+            futures::future::ready(
+                wire::client_batch(batch, &client_schema).map_err(FlightError::Arrow),
+            )
+        });
         Box::pin(
             FlightDataEncoderBuilder::new()
                 .with_schema(schema)
@@ -255,7 +262,7 @@ impl KymaFlightSqlService {
             "pushdown_summary": described.pushdown,
         });
         let info = flight_info(
-            &described.schema,
+            &wire::client_schema(&described.schema),
             ticket.as_any().encode_to_vec(),
             descriptor,
         )?
@@ -730,7 +737,13 @@ impl FlightSqlService for KymaFlightSqlService {
         let mut builder = query.into_builder();
         for (catalog, schema, table, kind, table_schema) in self.catalog_entries().await {
             builder
-                .append(catalog, schema, table, kind, &table_schema)
+                .append(
+                    catalog,
+                    schema,
+                    table,
+                    kind,
+                    &wire::client_schema(&table_schema),
+                )
                 .map_err(Status::from)?;
         }
         Ok(Response::new(batch_stream(
@@ -896,11 +909,11 @@ impl FlightSqlService for KymaFlightSqlService {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let described = self
-            .engine
-            .describe(&query.query)
-            .await
-            .map_err(|e| status_of(&e))?;
+        let started = Instant::now();
+        let described = match self.engine.describe(&query.query).await {
+            Ok(described) => described,
+            Err(e) => return Err(self.refused(&query.query, started, &e)),
+        };
         let parameters = Schema::new(
             described
                 .parameters
@@ -914,7 +927,7 @@ impl FlightSqlService for KymaFlightSqlService {
         };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode(),
-            dataset_schema: schema_ipc(&described.schema)?,
+            dataset_schema: schema_ipc(&wire::client_schema(&described.schema))?,
             parameter_schema: schema_ipc(&parameters)?,
         })
     }

@@ -16,6 +16,7 @@ pub mod queries;
 pub mod synced;
 pub mod table_functions;
 pub mod view;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

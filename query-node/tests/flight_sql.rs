@@ -140,10 +140,17 @@ async fn sql_ddl_and_insert_with_kyma_types() {
         "{text}"
     );
 
-    // The Arrow types are the kyma ones (SPEC §3).
+    // The Arrow types are the kyma ones (SPEC §3); `dynamic` reaches clients as JSON text
+    // of the canonical `arrow.json` extension type.
     let batches = query(&mut client, "SELECT * FROM docs")
         .await
         .expect("select *");
+    let body = batches[0].schema().field_with_name("body").expect("body").clone();
+    assert_eq!(
+        body.metadata().get("ARROW:extension:name").map(String::as_str),
+        Some("arrow.json"),
+        "{body:?}"
+    );
     let types: Vec<String> = batches[0]
         .schema()
         .fields()
@@ -158,7 +165,7 @@ async fn sql_ddl_and_insert_with_kyma_types() {
             "Float64",
             "Boolean",
             "Timestamp(µs, \"UTC\")",
-            "Binary",
+            "Utf8",
             "FixedSizeList(3 x Float32)",
             "Int32"
         ]

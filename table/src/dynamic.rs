@@ -105,6 +105,11 @@ pub fn as_timestamp_micros(value: &Value) -> Option<i64> {
     }
 }
 
+/// The dynamic value (CBOR) of JSON text.
+pub fn from_json_text(text: &str) -> Result<Vec<u8>, serde_json::Error> {
+    Ok(encode(&from_json(&serde_json::from_str(text)?)))
+}
+
 /// The CBOR value of a JSON value (the inverse of [`to_json`] for JSON's own types).
 pub fn from_json(value: &serde_json::Value) -> Value {
     use serde_json::Value as J;
