@@ -539,6 +539,11 @@ pub struct ConnectionSpec {
     /// Connections to open to the source at most.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
+    /// With `tls: verify-full`: names a secret (resolved like `secret_ref`) holding the PEM
+    /// certificates of the CAs the source's certificate must chain to, instead of the Web PKI
+    /// roots: a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_ref: Option<String>,
 }
 
 fn default_pool_size() -> u32 {

@@ -71,6 +71,7 @@ fn connector_spec(name: &str) -> ConnectorSpec {
             secret_ref: Some("pg_password".into()),
             tls: Default::default(),
             pool_size: 4,
+            tls_ca_ref: None,
         },
         scope: Default::default(),
         retention: Default::default(),

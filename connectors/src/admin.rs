@@ -248,7 +248,7 @@ pub fn parse_spec(body: &Value) -> Result<ConnectorSpec, ConnectorError> {
         Some(_) => {
             return Err(ConnectorError::invalid(
                 "connection",
-                "must be an object with url, secret_ref, tls, pool_size",
+                "must be an object with url, secret_ref, tls, pool_size, tls_ca_ref",
             ));
         }
         None => return Err(ConnectorError::invalid("connection", "is required")),
@@ -278,6 +278,15 @@ pub fn parse_spec(body: &Value) -> Result<ConnectorSpec, ConnectorError> {
     }
     if let Some(secret) = connection.get("secret_ref") {
         SecretResolver::check_name(secret.as_str().unwrap_or_default())?;
+    }
+    if let Some(ca) = connection.get("tls_ca_ref") {
+        SecretResolver::check_name_of("connection.tls_ca_ref", ca.as_str().unwrap_or_default())?;
+        if connection.get("tls").and_then(Value::as_str) != Some("verify-full") {
+            return Err(ConnectorError::invalid(
+                "connection.tls_ca_ref",
+                "a CA is only used to verify the source's certificate: set tls to verify-full",
+            ));
+        }
     }
     let spec: ConnectorSpec = serde_json::from_value(body.clone())
         .map_err(|e| ConnectorError::invalid("body", format!("{e}")))?;

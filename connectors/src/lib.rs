@@ -10,6 +10,7 @@ pub mod pool;
 pub mod postgres;
 pub mod registry;
 pub mod secrets;
+pub mod source_ca;
 pub mod sync;
 
 pub use admin::{ConnectorAdmin, ConnectorView};

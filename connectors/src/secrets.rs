@@ -61,6 +61,11 @@ impl SecretResolver {
 
     /// Checks that `name` can name a secret (letters, digits, `_`, `-`, `.`; no path).
     pub fn check_name(name: &str) -> Result<(), ConnectorError> {
+        Self::check_name_of("connection.secret_ref", name)
+    }
+
+    /// As [`SecretResolver::check_name`], for the secret named by `field`.
+    pub fn check_name_of(field: &str, name: &str) -> Result<(), ConnectorError> {
         let ok = !name.is_empty()
             && name.len() <= 253
             && !name.starts_with('.')
@@ -71,15 +76,20 @@ impl SecretResolver {
             Ok(())
         } else {
             Err(ConnectorError::invalid(
-                "connection.secret_ref",
+                field,
                 "a secret name uses letters, digits, `_`, `-` and `.` (and does not start with `.`)",
             ))
         }
     }
 
-    /// The value of secret `name`.
+    /// The value of secret `name` (named by `connection.secret_ref`).
     pub fn resolve(&self, name: &str) -> Result<Secret, ConnectorError> {
-        Self::check_name(name)?;
+        self.resolve_of("connection.secret_ref", name)
+    }
+
+    /// The value of secret `name`, named by `field` (errors name it).
+    pub fn resolve_of(&self, field: &str, name: &str) -> Result<Secret, ConnectorError> {
+        Self::check_name_of(field, name)?;
         let var = Self::env_var(name);
         if let Ok(value) = std::env::var(&var) {
             return Ok(Secret(value));
@@ -96,7 +106,7 @@ impl SecretResolver {
                 Ok(Secret(value))
             }
             Err(e) => Err(ConnectorError::invalid(
-                "connection.secret_ref",
+                field,
                 format!(
                     "secret `{name}` not found: set {var} or put it in {} ({})",
                     path.display(),

@@ -18,6 +18,7 @@ fn pool(pg: &Postgres, size: u32, limits: PoolLimits) -> std::sync::Arc<PgPool> 
         secret_ref: None,
         tls: TlsMode::Disable,
         pool_size: size,
+        tls_ca_ref: None,
     };
     Pool::new(
         PgConnect::new(spec, SecretResolver::new("/nonexistent")),

@@ -30,6 +30,7 @@ async fn source_columns_map_per_the_seed_table() {
         secret_ref: None,
         tls: TlsMode::Disable,
         pool_size: 1,
+        tls_ca_ref: None,
     };
     let client = connect(&spec, &SecretResolver::new("/nonexistent"))
         .await

@@ -70,6 +70,7 @@ pub fn spec_json(spec: &proto::ConnectorSpec) -> Value {
             ("secret_ref", c.secret_ref.as_ref().map(|v| json!(v))),
             ("tls", c.tls.as_ref().map(|v| json!(v))),
             ("pool_size", c.pool_size.map(|v| json!(v))),
+            ("tls_ca_ref", c.tls_ca_ref.as_ref().map(|v| json!(v))),
         ];
         connection.extend(
             optional
@@ -141,6 +142,7 @@ pub fn spec_proto(spec: &ConnectorSpec) -> proto::ConnectorSpec {
             secret_ref: spec.connection.secret_ref.clone(),
             tls: Some(json_name(&spec.connection.tls)),
             pool_size: Some(spec.connection.pool_size),
+            tls_ca_ref: spec.connection.tls_ca_ref.clone(),
         }),
         scope: Some(proto::Scope {
             include_schemas: spec.scope.include_schemas.clone(),

@@ -145,9 +145,15 @@ async fn sql_ddl_and_insert_with_kyma_types() {
     let batches = query(&mut client, "SELECT * FROM docs")
         .await
         .expect("select *");
-    let body = batches[0].schema().field_with_name("body").expect("body").clone();
+    let body = batches[0]
+        .schema()
+        .field_with_name("body")
+        .expect("body")
+        .clone();
     assert_eq!(
-        body.metadata().get("ARROW:extension:name").map(String::as_str),
+        body.metadata()
+            .get("ARROW:extension:name")
+            .map(String::as_str),
         Some("arrow.json"),
         "{body:?}"
     );

@@ -301,6 +301,7 @@ fn connector_of(
             secret_ref: None,
             tls: TlsMode::Disable,
             pool_size: 2,
+            tls_ca_ref: None,
         },
         scope: ScopeSpec::default(),
         retention: Default::default(),

@@ -163,6 +163,7 @@ fn connector(server: &MariaDb) -> ConnectorSpec {
             secret_ref: None,
             tls: TlsMode::Disable,
             pool_size: 1,
+            tls_ca_ref: None,
         },
         scope: ScopeSpec {
             include_schemas: vec![DATABASE.into()],

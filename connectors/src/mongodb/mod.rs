@@ -20,7 +20,8 @@
 //!   attempt does not reach the server (the driver reports a failed handshake that way;
 //!   MongoDB has no in-protocol upgrade to TLS).
 //! - `required`: TLS or fail; the certificate is not checked.
-//! - `verify-full`: TLS with the certificate checked against the Web PKI roots and the host.
+//! - `verify-full`: TLS with the certificate checked against the Web PKI roots (or the
+//!   connector's own CA, `connection.tls_ca_ref`: [`crate::source_ca`]) and the host.
 //!
 //! # Errors
 //!
@@ -45,6 +46,7 @@ use mongodb::options::{ClientOptions, Credential, Tls, TlsOptions};
 use crate::error::ConnectorError;
 use crate::registry::{SourceInfo, SourceKind};
 use crate::secrets::SecretResolver;
+use crate::source_ca::SourceCa;
 use crate::sync::{ChangeSource, SourcePosition};
 
 /// How long finding a server may take before the source counts as unreachable.
@@ -120,7 +122,10 @@ async fn options(
                 .allow_invalid_certificates(true)
                 .build(),
         ),
-        TlsMode::VerifyFull => Tls::Enabled(TlsOptions::default()),
+        TlsMode::VerifyFull => Tls::Enabled(match SourceCa::of(spec, secrets)? {
+            Some(ca) => TlsOptions::builder().ca_file_path(ca.file()?).build(),
+            None => TlsOptions::default(),
+        }),
     });
     options.max_pool_size = Some(spec.pool_size.max(1));
     options.server_selection_timeout = Some(SELECTION_TIMEOUT);

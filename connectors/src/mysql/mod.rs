@@ -13,8 +13,8 @@
 //! - `disable`: plaintext.
 //! - `prefer`: TLS when the server offers it, else plaintext; the certificate is not checked.
 //! - `required`: TLS or fail; the certificate is not checked.
-//! - `verify-full`: TLS with the certificate checked against the Web PKI roots and the host
-//!   name.
+//! - `verify-full`: TLS with the certificate checked against the Web PKI roots (or the
+//!   connector's own CA, `connection.tls_ca_ref`: [`crate::source_ca`]) and the host name.
 //!
 //! # Errors
 //!
@@ -41,6 +41,7 @@ use crate::error::ConnectorError;
 use crate::pool::Endpoint;
 use crate::registry::{SourceInfo, SourceKind};
 use crate::secrets::SecretResolver;
+use crate::source_ca::SourceCa;
 use crate::sync::{ChangeSource, SourcePosition};
 
 /// How long connecting may take before the source counts as unreachable.
@@ -168,7 +169,12 @@ fn options(
                 .with_danger_accept_invalid_certs(true)
                 .with_danger_skip_domain_validation(true),
         ),
-        TlsMode::VerifyFull => Some(SslOpts::default()),
+        TlsMode::VerifyFull => Some(match SourceCa::of(spec, secrets)? {
+            Some(ca) => SslOpts::default()
+                .with_root_certs(vec![ca.pem().as_bytes().to_vec().into()])
+                .with_disable_built_in_roots(true),
+            None => SslOpts::default(),
+        }),
     };
     let builder = OptsBuilder::default()
         .ip_or_hostname(at.host)

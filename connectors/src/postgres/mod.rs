@@ -10,8 +10,8 @@
 //! - `prefer`: TLS when the server offers it, else plaintext; the certificate is not checked
 //!   (libpq's `prefer`).
 //! - `required`: TLS or fail; the certificate is not checked (libpq's `require`).
-//! - `verify-full`: TLS with the certificate checked against the Web PKI roots and the host
-//!   name.
+//! - `verify-full`: TLS with the certificate checked against the Web PKI roots (or the
+//!   connector's own CA, `connection.tls_ca_ref`: [`crate::source_ca`]) and the host name.
 //!
 //! # Errors
 //!
@@ -43,6 +43,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::error::ConnectorError;
 use crate::registry::{SourceInfo, SourceKind};
 use crate::secrets::SecretResolver;
+use crate::source_ca::SourceCa;
 use crate::sync::{ChangeSource, SourcePosition};
 
 /// How long connecting may take before the source counts as unreachable.
@@ -98,7 +99,8 @@ pub async fn connect(
     });
     config.connect_timeout(CONNECT_TIMEOUT);
     let where_ = endpoint(&config);
-    let connecting = config.connect(tls_connector(spec.tls)?);
+    let ca = SourceCa::of(spec, secrets)?;
+    let connecting = config.connect(tls_connector(spec.tls, ca.as_ref())?);
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| ConnectorError::Unreachable {
@@ -209,14 +211,23 @@ fn classify(e: &tokio_postgres::Error, where_: &str, user: &str, tls: TlsMode) -
     }
 }
 
-fn tls_connector(mode: TlsMode) -> Result<MakeRustlsConnect, ConnectorError> {
+fn tls_connector(
+    mode: TlsMode,
+    ca: Option<&SourceCa>,
+) -> Result<MakeRustlsConnect, ConnectorError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectorError::invalid("connection.tls", e.to_string()))?;
     let config = if mode == TlsMode::VerifyFull {
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let roots = ca.map_or_else(
+            || {
+                let mut roots = RootCertStore::empty();
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                roots
+            },
+            SourceCa::roots,
+        );
         builder.with_root_certificates(roots).with_no_client_auth()
     } else {
         builder

@@ -112,6 +112,7 @@ mod tests {
             secret_ref: None,
             tls: TlsMode::Disable,
             pool_size: 1,
+            tls_ca_ref: None,
         };
         PgConnect::new(spec, SecretResolver::new("/nonexistent")).endpoint()
     }

@@ -159,6 +159,7 @@ pub fn federation_connector(
             secret_ref: None,
             tls: Some(tls.into()),
             pool_size: Some(4),
+            tls_ca_ref: None,
         }),
         scope: None,
         retention: None,

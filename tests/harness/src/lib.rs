@@ -19,9 +19,11 @@
 
 mod process;
 mod servers;
+mod tls;
 
 pub use process::{HarnessError, ServerProcess, free_port, http_get};
 pub use servers::{Etcd, MariaDb, Postgres, S3};
+pub use tls::{Issued, TestCa};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,7 +1,8 @@
 //! The four servers.
 
 use std::fs;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use crate::process::{
     HarnessError, Launch, RunAs, ServerProcess, accepts, free_port, http_get, io, output, require,
     run, running_as_root, scratch_dir, system_user,
 };
+use crate::tls::TestCa;
 
 /// How [`Postgres::rows`] has psql separate cells and records and show NULL: control
 /// characters that no test data holds.
@@ -133,6 +135,16 @@ pub struct Postgres {
 impl Postgres {
     /// Runs initdb and starts the server on a free loopback port.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::launch(None)
+    }
+
+    /// As [`Postgres::start`], serving TLS with a certificate `ca` issues for `127.0.0.1`
+    /// and `localhost` (not shared: each call starts a server).
+    pub fn start_tls(ca: &TestCa) -> Result<Self, HarnessError> {
+        Self::launch(Some(ca))
+    }
+
+    fn launch(ca: Option<&TestCa>) -> Result<Self, HarnessError> {
         let bin = PathBuf::from(
             std::env::var("KYMA_TEST_PG_BIN")
                 .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
@@ -189,6 +201,10 @@ impl Postgres {
             "-c".into(),
             "fsync=off".into(),
         ];
+        let args = match ca {
+            Some(ca) => [args, tls_args(ca, &dir, run_as)?].concat(),
+            None => args,
+        };
         let process = ServerProcess::start(Launch {
             name: "postgres".into(),
             program: postgres,
@@ -219,6 +235,11 @@ impl Postgres {
     /// The port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// A program of this server's installation (`psql`, `pg_recvlogical`, …).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
     }
 
     /// A URL for `database` as the `postgres` superuser.
@@ -350,6 +371,31 @@ fn shared_memory_attached(id: &str) -> bool {
         let fields: Vec<&str> = line.split_whitespace().collect();
         fields.get(1) == Some(&id) && fields.get(6).is_some_and(|n| *n != "0")
     })
+}
+
+/// The server settings for TLS with a certificate `ca` issues, its files copied into the
+/// server's directory `dir` and handed to its user (PostgreSQL refuses a key others can read).
+fn tls_args(ca: &TestCa, dir: &Path, run_as: Option<RunAs>) -> Result<Vec<String>, HarnessError> {
+    let issued = ca.issue("postgres", &["DNS:localhost", "IP:127.0.0.1"])?;
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    fs::copy(&issued.cert, &cert).map_err(io("copying the server certificate"))?;
+    fs::copy(&issued.key, &key).map_err(io("copying the server key"))?;
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
+        .map_err(io("restricting the server key"))?;
+    if let Some(owner) = run_as {
+        for file in [&cert, &key] {
+            std::os::unix::fs::chown(file, Some(owner.uid), Some(owner.gid))
+                .map_err(io("handing the TLS files to the server's user"))?;
+        }
+    }
+    Ok(vec![
+        "-c".into(),
+        "ssl=on".into(),
+        "-c".into(),
+        format!("ssl_cert_file={}", cert.display()),
+        "-c".into(),
+        format!("ssl_key_file={}", key.display()),
+    ])
 }
 
 // ----- MariaDB -------------------------------------------------------------------------------

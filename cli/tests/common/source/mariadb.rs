@@ -69,6 +69,7 @@ impl MariaDbSource {
             secret_ref: None,
             tls: TlsMode::Disable,
             pool_size: 1,
+            tls_ca_ref: None,
         }
     }
 

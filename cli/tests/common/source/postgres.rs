@@ -213,6 +213,7 @@ pub async fn connect_source(
         secret_ref: None,
         tls: kyma_catalog::TlsMode::Disable,
         pool_size: 1,
+        tls_ca_ref: None,
     };
     kyma_connectors::postgres::connect(&spec, &SecretResolver::new("/nonexistent")).await
 }

@@ -9,6 +9,7 @@ use crate::error::ConnectorError;
 use crate::postgres::quote_ident;
 use crate::postgres::types::{Mapped, SourceColumn, kyma_type, source_columns};
 use crate::secrets::SecretResolver;
+use crate::source_ca::SourceCa;
 use crate::sync::{Fence, SourcePosition, SourceTable, TableId};
 
 /// The source objects a connector owns.
@@ -431,7 +432,11 @@ pub fn replication_conninfo(
         quote(REPLICATION_SESSION)
     );
     if spec.tls == TlsMode::VerifyFull {
-        info.push_str(&format!(" sslrootcert={}", quote(SYSTEM_ROOTS)));
+        let roots = match SourceCa::of(spec, secrets)? {
+            Some(ca) => ca.file()?.display().to_string(),
+            None => SYSTEM_ROOTS.to_owned(),
+        };
+        info.push_str(&format!(" sslrootcert={}", quote(&roots)));
     }
     if let Some(name) = &spec.secret_ref {
         info.push_str(&format!(
@@ -515,6 +520,7 @@ mod tests {
             secret_ref: None,
             tls: TlsMode::VerifyFull,
             pool_size: 1,
+            tls_ca_ref: None,
         };
         let info =
             replication_conninfo(&spec, &SecretResolver::new("/nonexistent")).expect("conninfo");

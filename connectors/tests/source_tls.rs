@@ -1,0 +1,106 @@
+//! Sources over TLS with `verify-full` against the connector's own CA
+//! (`connection.tls_ca_ref`), on a real PostgreSQL serving a certificate from a test CA: the
+//! federation connection (rustls) and the replication connection's libpq settings both
+//! verify the chain and the host name; another CA, the Web PKI roots, or a CA without
+//! `verify-full` are refused naming the field to fix.
+
+use std::process::Command;
+
+use kyma_catalog::{ConnectionSpec, TlsMode};
+use kyma_connectors::SecretResolver;
+use kyma_connectors::postgres::connect;
+use kyma_connectors::postgres::sync::replication_conninfo;
+use kyma_test_harness::{Postgres, TestCa};
+
+fn spec(pg: &Postgres, host: &str, tls: TlsMode, ca: Option<&str>) -> ConnectionSpec {
+    ConnectionSpec {
+        url: format!("postgres://postgres@{host}:{}/postgres", pg.port()),
+        secret_ref: None,
+        tls,
+        pool_size: 1,
+        tls_ca_ref: ca.map(str::to_owned),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_checks_the_source_against_the_connectors_own_ca() {
+    let ca = TestCa::new("source").expect("CA");
+    let stranger = TestCa::new("stranger").expect("another CA");
+    let pg = Postgres::start_tls(&ca).expect("postgres with TLS");
+    let secrets_dir = tempfile::tempdir().expect("secrets");
+    std::fs::write(secrets_dir.path().join("pg-ca"), ca.pem().expect("pem")).expect("write");
+    std::fs::write(
+        secrets_dir.path().join("other-ca"),
+        stranger.pem().expect("pem"),
+    )
+    .expect("write");
+    let secrets = SecretResolver::new(secrets_dir.path());
+
+    // Federation (rustls): the chain and the host name, by IP and by DNS name.
+    for host in ["127.0.0.1", "localhost"] {
+        let client = connect(
+            &spec(&pg, host, TlsMode::VerifyFull, Some("pg-ca")),
+            &secrets,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("verify-full to {host} with the right CA: {e}"));
+        let encrypted: bool = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl")
+            .try_get(0)
+            .expect("bool");
+        assert!(encrypted, "the connection is encrypted");
+    }
+    for (tls, ca, field) in [
+        (TlsMode::VerifyFull, Some("other-ca"), "connection.tls"),
+        (TlsMode::VerifyFull, None, "connection.tls"),
+        (TlsMode::Required, Some("pg-ca"), "connection.tls_ca_ref"),
+        (
+            TlsMode::VerifyFull,
+            Some("no-such-ca"),
+            "connection.tls_ca_ref",
+        ),
+    ] {
+        let error = connect(&spec(&pg, "127.0.0.1", tls, ca), &secrets)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{tls:?} with {ca:?} must be refused"));
+        assert_eq!(error.field(), Some(field), "{tls:?} with {ca:?}: {error}");
+    }
+
+    // Replication (libpq): the conninfo points sslrootcert at the CA, and libpq verifies.
+    let psql = |conninfo: String| {
+        Command::new(pg.program("psql"))
+            .arg(conninfo)
+            .args(["-Atc", "IDENTIFY_SYSTEM"])
+            .output()
+            .expect("run psql")
+    };
+    let good = replication_conninfo(
+        &spec(&pg, "localhost", TlsMode::VerifyFull, Some("pg-ca")),
+        &secrets,
+    )
+    .expect("conninfo");
+    let identified = psql(good);
+    assert!(
+        identified.status.success(),
+        "libpq verify-full with the CA: {}",
+        String::from_utf8_lossy(&identified.stderr)
+    );
+    let bad = replication_conninfo(
+        &spec(&pg, "localhost", TlsMode::VerifyFull, Some("other-ca")),
+        &secrets,
+    )
+    .expect("conninfo");
+    let refused = psql(bad);
+    assert!(
+        !refused.status.success(),
+        "libpq accepted a certificate from another CA"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("certificate verify failed"), "{said}");
+}
