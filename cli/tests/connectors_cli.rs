@@ -352,3 +352,52 @@ fn connectors_are_managed_end_to_end_from_the_cli() {
         "the password leaked into the node's log"
     );
 }
+
+#[test]
+fn the_cli_verifies_a_tls_node_against_the_ca_it_is_given() {
+    let ca = kyma_test_harness::TestCa::new("node").expect("CA");
+    let issued = ca
+        .issue("node", &["DNS:localhost", "IP:127.0.0.1"])
+        .expect("certificate");
+    let ca_file = tempfile::NamedTempFile::new().expect("CA file");
+    std::fs::write(ca_file.path(), ca.pem().expect("pem")).expect("write");
+    let data = tempfile::tempdir().expect("data");
+    let grpc_port = free_port().expect("port");
+    let mut kyma = Kyma::spawn_with_env(
+        &[
+            "standalone",
+            "--data-dir",
+            &data.path().to_string_lossy(),
+            &format!("--grpc-addr=127.0.0.1:{grpc_port}"),
+            &format!("--tls-cert={}", issued.cert.display()),
+            &format!("--tls-key={}", issued.key.display()),
+        ],
+        &[("KYMA_AUTH_TOKEN", TOKEN)],
+    );
+    kyma.wait_for_200("/readyz");
+    let ca_path = ca_file.path().to_string_lossy().into_owned();
+    let https = Cli {
+        server: format!("https://127.0.0.1:{grpc_port}"),
+    };
+    let listed = https
+        .run(&["list", "--tls-ca", &ca_path, "-o", "json"])
+        .expect(0, "TLS with the CA");
+    assert_eq!(listed.json(), serde_json::json!([]));
+    https
+        .run(&["list", "--tls-ca", &ca_path, "--tls-domain", "localhost"])
+        .expect(0, "TLS naming the certificate's DNS name");
+    let untrusted = https
+        .run(&["list"])
+        .expect(4, "TLS against the Web PKI roots");
+    assert!(
+        untrusted.stderr.contains("cannot reach the node"),
+        "{}",
+        untrusted.stderr
+    );
+    let plaintext = Cli {
+        server: format!("grpc://127.0.0.1:{grpc_port}"),
+    };
+    plaintext
+        .run(&["list"])
+        .expect(4, "plaintext to a TLS node");
+}

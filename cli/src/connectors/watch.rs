@@ -362,6 +362,42 @@ mod tests {
     }
 
     #[test]
+    fn a_copying_table_shows_rows_of_estimated_rate_and_time_left() {
+        let mut progress = Progress::new(Output::Table);
+        let table = |done| TableSyncStatus {
+            phase: TablePhase::Snapshotting {
+                rows_done: done,
+                rows_estimated: 10_000,
+            },
+            rows_synced: 0,
+            bytes_synced: 0,
+            last_error: None,
+            fix: None,
+            retries: None,
+            warnings: Vec::new(),
+        };
+        let start = Instant::now();
+        let first = progress.line("public.orders", &table(1_000), 13, start);
+        assert!(
+            first.contains("1,000 of ~10,000 rows") && first.contains("ETA ?"),
+            "{first}"
+        );
+        let later = progress.line(
+            "public.orders",
+            &table(3_000),
+            13,
+            start + Duration::from_secs(2),
+        );
+        assert!(
+            later.starts_with("public.orders  snapshotting  [#######")
+                && later.contains(" 30%")
+                && later.contains("1,000 rows/s")
+                && later.ends_with("ETA 7s"),
+            "{later}"
+        );
+    }
+
+    #[test]
     fn progress_shows_share_and_time_left() {
         assert_eq!(bar(0, 0), format!("[{}]    ", ".".repeat(BAR_WIDTH)));
         assert_eq!(
