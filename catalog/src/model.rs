@@ -711,6 +711,21 @@ pub struct TableSyncStatus {
     pub warnings: Vec<String>,
 }
 
+impl TableSyncStatus {
+    /// A table in `phase` that has synced nothing yet.
+    pub fn new(phase: TablePhase) -> Self {
+        Self {
+            phase,
+            rows_synced: 0,
+            bytes_synced: 0,
+            last_error: None,
+            fix: None,
+            retries: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// Status of a connector, written by whoever runs it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ConnectorStatus {

@@ -37,6 +37,16 @@ impl Run {
         self
     }
 
+    /// Asserts that standard error names `needle` (what to fix).
+    fn says(self, needle: &str) -> Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr does not say `{needle}`:\n{}",
+            self.stderr
+        );
+        self
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
     }
@@ -131,14 +141,9 @@ fn connectors_are_managed_end_to_end_from_the_cli() {
     };
 
     // A role that may not create the publication: the watch ends naming the privilege.
-    let denied = cli
-        .run(&["create", "-f", &spec("denied", ""), "--watch"])
-        .expect(1, "create --watch without CREATE on the database");
-    assert!(
-        denied.stderr.contains("needs CREATE on the database"),
-        "{}",
-        denied.stderr
-    );
+    cli.run(&["create", "-f", &spec("denied", ""), "--watch"])
+        .expect(1, "create --watch without CREATE on the database")
+        .says("needs CREATE on the database");
     cli.run(&["delete", "denied"]).expect(0, "delete");
     pg.psql(
         "postgres",
@@ -203,14 +208,9 @@ fn connectors_are_managed_end_to_end_from_the_cli() {
     // Pause and resume; a paused connector's watch ends naming the fix.
     let paused = cli.run(&["pause", "shop", "-o", "json"]).expect(0, "pause");
     assert_eq!(paused.json()["state"], "paused");
-    let stopped = cli
-        .run(&["get", "shop", "--watch"])
-        .expect(1, "watch a paused connector");
-    assert!(
-        stopped.stderr.contains("kyma connectors resume shop"),
-        "{}",
-        stopped.stderr
-    );
+    cli.run(&["get", "shop", "--watch"])
+        .expect(1, "watch a paused connector")
+        .says("kyma connectors resume shop");
     let resumed = cli
         .run(&["resume", "shop", "-o", "json"])
         .expect(0, "resume");
@@ -233,42 +233,27 @@ fn connectors_are_managed_end_to_end_from_the_cli() {
             .expect("lock");
         client
     });
-    let timed_out = cli
-        .run(&[
-            "create",
-            "-f",
-            &spec("locked", ""),
-            "--watch",
-            "--watch-timeout",
-            "2",
-        ])
-        .expect(5, "watch a locked snapshot");
-    assert!(
-        timed_out.stderr.contains("--watch-timeout"),
-        "{}",
-        timed_out.stderr
-    );
+    cli.run(&[
+        "create",
+        "-f",
+        &spec("locked", ""),
+        "--watch",
+        "--watch-timeout",
+        "2",
+    ])
+    .expect(5, "watch a locked snapshot")
+    .says("--watch-timeout");
     runtime.block_on(async { locker.batch_execute("ROLLBACK").await.expect("unlock") });
     cli.run(&["get", "locked", "--watch"])
         .expect(0, "the snapshot finishes once unlocked");
 
     // Bad inputs: a clear message and the documented exit code.
-    let missing = cli
-        .run(&["create", "-f", "/no/such/spec.yaml"])
-        .expect(2, "missing file");
-    assert!(
-        missing.stderr.contains("cannot read the spec file"),
-        "{}",
-        missing.stderr
-    );
-    let unknown = cli
-        .run(&["create", "-f", &spec("typo", "  password: hunter2\n")])
-        .expect(2, "unknown field");
-    assert!(
-        unknown.stderr.contains("unknown field `password`"),
-        "{}",
-        unknown.stderr
-    );
+    cli.run(&["create", "-f", "/no/such/spec.yaml"])
+        .expect(2, "missing file")
+        .says("cannot read the spec file");
+    cli.run(&["create", "-f", &spec("typo", "  password: hunter2\n")])
+        .expect(2, "unknown field")
+        .says("unknown field `password`");
     let too_big = specs.path().join("big.json");
     std::fs::write(
         &too_big,
@@ -276,18 +261,12 @@ fn connectors_are_managed_end_to_end_from_the_cli() {
                     "connection": {{"url": "{url}", "secret_ref": "pg-password", "pool_size": 5000}}}}"#),
     )
     .expect("spec");
-    let refused = cli
-        .run(&["create", "-f", &too_big.to_string_lossy()])
-        .expect(1, "pool_size");
-    assert!(
-        refused.stderr.contains("connection.pool_size"),
-        "{}",
-        refused.stderr
-    );
-    let duplicate = cli
-        .run(&["create", "-f", &spec("shop", "")])
-        .expect(1, "duplicate name");
-    assert!(duplicate.stderr.contains("shop"), "{}", duplicate.stderr);
+    cli.run(&["create", "-f", &too_big.to_string_lossy()])
+        .expect(1, "pool_size")
+        .says("connection.pool_size");
+    cli.run(&["create", "-f", &spec("shop", "")])
+        .expect(1, "duplicate name")
+        .says("shop");
     let wrong_port = url.replace(
         &format!(":{}/", pg.port()),
         &format!(":{}/", free_port().expect("port")),
@@ -298,45 +277,35 @@ fn connectors_are_managed_end_to_end_from_the_cli() {
         format!("name: away\ntype: postgres\nmode: federation\nconnection:\n  url: {wrong_port}\n  secret_ref: pg-password\n"),
     )
     .expect("spec");
-    let away = cli
-        .run(&["create", "-f", &unreachable_source.to_string_lossy()])
-        .expect(1, "unreachable source");
-    assert!(away.stderr.contains("connection.url"), "{}", away.stderr);
-    let nobody = cli.run(&["get", "nobody"]).expect(3, "unknown connector");
-    assert!(nobody.stderr.contains("nobody"), "{}", nobody.stderr);
+    cli.run(&["create", "-f", &unreachable_source.to_string_lossy()])
+        .expect(1, "unreachable source")
+        .says("connection.url");
+    cli.run(&["get", "nobody"])
+        .expect(3, "unknown connector")
+        .says("nobody");
     cli.run(&["pause", "nobody"])
         .expect(3, "pause an unknown connector");
-    let no_table = cli
-        .run(&["resync", "shop", "public.nope"])
-        .expect(1, "unknown table");
-    assert!(
-        no_table.stderr.contains("public.nope"),
-        "{}",
-        no_table.stderr
-    );
-    let denied = cli
-        .run_with(&["list"], &[("KYMA_AUTH_TOKEN", "wrong-token")])
-        .expect(4, "wrong token");
-    assert!(denied.stderr.contains("--auth-token"), "{}", denied.stderr);
+    cli.run(&["resync", "shop", "public.nope"])
+        .expect(1, "unknown table")
+        .says("public.nope");
+    cli.run_with(&["list"], &[("KYMA_AUTH_TOKEN", "wrong-token")])
+        .expect(4, "wrong token")
+        .says("--auth-token");
     cli.run_with(&["list"], &[]).expect(4, "no token");
     let nowhere = Cli {
         server: format!("http://127.0.0.1:{}", free_port().expect("port")),
     };
-    let unreachable = nowhere.run(&["list"]).expect(4, "no server");
-    assert!(
-        unreachable.stderr.contains("cannot reach the node"),
-        "{}",
-        unreachable.stderr
-    );
+    nowhere
+        .run(&["list"])
+        .expect(4, "no server")
+        .says("cannot reach the node");
     let scheme = Cli {
         server: "ftp://127.0.0.1:1".into(),
     };
-    let bad_scheme = scheme.run(&["list"]).expect(2, "bad scheme");
-    assert!(
-        bad_scheme.stderr.contains("--server"),
-        "{}",
-        bad_scheme.stderr
-    );
+    scheme
+        .run(&["list"])
+        .expect(2, "bad scheme")
+        .says("--server");
     cli.run(&["resync", "shop"]).expect(2, "missing argument");
 
     // Delete: gone, and a second delete says so.
@@ -386,14 +355,10 @@ fn the_cli_verifies_a_tls_node_against_the_ca_it_is_given() {
     https
         .run(&["list", "--tls-ca", &ca_path, "--tls-domain", "localhost"])
         .expect(0, "TLS naming the certificate's DNS name");
-    let untrusted = https
+    https
         .run(&["list"])
-        .expect(4, "TLS against the Web PKI roots");
-    assert!(
-        untrusted.stderr.contains("cannot reach the node"),
-        "{}",
-        untrusted.stderr
-    );
+        .expect(4, "TLS against the Web PKI roots")
+        .says("cannot reach the node");
     let plaintext = Cli {
         server: format!("grpc://127.0.0.1:{grpc_port}"),
     };

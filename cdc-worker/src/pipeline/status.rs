@@ -32,15 +32,7 @@ impl StatusBook {
         self.status
             .tables
             .entry(key.to_owned())
-            .or_insert_with(|| TableSyncStatus {
-                phase: TablePhase::Pending,
-                rows_synced: 0,
-                bytes_synced: 0,
-                last_error: None,
-                fix: None,
-                retries: None,
-                warnings: Vec::new(),
-            })
+            .or_insert_with(|| TableSyncStatus::new(TablePhase::Pending))
     }
 
     /// Shows table `key` as its durable `state` says; a failure is written at once.

@@ -178,9 +178,12 @@ fn usage(message: impl Into<String>) -> CliError {
     CliError::new(Exit::Usage, message)
 }
 
-/// A refused or failed call, with the exit code its gRPC status calls for.
+/// A refused or failed call, with the exit code its gRPC status calls for. A status that
+/// wraps a lower error did not come from the server (the connection broke, or the node
+/// speaks no gRPC there: plaintext to a TLS port): the node was not reached.
 fn failed(status: Status) -> CliError {
     let exit = match status.code() {
+        _ if std::error::Error::source(&status).is_some() => Exit::Unreachable,
         Code::NotFound => Exit::NotFound,
         Code::Unavailable | Code::Unauthenticated | Code::DeadlineExceeded | Code::Unknown => {
             Exit::Unreachable

@@ -304,14 +304,12 @@ mod tests {
     fn status(phases: &[TablePhase]) -> ConnectorStatus {
         let mut status = ConnectorStatus::default();
         for (i, phase) in phases.iter().enumerate() {
+            let failed = *phase == TablePhase::Failed;
             let table = TableSyncStatus {
-                phase: phase.clone(),
                 rows_synced: 10,
-                bytes_synced: 0,
-                last_error: (*phase == TablePhase::Failed).then(|| "type does not map".into()),
-                fix: (*phase == TablePhase::Failed).then(|| "exclude the column".into()),
-                retries: None,
-                warnings: Vec::new(),
+                last_error: failed.then(|| "type does not map".into()),
+                fix: failed.then(|| "exclude the column".into()),
+                ..TableSyncStatus::new(phase.clone())
             };
             status.tables.insert(format!("public.t{i}"), table);
         }
@@ -364,17 +362,11 @@ mod tests {
     #[test]
     fn a_copying_table_shows_rows_of_estimated_rate_and_time_left() {
         let mut progress = Progress::new(Output::Table);
-        let table = |done| TableSyncStatus {
-            phase: TablePhase::Snapshotting {
+        let table = |done| {
+            TableSyncStatus::new(TablePhase::Snapshotting {
                 rows_done: done,
                 rows_estimated: 10_000,
-            },
-            rows_synced: 0,
-            bytes_synced: 0,
-            last_error: None,
-            fix: None,
-            retries: None,
-            warnings: Vec::new(),
+            })
         };
         let start = Instant::now();
         let first = progress.line("public.orders", &table(1_000), 13, start);

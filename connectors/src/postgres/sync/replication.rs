@@ -134,18 +134,32 @@ impl SlotCreation {
         .await
     }
 
+    /// Runs on a blocking thread: pg_walstream issues CREATE_REPLICATION_SLOT as a blocking
+    /// libpq call, and the server answers it only once every transaction open at that moment
+    /// has ended — a long one at the source would otherwise hold a runtime thread (in a
+    /// standalone, the query node's too) for as long.
     async fn new(
         conninfo: &str,
         config: ReplicationStreamConfig,
         slot: &str,
     ) -> Result<Self, ConnectorError> {
-        let mut stream = LogicalReplicationStream::new(conninfo, config)
-            .await
-            .map_err(|e| replication_error("opening a replication connection", &e))?;
-        stream
-            .ensure_replication_slot()
-            .await
-            .map_err(|e| replication_error("creating a replication slot", &e))?;
+        let conninfo = conninfo.to_owned();
+        let runtime = tokio::runtime::Handle::current();
+        let created = tokio::task::spawn_blocking(move || {
+            runtime.block_on(async {
+                let mut stream = LogicalReplicationStream::new(&conninfo, config)
+                    .await
+                    .map_err(|e| replication_error("opening a replication connection", &e))?;
+                stream
+                    .ensure_replication_slot()
+                    .await
+                    .map_err(|e| replication_error("creating a replication slot", &e))?;
+                Ok::<_, ConnectorError>(stream)
+            })
+        })
+        .await
+        .map_err(|e| ConnectorError::Source(format!("creating a replication slot: {e}")))?;
+        let stream = created?;
         let snapshot = stream
             .exported_snapshot_name()
             .map(str::to_owned)
