@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, GenericListArray, OffsetSizeTrait, RecordBatch,
-    StringBuilder, StructArray,
+    RecordBatchOptions, StringBuilder, StructArray,
 };
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
@@ -51,20 +51,23 @@ pub fn client_schema(schema: &Schema) -> SchemaRef {
 /// `batch` as clients receive it, of `schema` (from [`client_schema`]: the announced schema,
 /// whose nullability and metadata the batch takes).
 pub fn client_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    if !batch
+    let columns = if batch
         .schema()
         .fields()
         .iter()
         .any(|f| has_binary(f.data_type()))
     {
-        return batch.with_schema(schema.clone());
-    }
-    let columns = batch
-        .columns()
-        .iter()
-        .map(client_array)
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns)
+        batch
+            .columns()
+            .iter()
+            .map(client_array)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        batch.columns().to_vec()
+    };
+    // Checks the data, not the field flags: a column announced non-null holds no null.
+    let rows = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &rows)
 }
 
 /// A client's ingest schema as kyma stores it: `arrow.json` columns are dynamic (Binary).

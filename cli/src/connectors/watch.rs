@@ -141,6 +141,8 @@ struct Progress {
     last_json: Option<String>,
     /// The connector's error last printed.
     error_printed: Option<String>,
+    /// Off a terminal: whether the wait for a worker was said.
+    waiting_shown: bool,
 }
 
 impl Progress {
@@ -153,6 +155,7 @@ impl Progress {
             printed: HashMap::new(),
             last_json: None,
             error_printed: None,
+            waiting_shown: false,
         }
     }
 
@@ -190,8 +193,9 @@ impl Progress {
                 self.printed.insert(name.clone(), (phase, now));
             }
         }
-        if status.tables.is_empty() && self.drawn == 0 && self.printed.is_empty() {
+        if status.tables.is_empty() && (self.terminal || !self.waiting_shown) {
             lines.push("waiting for a worker to take the connector ...".into());
+            self.waiting_shown = true;
         }
         if status.last_error != self.error_printed || (self.terminal && status.last_error.is_some())
         {
