@@ -30,6 +30,8 @@ pub struct CopyBinaryDecoder {
     schema: SchemaRef,
     columns: Vec<ColumnDecoder>,
     buffer: BytesMut,
+    /// Where each field of the tuple being read lies (kept to spare an allocation per row).
+    spans: Vec<Option<(usize, usize)>>,
     header_read: bool,
     finished: bool,
     rows: usize,
@@ -70,6 +72,7 @@ impl CopyBinaryDecoder {
             schema,
             columns,
             buffer: BytesMut::new(),
+            spans: Vec::with_capacity(wire.len()),
             header_read: false,
             finished: false,
             rows: 0,
@@ -77,21 +80,27 @@ impl CopyBinaryDecoder {
         })
     }
 
-    /// Takes the next chunk of the stream; returns the batches it completed.
+    /// Takes the next chunk of the stream; returns the batches it completed. A chunk that
+    /// starts a tuple (the server sends one message per row) is decoded where it lies; only
+    /// a partial tail is kept for the next chunk.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<RecordBatch>, ConnectorError> {
-        self.buffer.extend_from_slice(chunk);
         let mut batches = Vec::new();
+        if self.header_read && self.buffer.is_empty() {
+            let used = self.read_tuples(chunk, &mut batches)?;
+            self.buffer.extend_from_slice(&chunk[used..]);
+            return Ok(batches);
+        }
+        self.buffer.extend_from_slice(chunk);
         if !self.header_read {
             if !self.read_header()? {
                 return Ok(batches);
             }
             self.header_read = true;
         }
-        while !self.finished && self.read_tuple()? {
-            if self.rows >= self.batch_rows {
-                batches.push(self.flush()?);
-            }
-        }
+        let buffer = std::mem::take(&mut self.buffer);
+        let used = self.read_tuples(&buffer, &mut batches);
+        self.buffer = buffer;
+        self.buffer.advance(used?);
         Ok(batches)
     }
 
@@ -129,16 +138,35 @@ impl CopyBinaryDecoder {
         Ok(true)
     }
 
-    /// Reads one complete tuple when the buffer holds it; false when more bytes are needed.
-    fn read_tuple(&mut self) -> Result<bool, ConnectorError> {
-        if self.buffer.len() < 2 {
-            return Ok(false);
+    /// Decodes the complete tuples at the start of `bytes` (and the trailer); the bytes used.
+    fn read_tuples(
+        &mut self,
+        bytes: &[u8],
+        batches: &mut Vec<RecordBatch>,
+    ) -> Result<usize, ConnectorError> {
+        let mut used = 0;
+        while !self.finished {
+            let Some(tuple) = self.read_tuple(&bytes[used..])? else {
+                break;
+            };
+            used += tuple;
+            if self.rows >= self.batch_rows {
+                batches.push(self.flush()?);
+            }
         }
-        let fields = i16::from_be_bytes([self.buffer[0], self.buffer[1]]);
+        Ok(used)
+    }
+
+    /// Decodes one tuple (or the trailer) when `bytes` starts with a complete one: the bytes
+    /// it took; `None` when more are needed.
+    fn read_tuple(&mut self, bytes: &[u8]) -> Result<Option<usize>, ConnectorError> {
+        if bytes.len() < 2 {
+            return Ok(None);
+        }
+        let fields = i16::from_be_bytes([bytes[0], bytes[1]]);
         if fields == -1 {
-            self.buffer.advance(2);
             self.finished = true;
-            return Ok(false);
+            return Ok(Some(2));
         }
         if usize::try_from(fields).ok() != Some(self.columns.len()) {
             return Err(ConnectorError::Source(format!(
@@ -147,31 +175,30 @@ impl CopyBinaryDecoder {
             )));
         }
         // Find the tuple's extent first, so a partial tuple is never half-appended.
-        let mut spans = Vec::with_capacity(self.columns.len());
+        self.spans.clear();
         let mut at = 2;
         for _ in 0..self.columns.len() {
-            if self.buffer.len() < at + 4 {
-                return Ok(false);
+            if bytes.len() < at + 4 {
+                return Ok(None);
             }
-            let len = read_i32(&self.buffer[at..]);
+            let len = read_i32(&bytes[at..]);
             at += 4;
             if len < 0 {
-                spans.push(None);
+                self.spans.push(None);
                 continue;
             }
             let len = len as usize;
-            if self.buffer.len() < at + len {
-                return Ok(false);
+            if bytes.len() < at + len {
+                return Ok(None);
             }
-            spans.push(Some(at..at + len));
+            self.spans.push(Some((at, at + len)));
             at += len;
         }
-        for (column, span) in self.columns.iter_mut().zip(spans) {
-            column.append(span.map(|s| &self.buffer[s]))?;
+        for (column, span) in self.columns.iter_mut().zip(&self.spans) {
+            column.append(span.map(|(start, end)| &bytes[start..end]))?;
         }
-        self.buffer.advance(at);
         self.rows += 1;
-        Ok(true)
+        Ok(Some(at))
     }
 
     fn flush(&mut self) -> Result<RecordBatch, ConnectorError> {
@@ -494,7 +521,81 @@ fn numeric_text(raw: &[u8]) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Field, Int64Type, Schema};
+
     use super::*;
+
+    /// A binary COPY stream of `rows` (id int8, name text or NULL), and its trailer.
+    fn stream(rows: &[(i64, Option<&str>)]) -> Vec<Vec<u8>> {
+        let mut header = SIGNATURE.to_vec();
+        header.extend_from_slice(&[0; 8]);
+        let mut messages = vec![header];
+        for (id, name) in rows {
+            let mut tuple = 2_i16.to_be_bytes().to_vec();
+            tuple.extend_from_slice(&8_i32.to_be_bytes());
+            tuple.extend_from_slice(&id.to_be_bytes());
+            match name {
+                Some(name) => {
+                    tuple.extend_from_slice(&(name.len() as i32).to_be_bytes());
+                    tuple.extend_from_slice(name.as_bytes());
+                }
+                None => tuple.extend_from_slice(&(-1_i32).to_be_bytes()),
+            }
+            messages.push(tuple);
+        }
+        messages.push((-1_i16).to_be_bytes().to_vec());
+        messages
+    }
+
+    fn decode(chunks: impl IntoIterator<Item = Vec<u8>>) -> Vec<(i64, Option<String>)> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let mut decoder =
+            CopyBinaryDecoder::new(schema, &[Type::INT8, Type::TEXT], 2).expect("decoder");
+        let mut batches = Vec::new();
+        for chunk in chunks {
+            batches.extend(decoder.push(&chunk).expect("push"));
+        }
+        batches.extend(decoder.finish().expect("finish"));
+        let mut rows = Vec::new();
+        for batch in batches {
+            let ids = batch.column(0).as_primitive::<Int64Type>();
+            let names = batch.column(1).as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                let name = names.is_valid(row).then(|| names.value(row).to_owned());
+                rows.push((ids.value(row), name));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn tuples_decode_alike_one_message_each_or_split_at_any_byte() {
+        let rows = [
+            (1, Some("ä")),
+            (-7, None),
+            (i64::MAX, Some("")),
+            (42, Some("x")),
+        ];
+        let messages = stream(&rows);
+        let expected: Vec<(i64, Option<String>)> = rows
+            .iter()
+            .map(|(id, name)| (*id, name.map(str::to_owned)))
+            .collect();
+        assert_eq!(decode(messages.clone()), expected, "one message per tuple");
+        let whole: Vec<u8> = messages.concat();
+        for split in 1..whole.len() {
+            let parts = vec![whole[..split].to_vec(), whole[split..].to_vec()];
+            assert_eq!(decode(parts), expected, "split at byte {split}");
+        }
+        let bytes: Vec<Vec<u8>> = whole.iter().map(|b| vec![*b]).collect();
+        assert_eq!(decode(bytes), expected, "a byte at a time");
+    }
 
     fn numeric(ndigits: &[u16], weight: i16, sign: u16, dscale: u16) -> Vec<u8> {
         let mut raw = Vec::new();
