@@ -1,8 +1,8 @@
 //! Sources over TLS with `verify-full` against the connector's own CA
-//! (`connection.tls_ca_ref`), on a real PostgreSQL serving a certificate from a test CA: the
-//! federation connection (rustls) and the replication connection's libpq settings both
-//! verify the chain and the host name; another CA, the Web PKI roots, or a CA without
-//! `verify-full` are refused naming the field to fix.
+//! (`connection.tls_ca_ref`), on a real PostgreSQL and a real MariaDB serving certificates
+//! from a test CA: Postgres' federation connection (rustls) and its replication connection's
+//! libpq settings, and MariaDB's connection, verify the chain and the host name; another
+//! CA, the Web PKI roots, or a CA without `verify-full` are refused naming the field to fix.
 
 use std::process::Command;
 
@@ -10,7 +10,7 @@ use kyma_catalog::{ConnectionSpec, TlsMode};
 use kyma_connectors::SecretResolver;
 use kyma_connectors::postgres::connect;
 use kyma_connectors::postgres::sync::replication_conninfo;
-use kyma_test_harness::{Postgres, TestCa};
+use kyma_test_harness::{MariaDb, Postgres, TestCa};
 
 fn spec(pg: &Postgres, host: &str, tls: TlsMode, ca: Option<&str>) -> ConnectionSpec {
     ConnectionSpec {
@@ -103,4 +103,58 @@ async fn verify_full_checks_the_source_against_the_connectors_own_ca() {
     );
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("certificate verify failed"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_checks_a_mariadb_source_against_the_connectors_own_ca() {
+    use mysql_async::prelude::Queryable;
+
+    let ca = TestCa::new("maria").expect("CA");
+    let stranger = TestCa::new("maria-stranger").expect("another CA");
+    let maria = MariaDb::start_tls(&ca).expect("mariadb with TLS");
+    let secrets_dir = tempfile::tempdir().expect("secrets");
+    std::fs::write(secrets_dir.path().join("maria-ca"), ca.pem().expect("pem")).expect("write");
+    std::fs::write(
+        secrets_dir.path().join("other-ca"),
+        stranger.pem().expect("pem"),
+    )
+    .expect("write");
+    let secrets = SecretResolver::new(secrets_dir.path());
+    let spec = |host: &str, tls, ca: Option<&str>| ConnectionSpec {
+        url: format!("mysql://root@{host}:{}/mysql", maria.port()),
+        secret_ref: None,
+        tls,
+        pool_size: 1,
+        tls_ca_ref: ca.map(str::to_owned),
+    };
+    for host in ["127.0.0.1", "localhost"] {
+        let mut conn = kyma_connectors::mysql::connect(
+            &spec(host, TlsMode::VerifyFull, Some("maria-ca")),
+            &secrets,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("verify-full to {host} with the right CA: {e}"));
+        let cipher: Option<(String, String)> = conn
+            .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            .await
+            .expect("Ssl_cipher");
+        assert!(
+            cipher.is_some_and(|(_, cipher)| !cipher.is_empty()),
+            "the session to {host} is encrypted"
+        );
+    }
+    for (tls, ca) in [
+        (TlsMode::VerifyFull, Some("other-ca")),
+        (TlsMode::VerifyFull, None),
+    ] {
+        let error = kyma_connectors::mysql::connect(&spec("127.0.0.1", tls, ca), &secrets)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{tls:?} with {ca:?} must be refused"));
+        assert_eq!(
+            error.field(),
+            Some("connection.tls"),
+            "{tls:?} with {ca:?}: {error}"
+        );
+    }
 }

@@ -271,6 +271,14 @@ fn classify(e: &mysql_async::Error, at: &str, user: &str) -> ConnectorError {
         mysql_async::Error::Io(mysql_async::IoError::Tls(tls)) => {
             ConnectorError::invalid("connection.tls", format!("TLS with {at} failed: {tls}"))
         }
+        // With rustls, a refused certificate arrives as an I/O error carrying rustls' own.
+        mysql_async::Error::Io(mysql_async::IoError::Io(io))
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            ConnectorError::invalid("connection.tls", format!("TLS with {at} failed: {io}"))
+        }
         other => ConnectorError::Unreachable {
             field: "connection.url".into(),
             reason: format!("cannot reach {at}: {other}"),

@@ -373,10 +373,29 @@ fn shared_memory_attached(id: &str) -> bool {
     })
 }
 
-/// The server settings for TLS with a certificate `ca` issues, its files copied into the
-/// server's directory `dir` and handed to its user (PostgreSQL refuses a key others can read).
+/// The server settings for TLS with a certificate `ca` issues.
 fn tls_args(ca: &TestCa, dir: &Path, run_as: Option<RunAs>) -> Result<Vec<String>, HarnessError> {
-    let issued = ca.issue("postgres", &["DNS:localhost", "IP:127.0.0.1"])?;
+    let (cert, key) = server_certificate(ca, "postgres", dir, run_as)?;
+    Ok(vec![
+        "-c".into(),
+        "ssl=on".into(),
+        "-c".into(),
+        format!("ssl_cert_file={}", cert.display()),
+        "-c".into(),
+        format!("ssl_key_file={}", key.display()),
+    ])
+}
+
+/// A certificate `ca` issues to server `name` for `127.0.0.1` and `localhost`, with its key:
+/// copied into the server's directory `dir` and handed to its user (servers refuse a key
+/// others can read).
+fn server_certificate(
+    ca: &TestCa,
+    name: &str,
+    dir: &Path,
+    run_as: Option<RunAs>,
+) -> Result<(PathBuf, PathBuf), HarnessError> {
+    let issued = ca.issue(name, &["DNS:localhost", "IP:127.0.0.1"])?;
     let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     fs::copy(&issued.cert, &cert).map_err(io("copying the server certificate"))?;
     fs::copy(&issued.key, &key).map_err(io("copying the server key"))?;
@@ -388,14 +407,7 @@ fn tls_args(ca: &TestCa, dir: &Path, run_as: Option<RunAs>) -> Result<Vec<String
                 .map_err(io("handing the TLS files to the server's user"))?;
         }
     }
-    Ok(vec![
-        "-c".into(),
-        "ssl=on".into(),
-        "-c".into(),
-        format!("ssl_cert_file={}", cert.display()),
-        "-c".into(),
-        format!("ssl_key_file={}", key.display()),
-    ])
+    Ok((cert, key))
 }
 
 // ----- MariaDB -------------------------------------------------------------------------------
@@ -420,7 +432,17 @@ impl MariaDb {
         Self::start_with_binlog(false)
     }
 
+    /// As [`MariaDb::start`], serving TLS with a certificate `ca` issues for `127.0.0.1` and
+    /// `localhost` (not shared: each call starts a server).
+    pub fn start_tls(ca: &TestCa) -> Result<Self, HarnessError> {
+        Self::launch(true, Some(ca))
+    }
+
     fn start_with_binlog(binlog: bool) -> Result<Self, HarnessError> {
+        Self::launch(binlog, None)
+    }
+
+    fn launch(binlog: bool, ca: Option<&TestCa>) -> Result<Self, HarnessError> {
         let mariadbd = require("mariadbd", "Debian package mariadb-server")?;
         let install_db = require("mariadb-install-db", "Debian package mariadb-server")?;
         let run_as = service_user("mysql")?;
@@ -461,6 +483,17 @@ impl MariaDb {
             "--max-connections=300".into(),
             "--character-set-server=utf8mb4".into(),
         ];
+        let args = match ca {
+            Some(ca) => {
+                let (cert, key) = server_certificate(ca, "mariadb", &dir, run_as)?;
+                let tls = [
+                    format!("--ssl-cert={}", cert.display()),
+                    format!("--ssl-key={}", key.display()),
+                ];
+                [args, tls.to_vec()].concat()
+            }
+            None => args,
+        };
         let process = ServerProcess::start(Launch {
             name: "mariadb".into(),
             program: mariadbd,
