@@ -79,6 +79,31 @@ impl Cli {
     }
 }
 
+/// A `kyma standalone` requiring [`TOKEN`], started with `flags`, and its gRPC port.
+struct Node {
+    kyma: Kyma,
+    grpc_port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(flags: &[String]) -> Self {
+        let data = tempfile::tempdir().expect("data");
+        let grpc_port = free_port().expect("port");
+        let data_dir = format!("--data-dir={}", data.path().display());
+        let grpc = format!("--grpc-addr=127.0.0.1:{grpc_port}");
+        let mut args = vec!["standalone", data_dir.as_str(), grpc.as_str()];
+        args.extend(flags.iter().map(String::as_str));
+        let mut kyma = Kyma::spawn_with_env(&args, &[("KYMA_AUTH_TOKEN", TOKEN)]);
+        kyma.wait_for_200("/readyz");
+        Self {
+            kyma,
+            grpc_port,
+            _data: data,
+        }
+    }
+}
+
 fn phases(connector: &Value) -> Vec<(String, String)> {
     let tables = connector["status"]["tables"].as_object().expect("tables");
     tables
@@ -113,21 +138,9 @@ fn connectors_are_managed_end_to_end_from_the_cli() {
     .expect("tables");
     let secrets = tempfile::tempdir().expect("secrets");
     std::fs::write(secrets.path().join("pg-password"), PASSWORD).expect("secret");
-    let data = tempfile::tempdir().expect("data");
-    let grpc_port = free_port().expect("port");
-    let mut kyma = Kyma::spawn_with_env(
-        &[
-            "standalone",
-            "--data-dir",
-            &data.path().to_string_lossy(),
-            &format!("--grpc-addr=127.0.0.1:{grpc_port}"),
-            &format!("--secrets-dir={}", secrets.path().display()),
-        ],
-        &[("KYMA_AUTH_TOKEN", TOKEN)],
-    );
-    kyma.wait_for_200("/readyz");
+    let node = Node::start(&[format!("--secrets-dir={}", secrets.path().display())]);
     let cli = Cli {
-        server: format!("grpc://127.0.0.1:{grpc_port}"),
+        server: format!("grpc://127.0.0.1:{}", node.grpc_port),
     };
     let specs = tempfile::tempdir().expect("specs");
     let url = format!("postgres://{role}@127.0.0.1:{}/{database}", pg.port());
@@ -315,7 +328,7 @@ fn connectors_are_managed_end_to_end_from_the_cli() {
     }
     cli.run(&["get", "shop"]).expect(3, "deleted");
     cli.run(&["delete", "shop"]).expect(3, "deleted twice");
-    let log = kyma.log();
+    let log = node.kyma.log();
     assert!(
         !log.contains(PASSWORD),
         "the password leaked into the node's log"
@@ -330,23 +343,13 @@ fn the_cli_verifies_a_tls_node_against_the_ca_it_is_given() {
         .expect("certificate");
     let ca_file = tempfile::NamedTempFile::new().expect("CA file");
     std::fs::write(ca_file.path(), ca.pem().expect("pem")).expect("write");
-    let data = tempfile::tempdir().expect("data");
-    let grpc_port = free_port().expect("port");
-    let mut kyma = Kyma::spawn_with_env(
-        &[
-            "standalone",
-            "--data-dir",
-            &data.path().to_string_lossy(),
-            &format!("--grpc-addr=127.0.0.1:{grpc_port}"),
-            &format!("--tls-cert={}", issued.cert.display()),
-            &format!("--tls-key={}", issued.key.display()),
-        ],
-        &[("KYMA_AUTH_TOKEN", TOKEN)],
-    );
-    kyma.wait_for_200("/readyz");
+    let node = Node::start(&[
+        format!("--tls-cert={}", issued.cert.display()),
+        format!("--tls-key={}", issued.key.display()),
+    ]);
     let ca_path = ca_file.path().to_string_lossy().into_owned();
     let https = Cli {
-        server: format!("https://127.0.0.1:{grpc_port}"),
+        server: format!("https://127.0.0.1:{}", node.grpc_port),
     };
     let listed = https
         .run(&["list", "--tls-ca", &ca_path, "-o", "json"])
@@ -360,7 +363,7 @@ fn the_cli_verifies_a_tls_node_against_the_ca_it_is_given() {
         .expect(4, "TLS against the Web PKI roots")
         .says("cannot reach the node");
     let plaintext = Cli {
-        server: format!("grpc://127.0.0.1:{grpc_port}"),
+        server: format!("grpc://127.0.0.1:{}", node.grpc_port),
     };
     plaintext
         .run(&["list"])

@@ -12,9 +12,9 @@ use kyma_connectors::postgres::connect;
 use kyma_connectors::postgres::sync::replication_conninfo;
 use kyma_test_harness::{MariaDb, Postgres, TestCa};
 
-fn spec(pg: &Postgres, host: &str, tls: TlsMode, ca: Option<&str>) -> ConnectionSpec {
+fn spec(url: String, tls: TlsMode, ca: Option<&str>) -> ConnectionSpec {
     ConnectionSpec {
-        url: format!("postgres://postgres@{host}:{}/postgres", pg.port()),
+        url,
         secret_ref: None,
         tls,
         pool_size: 1,
@@ -22,24 +22,36 @@ fn spec(pg: &Postgres, host: &str, tls: TlsMode, ca: Option<&str>) -> Connection
     }
 }
 
+/// A test CA, a server it issues for, and secrets `source-ca` (that CA) and `other-ca` (a
+/// CA that issued nothing the server shows).
+fn cas<S>(name: &str, start: impl FnOnce(&TestCa) -> S) -> (S, tempfile::TempDir, SecretResolver) {
+    let ca = TestCa::new(name).expect("CA");
+    let stranger = TestCa::new(&format!("{name}-stranger")).expect("another CA");
+    let server = start(&ca);
+    let dir = tempfile::tempdir().expect("secrets");
+    std::fs::write(dir.path().join("source-ca"), ca.pem().expect("pem")).expect("write");
+    std::fs::write(dir.path().join("other-ca"), stranger.pem().expect("pem")).expect("write");
+    let secrets = SecretResolver::new(dir.path());
+    (server, dir, secrets)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_checks_the_source_against_the_connectors_own_ca() {
-    let ca = TestCa::new("source").expect("CA");
-    let stranger = TestCa::new("stranger").expect("another CA");
-    let pg = Postgres::start_tls(&ca).expect("postgres with TLS");
-    let secrets_dir = tempfile::tempdir().expect("secrets");
-    std::fs::write(secrets_dir.path().join("pg-ca"), ca.pem().expect("pem")).expect("write");
-    std::fs::write(
-        secrets_dir.path().join("other-ca"),
-        stranger.pem().expect("pem"),
-    )
-    .expect("write");
-    let secrets = SecretResolver::new(secrets_dir.path());
+    let (pg, _dir, secrets) = cas("postgres", |ca| {
+        Postgres::start_tls(ca).expect("postgres with TLS")
+    });
+    let pg_spec = |host: &str, tls, ca| {
+        spec(
+            format!("postgres://postgres@{host}:{}/postgres", pg.port()),
+            tls,
+            ca,
+        )
+    };
 
     // Federation (rustls): the chain and the host name, by IP and by DNS name.
     for host in ["127.0.0.1", "localhost"] {
         let client = connect(
-            &spec(&pg, host, TlsMode::VerifyFull, Some("pg-ca")),
+            &pg_spec(host, TlsMode::VerifyFull, Some("source-ca")),
             &secrets,
         )
         .await
@@ -58,14 +70,18 @@ async fn verify_full_checks_the_source_against_the_connectors_own_ca() {
     for (tls, ca, field) in [
         (TlsMode::VerifyFull, Some("other-ca"), "connection.tls"),
         (TlsMode::VerifyFull, None, "connection.tls"),
-        (TlsMode::Required, Some("pg-ca"), "connection.tls_ca_ref"),
+        (
+            TlsMode::Required,
+            Some("source-ca"),
+            "connection.tls_ca_ref",
+        ),
         (
             TlsMode::VerifyFull,
             Some("no-such-ca"),
             "connection.tls_ca_ref",
         ),
     ] {
-        let error = connect(&spec(&pg, "127.0.0.1", tls, ca), &secrets)
+        let error = connect(&pg_spec("127.0.0.1", tls, ca), &secrets)
             .await
             .err()
             .unwrap_or_else(|| panic!("{tls:?} with {ca:?} must be refused"));
@@ -81,7 +97,7 @@ async fn verify_full_checks_the_source_against_the_connectors_own_ca() {
             .expect("run psql")
     };
     let good = replication_conninfo(
-        &spec(&pg, "localhost", TlsMode::VerifyFull, Some("pg-ca")),
+        &pg_spec("localhost", TlsMode::VerifyFull, Some("source-ca")),
         &secrets,
     )
     .expect("conninfo");
@@ -92,7 +108,7 @@ async fn verify_full_checks_the_source_against_the_connectors_own_ca() {
         String::from_utf8_lossy(&identified.stderr)
     );
     let bad = replication_conninfo(
-        &spec(&pg, "localhost", TlsMode::VerifyFull, Some("other-ca")),
+        &pg_spec("localhost", TlsMode::VerifyFull, Some("other-ca")),
         &secrets,
     )
     .expect("conninfo");
@@ -109,27 +125,19 @@ async fn verify_full_checks_the_source_against_the_connectors_own_ca() {
 async fn verify_full_checks_a_mariadb_source_against_the_connectors_own_ca() {
     use mysql_async::prelude::Queryable;
 
-    let ca = TestCa::new("maria").expect("CA");
-    let stranger = TestCa::new("maria-stranger").expect("another CA");
-    let maria = MariaDb::start_tls(&ca).expect("mariadb with TLS");
-    let secrets_dir = tempfile::tempdir().expect("secrets");
-    std::fs::write(secrets_dir.path().join("maria-ca"), ca.pem().expect("pem")).expect("write");
-    std::fs::write(
-        secrets_dir.path().join("other-ca"),
-        stranger.pem().expect("pem"),
-    )
-    .expect("write");
-    let secrets = SecretResolver::new(secrets_dir.path());
-    let spec = |host: &str, tls, ca: Option<&str>| ConnectionSpec {
-        url: format!("mysql://root@{host}:{}/mysql", maria.port()),
-        secret_ref: None,
-        tls,
-        pool_size: 1,
-        tls_ca_ref: ca.map(str::to_owned),
+    let (maria, _dir, secrets) = cas("mariadb", |ca| {
+        MariaDb::start_tls(ca).expect("mariadb with TLS")
+    });
+    let maria_spec = |host: &str, tls, ca| {
+        spec(
+            format!("mysql://root@{host}:{}/mysql", maria.port()),
+            tls,
+            ca,
+        )
     };
     for host in ["127.0.0.1", "localhost"] {
         let mut conn = kyma_connectors::mysql::connect(
-            &spec(host, TlsMode::VerifyFull, Some("maria-ca")),
+            &maria_spec(host, TlsMode::VerifyFull, Some("source-ca")),
             &secrets,
         )
         .await
@@ -147,7 +155,7 @@ async fn verify_full_checks_a_mariadb_source_against_the_connectors_own_ca() {
         (TlsMode::VerifyFull, Some("other-ca")),
         (TlsMode::VerifyFull, None),
     ] {
-        let error = kyma_connectors::mysql::connect(&spec("127.0.0.1", tls, ca), &secrets)
+        let error = kyma_connectors::mysql::connect(&maria_spec("127.0.0.1", tls, ca), &secrets)
             .await
             .err()
             .unwrap_or_else(|| panic!("{tls:?} with {ca:?} must be refused"));
