@@ -43,7 +43,7 @@ use crate::compactor::Compactor;
 
 pub use error::SyncError;
 pub use metrics::SyncMetrics;
-pub use pipeline::{COMMIT_STAGES, ConnectorSync, SyncContext, SyncOptions};
+pub use pipeline::{COMMIT_STAGES, COPY_STAGES, ConnectorSync, SyncContext, SyncOptions};
 
 /// How often the supervisor looks for connectors to claim or stop.
 const POLL_EVERY: Duration = Duration::from_millis(500);

@@ -702,7 +702,7 @@ impl CompactedWriters {
         let write = WriteOptions {
             extent_rows: options.extent_rows,
             compacted,
-            record_keys: false,
+            ..WriteOptions::default()
         };
         Ok(Self {
             rows: TableWriter::open(catalog, store, table, write.clone()).await?,

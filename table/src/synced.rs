@@ -300,6 +300,9 @@ fn pk_column(key: &[ArrayRef], rows: usize) -> Result<ArrayRef, TableError> {
     Ok(pk.finish())
 }
 
+/// The system columns [`snapshot_rows`] gives one value in every row of a copy.
+pub const SNAPSHOT_ONE_VALUED: &[&str] = &[OP, LSN, EVENT_AT, SEQ];
+
 /// Synced rows of a batch of snapshot rows (the source columns, of kyma types): the columns
 /// as they are, then the system columns of a first version (`insert`), `_kyma_pk` derived
 /// from the `key` columns (the key's values in key order, one per row of `batch`).

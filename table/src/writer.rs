@@ -53,6 +53,10 @@ pub struct WriteOptions {
     /// Remember each row's key and version ([`WrittenExtents::keys`]) for the commit to
     /// resolve what they supersede ([`crate::key_index`]): synced delta writes.
     pub record_keys: bool,
+    /// Columns every written row holds one value in (a copy's system columns,
+    /// [`crate::synced::SNAPSHOT_ONE_VALUED`]): written without a dictionary or Parquet
+    /// statistics ([`ExtentWriter::one_valued`]).
+    pub one_valued: &'static [&'static str],
 }
 
 impl Default for WriteOptions {
@@ -61,6 +65,7 @@ impl Default for WriteOptions {
             extent_rows: 1_000_000,
             compacted: false,
             record_keys: false,
+            one_valued: &[],
         }
     }
 }
@@ -319,11 +324,10 @@ impl TableWriter {
         }
         let conformed = conform_batch(&self.schema.value, batch)?;
         if self.open.is_none() {
-            self.open = Some(ExtentWriter::create(
-                &self.store,
-                self.table_id,
-                &self.schema.value,
-            )?);
+            self.open = Some(
+                ExtentWriter::create(&self.store, self.table_id, &self.schema.value)?
+                    .one_valued(self.options.one_valued),
+            );
         }
         if self.options.record_keys {
             record_keys(&conformed, &mut self.open_keys)?;

@@ -8,10 +8,14 @@
 //! binary starts it: default [`SyncOptions`], lease 10 s) and a query node serving Flight SQL
 //! on loopback, each with its own catalog connection. Three phases, and an optional fourth:
 //!
-//! 1. **Snapshot.** A table of `--rows` rows is copied out `--copy-runs` times with
+//! 1. **Snapshot.** `--snapshot-runs` times, a table of `--rows` rows is copied out with
 //!    `COPY … TO STDOUT (FORMAT binary)` (a client drains it, counting rows by the tuple
-//!    headers); then a sync connector is registered over its database and timed until the
-//!    snapshot is committed (the connector's cursor appears in the catalog).
+//!    headers), then a new sync connector is registered over its database and timed until
+//!    its snapshot is committed (the connector's cursor appears in the catalog). Each run's
+//!    ratio is against its own COPY, taken just before it, so that a machine whose speed
+//!    drifts between runs skews neither; the report gives each run and the median. The
+//!    worker reports each copy's stages (`kyma_cdc_worker::COPY_STAGES` debug events). All
+//!    but the last run's connectors are deleted (their slots dropped) before the next run.
 //! 2. **Steady-state stream.** A second connector is registered over a database holding
 //!    `bench_changes`, snapshotted and caught up, then paused. Two more pgoutput slots are
 //!    created, and a workload of `--changes` row changes (inserts, updates and deletes of
@@ -51,7 +55,7 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use kyma_bench::{BenchResult, ServedNode, machine};
 use kyma_catalog::{Catalog, CatalogLocation, ConnectorSpec, DesiredState, TableRef};
-use kyma_cdc_worker::{COMMIT_STAGES, CdcWorker, SyncOptions};
+use kyma_cdc_worker::{COMMIT_STAGES, COPY_STAGES, CdcWorker, SyncOptions};
 use kyma_connectors::SecretResolver;
 use kyma_connectors::postgres::sync::{SyncNames, parse_lsn};
 use kyma_query_node::FederationOptions;
@@ -81,6 +85,8 @@ const RECV_SLOT: &str = "bench_recvlogical";
 const SQL_SLOT: &str = "bench_sql_decoding";
 /// How often a timing loop looks at the slot and the catalog.
 const TICK: Duration = Duration::from_millis(5);
+/// How long after its commit a copy's stage event may come before the report goes without.
+const STAGE_EVENT_WITHIN: Duration = Duration::from_secs(5);
 /// The longest any consumer may take to catch up before the run fails.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(1800);
 /// How long the query node may take to show a commit it has not shown yet.
@@ -106,9 +112,10 @@ struct Args {
     /// Rows in the snapshot phase's table.
     #[arg(long, default_value_t = 1_000_000)]
     rows: u64,
-    /// Timed `COPY … TO STDOUT (FORMAT binary)` runs (the report gives the median).
-    #[arg(long, default_value_t = 3)]
-    copy_runs: usize,
+    /// Paired runs of `COPY … TO STDOUT (FORMAT binary)` then a kyma snapshot of the same
+    /// table (the report gives each run's ratio and the median).
+    #[arg(long, default_value_t = 5)]
+    snapshot_runs: usize,
     /// Row changes in the steady-state workload (rounded up to whole transactions).
     #[arg(long, default_value_t = 1_000_000)]
     changes: u64,
@@ -262,6 +269,8 @@ struct Bench {
     worker_runtime: Handle,
     /// The worker's per-commit stage events ([`StageEvents`]).
     stages: tokio::sync::Mutex<mpsc::UnboundedReceiver<CommitStage>>,
+    /// The worker's per-copy stage events.
+    copy_stages: tokio::sync::Mutex<mpsc::UnboundedReceiver<CopyStage>>,
 }
 
 /// One streaming commit's stages, as the CDC worker reports them ([`COMMIT_STAGES`]).
@@ -296,15 +305,63 @@ impl tracing::field::Visit for CommitStage {
     fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
 }
 
-/// A tracing layer handing the worker's commit-stage events to the benchmark.
-struct StageEvents(mpsc::UnboundedSender<CommitStage>);
+impl StageEvent for CommitStage {
+    fn arrived(at: Instant) -> Self {
+        Self {
+            at: Some(at),
+            ..Self::default()
+        }
+    }
+}
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StageEvents {
+/// One table copy's stages, as the CDC worker reports them ([`COPY_STAGES`]).
+#[derive(Debug, Clone, Default)]
+struct CopyStage {
+    connector: String,
+    opening_ms: f64,
+    copying_ms: f64,
+    writing_ms: f64,
+    catalog_ms: f64,
+}
+
+impl tracing::field::Visit for CopyStage {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        match field.name() {
+            "opening_ms" => self.opening_ms = value,
+            "copying_ms" => self.copying_ms = value,
+            "writing_ms" => self.writing_ms = value,
+            "catalog_ms" => self.catalog_ms = value,
+            _ => {}
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "connector" {
+            value.clone_into(&mut self.connector);
+        }
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
+
+impl StageEvent for CopyStage {
+    fn arrived(_: Instant) -> Self {
+        Self::default()
+    }
+}
+
+/// A worker's stage event, recorded from its tracing fields.
+trait StageEvent: tracing::field::Visit + Send + 'static {
+    /// An empty event that arrived `at`.
+    fn arrived(at: Instant) -> Self;
+}
+
+/// A tracing layer handing the worker's stage events of one kind to the benchmark.
+struct StageEvents<T>(mpsc::UnboundedSender<T>);
+
+impl<S: tracing::Subscriber, T: StageEvent> tracing_subscriber::Layer<S> for StageEvents<T> {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut stage = CommitStage {
-            at: Some(Instant::now()),
-            ..CommitStage::default()
-        };
+        let mut stage = T::arrived(Instant::now());
         event.record(&mut stage);
         let _ = self.0.send(stage);
     }
@@ -312,11 +369,12 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StageEvents {
 
 fn main() -> BenchResult<()> {
     let args = Args::parse();
-    if args.rows == 0 || args.copy_runs == 0 || args.changes == 0 || args.lag_rate == 0 {
-        return Err("--rows, --copy-runs, --changes and --lag-rate must be at least 1".into());
+    if args.rows == 0 || args.snapshot_runs == 0 || args.changes == 0 || args.lag_rate == 0 {
+        return Err("--rows, --snapshot-runs, --changes and --lag-rate must be at least 1".into());
     }
     TxnShape::of(args.txn_changes)?;
     let (stage_events, stages) = mpsc::unbounded_channel();
+    let (copy_stage_events, copy_stages) = mpsc::unbounded_channel();
     let log = tracing_subscriber::EnvFilter::try_from_env("KYMA_LOG")
         .ok()
         .map(|filter| {
@@ -329,6 +387,12 @@ fn main() -> BenchResult<()> {
             StageEvents(stage_events).with_filter(
                 tracing_subscriber::filter::Targets::new()
                     .with_target(COMMIT_STAGES, tracing::Level::DEBUG),
+            ),
+        )
+        .with(
+            StageEvents(copy_stage_events).with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(COPY_STAGES, tracing::Level::DEBUG),
             ),
         )
         .with(log)
@@ -392,6 +456,7 @@ fn main() -> BenchResult<()> {
             catalog,
             worker_runtime: handle,
             stages: tokio::sync::Mutex::new(stages),
+            copy_stages: tokio::sync::Mutex::new(copy_stages),
             args,
         };
         run(&bench, pg_version.trim()).await
@@ -665,30 +730,41 @@ struct CopyRun {
 /// What the snapshot phase measured.
 struct SnapshotResult {
     load: Duration,
-    copies: Vec<CopyRun>,
+    /// The paired runs, in order.
+    runs: Vec<SnapshotRun>,
     /// For reference: one run of the COPY kyma's snapshot sends.
     kyma_copy: CopyRun,
+    /// kyma's `count(*)` of the last run's synced table afterwards.
+    count_query: Duration,
+}
+
+impl SnapshotResult {
+    /// The run of the median ratio.
+    fn median_run(&self) -> &SnapshotRun {
+        let mut sorted: Vec<&SnapshotRun> = self.runs.iter().collect();
+        sorted.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+        sorted[(sorted.len() - 1) / 2]
+    }
+}
+
+/// One paired run: `COPY … (FORMAT binary)`, then a new connector's snapshot of the table.
+struct SnapshotRun {
+    copy: CopyRun,
     /// From registering the connector to its slot existing (claim, preflight, slot creation).
     to_slot: Duration,
     /// From registering to the snapshot's commit.
     to_commit: Duration,
-    /// kyma's `count(*)` of the synced table afterwards.
-    count_query: Duration,
     /// CPU seconds this process (the worker, the idle query node) used from registering
     /// to the commit.
     kyma_cpu: Option<f64>,
+    /// The worker's breakdown of the copy.
+    stages: Option<CopyStage>,
 }
 
-impl SnapshotResult {
-    /// The slot's creation to the commit: the copy, the extents and the commit.
-    fn copy_phase(&self) -> Duration {
-        self.to_commit.saturating_sub(self.to_slot)
-    }
-
-    fn median_copy(&self) -> CopyRun {
-        let mut sorted = self.copies.clone();
-        sorted.sort_by_key(|c| c.elapsed);
-        sorted[(sorted.len() - 1) / 2]
+impl SnapshotRun {
+    /// The snapshot's speed (register → commit) as a multiple of the COPY's.
+    fn ratio(&self) -> f64 {
+        seconds(self.copy.elapsed) / seconds(self.to_commit)
     }
 }
 
@@ -708,51 +784,32 @@ async fn snapshot_phase(
     pg.batch_execute("VACUUM ANALYZE snap_rows").await?;
     let load = started.elapsed();
 
-    let mut copies = Vec::with_capacity(bench.args.copy_runs);
-    for run in 1..=bench.args.copy_runs {
-        let copy = copy_binary(&pg, "snap_rows").await?;
-        if copy.rows != rows {
-            return Err(format!("COPY returned {} rows, expected {rows}", copy.rows).into());
-        }
-        eprintln!(
-            "snapshot: COPY binary run {run}: {:.3}s",
-            copy.elapsed.as_secs_f64()
-        );
-        copies.push(copy);
-    }
-
     let kyma_copy = copy_binary(&pg, KYMA_COPY).await?;
     if kyma_copy.rows != rows {
         return Err(format!("the COPY kyma sends returned {} rows", kyma_copy.rows).into());
     }
-    eprintln!("snapshot: registering connector `{SNAP_CONNECTOR}` ...");
-    let names = SyncNames::of(SNAP_CONNECTOR);
-    let started = Instant::now();
-    let cpu_before = cpu_seconds(None);
-    register(&bench.catalog, SNAP_CONNECTOR, &bench.snap_url).await?;
-    let mut to_slot = None;
-    let deadline = started + CATCH_UP_LIMIT;
-    let to_commit = loop {
-        if to_slot.is_none() && slot(&pg, &names.slot).await?.is_some() {
-            to_slot = Some(started.elapsed());
+    let mut runs = Vec::with_capacity(bench.args.snapshot_runs);
+    for run in 1..=bench.args.snapshot_runs {
+        // The later phases use the last run's connector.
+        let last = run == bench.args.snapshot_runs;
+        let connector = if last {
+            SNAP_CONNECTOR.to_owned()
+        } else {
+            format!("{SNAP_CONNECTOR}_{run}")
+        };
+        let timed = snapshot_run(bench, &pg, &connector).await?;
+        eprintln!(
+            "snapshot: run {run}: COPY binary {:.3}s, kyma register -> commit {:.3}s ({:.3}x)",
+            seconds(timed.copy.elapsed),
+            seconds(timed.to_commit),
+            timed.ratio()
+        );
+        if !last {
+            bench.catalog.delete_connector(&connector).await?;
+            wait_for_slot_dropped(&pg, &SyncNames::of(&connector).slot).await?;
         }
-        if cursor(&bench.catalog, SNAP_CONNECTOR).await?.is_some() {
-            break started.elapsed();
-        }
-        if Instant::now() > deadline {
-            let status = bench.catalog.connector(SNAP_CONNECTOR).await?.status;
-            return Err(format!("the snapshot did not commit; status {status:?}").into());
-        }
-        tokio::time::sleep(TICK).await;
-    };
-    let kyma_cpu = cpu_seconds(None)
-        .zip(cpu_before)
-        .map(|(after, before)| after - before);
-    let to_slot = to_slot.ok_or("the snapshot committed before its slot was seen")?;
-    eprintln!(
-        "snapshot: kyma committed {rows} rows {:.3}s after registering",
-        to_commit.as_secs_f64()
-    );
+        runs.push(timed);
+    }
 
     let expected = [Some(i64::try_from(rows)?)];
     let count_query = wait_for_answer(
@@ -768,13 +825,75 @@ async fn snapshot_phase(
         .await?;
     Ok(SnapshotResult {
         load,
-        copies,
+        runs,
+        kyma_copy,
+        count_query,
+    })
+}
+
+/// Times `COPY snap_rows … (FORMAT binary)`, then registers `connector` and times its
+/// snapshot of the same table.
+async fn snapshot_run(bench: &Bench, pg: &Client, connector: &str) -> BenchResult<SnapshotRun> {
+    let rows = bench.args.rows;
+    let copy = copy_binary(pg, "snap_rows").await?;
+    if copy.rows != rows {
+        return Err(format!("COPY returned {} rows, expected {rows}", copy.rows).into());
+    }
+    let names = SyncNames::of(connector);
+    let mut copy_stages = bench.copy_stages.lock().await;
+    let started = Instant::now();
+    let cpu_before = cpu_seconds(None);
+    register(&bench.catalog, connector, &bench.snap_url).await?;
+    let mut to_slot = None;
+    let deadline = started + CATCH_UP_LIMIT;
+    let to_commit = loop {
+        if to_slot.is_none() && slot(pg, &names.slot).await?.is_some() {
+            to_slot = Some(started.elapsed());
+        }
+        if cursor(&bench.catalog, connector).await?.is_some() {
+            break started.elapsed();
+        }
+        if Instant::now() > deadline {
+            let status = bench.catalog.connector(connector).await?.status;
+            return Err(format!("the snapshot did not commit; status {status:?}").into());
+        }
+        tokio::time::sleep(TICK).await;
+    };
+    let kyma_cpu = cpu_seconds(None)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let to_slot = to_slot.ok_or("the snapshot committed before its slot was seen")?;
+    // The worker reports the stages just after its commit, which may be seen first.
+    let stages = tokio::time::timeout(STAGE_EVENT_WITHIN, async {
+        while let Some(stage) = copy_stages.recv().await {
+            if stage.connector == connector {
+                return Some(stage);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    Ok(SnapshotRun {
+        copy,
         to_slot,
         to_commit,
-        count_query,
         kyma_cpu,
-        kyma_copy,
+        stages,
     })
+}
+
+/// Waits until the worker has dropped slot `name` (a deleted connector's).
+async fn wait_for_slot_dropped(pg: &Client, name: &str) -> BenchResult<()> {
+    let deadline = Instant::now() + CATCH_UP_LIMIT;
+    while slot(pg, name).await?.is_some() {
+        if Instant::now() > deadline {
+            return Err(format!("slot {name} was not dropped").into());
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    Ok(())
 }
 
 /// Drains `COPY table TO STDOUT (FORMAT binary)`, counting the rows by the tuple headers.
@@ -1838,6 +1957,73 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+fn report_snapshot(args: &Args, snap: &SnapshotResult) {
+    println!();
+    println!(
+        "-- snapshot: snap_rows(id bigint primary key, account int, amount numeric(12,2), note text, \
+         updated_at timestamptz, active bool), {} rows, {:.1} MB as COPY binary (loaded in {:.1}s) --",
+        args.rows,
+        snap.kyma_copy.bytes as f64 / 1e6,
+        seconds(snap.load)
+    );
+    println!(
+        "{:<4} {:>9} {:>9} {:>9} {:>7} {:>8} | {:>8} {:>8} {:>8} {:>8}",
+        "run",
+        "COPY s",
+        "to slot",
+        "commit s",
+        "ratio",
+        "kyma CPU",
+        "open ms",
+        "copy ms",
+        "write ms",
+        "catalog"
+    );
+    for (i, run) in snap.runs.iter().enumerate() {
+        let stage = |ms: fn(&CopyStage) -> f64| {
+            run.stages
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |s| format!("{:.0}", ms(s)))
+        };
+        println!(
+            "{:<4} {:>9.3} {:>9.3} {:>9.3} {:>6.3}x {:>8} | {:>8} {:>8} {:>8} {:>8}",
+            i + 1,
+            seconds(run.copy.elapsed),
+            seconds(run.to_slot),
+            seconds(run.to_commit),
+            run.ratio(),
+            run.kyma_cpu
+                .map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.2}s")),
+            stage(|s| s.opening_ms),
+            stage(|s| s.copying_ms),
+            stage(|s| s.writing_ms),
+            stage(|s| s.catalog_ms),
+        );
+    }
+    println!(
+        "(COPY s: `COPY snap_rows TO STDOUT (FORMAT binary)` drained by a client, just before \
+         the run; to slot / commit s: from registering the connector; kyma CPU: this process, \
+         register -> commit; then the worker's stages of the copy: until the first rows are \
+         decoded, copying them into extents, finishing the extents, the catalog commit)"
+    );
+    let mut ratios: Vec<f64> = snap.runs.iter().map(SnapshotRun::ratio).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "ratio (rows/s): kyma snapshot, register -> commit = {:.3}x COPY binary (median of {} \
+         runs, each against its own COPY; {:.3}x–{:.3}x)",
+        snap.median_run().ratio(),
+        ratios.len(),
+        ratios.first().copied().unwrap_or_default(),
+        ratios.last().copied().unwrap_or_default()
+    );
+    println!(
+        "for reference: the COPY kyma sends ({KYMA_COPY}) took {:.3}s once; kyma `SELECT \
+         count(*)` of the synced table afterwards: {:.3}s",
+        seconds(snap.kyma_copy.elapsed),
+        seconds(snap.count_query)
+    );
+}
+
 /// The nearest-rank percentile `p` (0–100) of sorted `values`.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -1873,71 +2059,7 @@ fn report(
     let loads: Vec<String> = loads.iter().map(|(at, l)| format!("{l} {at}")).collect();
     println!("load avg:   {} (1 min)", loads.join(", "));
 
-    let rows = args.rows as f64;
-    let median = snap.median_copy();
-    println!();
-    println!(
-        "-- snapshot: snap_rows(id bigint primary key, account int, amount numeric(12,2), note text, \
-         updated_at timestamptz, active bool), {} rows (loaded in {:.1}s) --",
-        args.rows,
-        seconds(snap.load)
-    );
-    println!("{:<52} {:>9} {:>13} {:>9}", "", "seconds", "rows/s", "MB");
-    for (i, copy) in snap.copies.iter().enumerate() {
-        println!(
-            "{:<52} {:>9.3} {:>13.0} {:>9.1}",
-            format!("COPY snap_rows TO STDOUT (FORMAT binary), run {}", i + 1),
-            seconds(copy.elapsed),
-            copy.rows as f64 / seconds(copy.elapsed),
-            copy.bytes as f64 / 1e6
-        );
-    }
-    println!(
-        "{:<52} {:>9.3} {:>13.0}",
-        "COPY binary, median",
-        seconds(median.elapsed),
-        rows / seconds(median.elapsed)
-    );
-    println!(
-        "{:<52} {:>9.3} {:>13.0} {:>9.1}",
-        "for reference: the COPY kyma sends",
-        seconds(snap.kyma_copy.elapsed),
-        rows / seconds(snap.kyma_copy.elapsed),
-        snap.kyma_copy.bytes as f64 / 1e6
-    );
-    println!(
-        "{:<52} {:>9.3}",
-        "kyma: register -> slot created",
-        seconds(snap.to_slot)
-    );
-    println!(
-        "{:<52} {:>9.3} {:>13.0}",
-        "kyma: slot created -> snapshot committed",
-        seconds(snap.copy_phase()),
-        rows / seconds(snap.copy_phase())
-    );
-    println!(
-        "{:<52} {:>9.3} {:>13.0}",
-        "kyma: register -> snapshot committed",
-        seconds(snap.to_commit),
-        rows / seconds(snap.to_commit)
-    );
-    if let Some(cpu) = snap.kyma_cpu {
-        println!(
-            "kyma process CPU, register -> snapshot committed: {cpu:.2}s ({:.2} cores over the wall time)",
-            cpu / seconds(snap.to_commit)
-        );
-    }
-    println!(
-        "kyma `SELECT count(*)` of the synced table afterwards: {:.3}s",
-        seconds(snap.count_query)
-    );
-    println!(
-        "ratio (rows/s): kyma snapshot (slot -> commit) = {:.3}x COPY binary (median); \
-         register -> commit: {:.3}x",
-        seconds(median.elapsed) / seconds(snap.copy_phase()),
-        seconds(median.elapsed) / seconds(snap.to_commit)
-    );
+    report_snapshot(args, snap);
 
     let changes = stream.changes as f64;
     let wal_mb = stream.wal_bytes as f64 / 1e6;

@@ -1,6 +1,7 @@
 //! Copying pending tables under a snapshot, one commit per table (step 4 of a run).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kyma_catalog::{SyncPhase, TableFailure, TablePhase, TableSyncState};
@@ -34,7 +35,7 @@ impl ConnectorSync {
         }
         snapshot.close().await?;
         if self.cursor.position.is_none() {
-            let batch = self.new_batch(false);
+            let batch = self.new_batch();
             self.cursor
                 .commit(batch, &position, &BTreeMap::new())
                 .await?;
@@ -57,15 +58,18 @@ impl ConnectorSync {
         let key_columns = key_indices(&source.key, &source.columns).map_err(SyncError::Definite)?;
         let seq = self.cursor.take_seq();
         let at_micros = now_micros();
-        let mut batch = self.new_batch(true);
+        let mut batch = self.copy_batch();
         // The copy replaces whatever the table held (an earlier copy, an abandoned one).
         batch.writer(&table).await?.truncate().await?;
         let mut done = 0_u64;
         self.show_progress(&key, done, source.estimated_rows);
         self.write_status(true).await?;
+        let started = Instant::now();
+        let mut first_rows = None;
         let mut rows = snapshot.copy(&source, self.ctx.options.batch_rows).await?;
         while let Some(rows) = rows.next().await {
             let rows = rows?;
+            first_rows.get_or_insert_with(Instant::now);
             let keys: Vec<_> = key_columns
                 .iter()
                 .map(|&i| rows.column(i).clone())
@@ -83,6 +87,7 @@ impl ConnectorSync {
             self.keep_safe(&mut batch).await?;
         }
         drop(rows);
+        let copied_at = Instant::now();
         let copied = TableSyncState {
             phase: SyncPhase::Streaming,
             since: Some(snapshot.since(id).0),
@@ -97,6 +102,15 @@ impl ConnectorSync {
             .unwrap_or_else(|| position.clone());
         let states = BTreeMap::from([(table.clone(), copied.clone())]);
         let committed = self.cursor.commit(batch, &cursor_position, &states).await?;
+        CopyStages {
+            opening: first_rows.unwrap_or(copied_at) - started,
+            copying: copied_at - first_rows.unwrap_or(copied_at),
+            writing: committed
+                .catalog_started
+                .saturating_duration_since(copied_at),
+            catalog: committed.catalog_took,
+        }
+        .trace(&self.spec.name, done);
         tracing::info!(connector = %self.spec.name, table = %table, position = %position, rows = done, revision = committed.revision, "table copied");
         let bytes = committed.bytes.get(&table).copied().unwrap_or(0);
         self.ctx
@@ -147,10 +161,44 @@ impl ConnectorSync {
             .position
             .clone()
             .unwrap_or_else(|| position.clone());
-        let batch = self.new_batch(false);
+        let batch = self.new_batch();
         self.cursor
             .commit(batch, &cursor_position, &BTreeMap::from([(table, state)]))
             .await?;
         Ok(())
+    }
+}
+
+/// Where the time of one table's copy went, from asking the source for its rows to the
+/// commit: reported as a debug event (target [`COPY_STAGES`]) that benchmarks break the
+/// snapshot down with.
+struct CopyStages {
+    /// → the first batch decoded (the source's query started, its first rows arrived).
+    opening: Duration,
+    /// → the last batch handed to the extent writers (read, decoded, keyed, encoded as
+    /// they came).
+    copying: Duration,
+    /// → the extents finished and uploaded.
+    writing: Duration,
+    /// → the catalog transaction committed.
+    catalog: Duration,
+}
+
+/// The tracing target of the per-copy stage event.
+pub const COPY_STAGES: &str = "kyma_cdc_worker::copy_stages";
+
+impl CopyStages {
+    fn trace(&self, connector: &str, rows: u64) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            target: COPY_STAGES,
+            connector,
+            rows,
+            opening_ms = ms(self.opening),
+            copying_ms = ms(self.copying),
+            writing_ms = ms(self.writing),
+            catalog_ms = ms(self.catalog),
+            "copy stages"
+        );
     }
 }

@@ -52,6 +52,7 @@ mod stream;
 mod tables;
 mod unchanged;
 
+pub use copy::COPY_STAGES;
 pub use stream::COMMIT_STAGES;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,6 +68,7 @@ use kyma_connectors::sync::{
     ChangeSource, Fence, NO_PRIMARY_KEY, Resume, SourcePosition, SourceTable, TableId,
 };
 use kyma_connectors::{ConnectorError, SecretResolver, registry};
+use kyma_table::synced::SNAPSHOT_ONE_VALUED;
 use kyma_table::{CompactionOptions, ExtentStore, WriteOptions};
 use tokio::sync::watch;
 
@@ -315,18 +317,26 @@ impl ConnectorSync {
             .await
     }
 
-    fn new_batch(&self, compacted: bool) -> SyncBatch {
-        SyncBatch::new(
-            &self.ctx.catalog,
-            &self.ctx.store,
-            WriteOptions {
-                compacted,
-                // Changes: what they supersede is resolved at commit. Copies hold one row per
-                // key; the next commit of changes indexes them.
-                record_keys: !compacted,
-                ..WriteOptions::default()
-            },
-        )
+    /// A batch of changes: what they supersede is resolved at its commit.
+    fn new_batch(&self) -> SyncBatch {
+        self.batch_with(WriteOptions {
+            record_keys: true,
+            ..WriteOptions::default()
+        })
+    }
+
+    /// A batch of one table's copy: the table's compacted base, one row per key (the next
+    /// commit of changes indexes them), its system columns one-valued.
+    fn copy_batch(&self) -> SyncBatch {
+        self.batch_with(WriteOptions {
+            compacted: true,
+            one_valued: SNAPSHOT_ONE_VALUED,
+            ..WriteOptions::default()
+        })
+    }
+
+    fn batch_with(&self, options: WriteOptions) -> SyncBatch {
+        SyncBatch::new(&self.ctx.catalog, &self.ctx.store, options)
     }
 
     /// Registers `batch` with the garbage collector once it is old (see [`crate::batch`]).
@@ -385,7 +395,7 @@ impl ConnectorSync {
         if let Some(position) = self.cursor.position.clone()
             && !gone.is_empty()
         {
-            let batch = self.new_batch(false);
+            let batch = self.new_batch();
             self.cursor.commit(batch, &position, &gone).await?;
         }
         Ok(())

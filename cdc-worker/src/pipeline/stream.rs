@@ -91,7 +91,7 @@ impl ConnectorSync {
         }
         self.write_status(true).await?;
         let mut s = Streaming {
-            batch: self.new_batch(false),
+            batch: self.new_batch(),
             open: None,
             pending_end: None,
             pending_since: None,
@@ -161,7 +161,7 @@ impl ConnectorSync {
             run.state.phase = SyncPhase::Pending;
             states.insert(run.table.clone(), run.state.clone());
         }
-        let batch = self.new_batch(false);
+        let batch = self.new_batch();
         self.cursor
             .commit(batch, &SourcePosition(String::new()), &states)
             .await?;
@@ -493,7 +493,7 @@ impl ConnectorSync {
         for id in &ids {
             self.flush_table(s, id).await?;
         }
-        let batch = std::mem::replace(&mut s.batch, self.new_batch(false));
+        let batch = std::mem::replace(&mut s.batch, self.new_batch());
         let states = std::mem::take(&mut s.states);
         let committed = self.cursor.commit(batch, &end, &states).await?;
         stream.ack(&end);
@@ -562,7 +562,7 @@ impl ConnectorSync {
             && s.last_idle_commit.elapsed() >= self.ctx.options.status_every
             && source.covers(&position, &cursor)?
         {
-            let batch = std::mem::replace(&mut s.batch, self.new_batch(false));
+            let batch = std::mem::replace(&mut s.batch, self.new_batch());
             let states = std::mem::take(&mut s.states);
             self.cursor.commit(batch, &position, &states).await?;
             stream.ack(&position);
