@@ -213,18 +213,22 @@ pub enum KymaColumnBuilder {
 impl KymaColumnBuilder {
     /// An empty builder for a column of `ty`, with room for `capacity` values.
     pub fn new(ty: KymaType, capacity: usize) -> Self {
+        Self::with_capacities(ty, capacity, capacity * 16)
+    }
+
+    /// An empty builder for a column of `ty`, with room for `capacity` values and, for a
+    /// string or dynamic column, `data_bytes` bytes of them.
+    fn with_capacities(ty: KymaType, capacity: usize, data_bytes: usize) -> Self {
         match ty {
             KymaType::Int => Self::Int(Int32Builder::with_capacity(capacity)),
             KymaType::Long => Self::Long(Int64Builder::with_capacity(capacity)),
             KymaType::Real => Self::Real(Float64Builder::with_capacity(capacity)),
             KymaType::Bool => Self::Bool(BooleanBuilder::with_capacity(capacity)),
-            KymaType::String => Self::String(StringBuilder::with_capacity(capacity, capacity * 16)),
+            KymaType::String => Self::String(StringBuilder::with_capacity(capacity, data_bytes)),
             KymaType::Timestamp => Self::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone(UTC),
             ),
-            KymaType::Dynamic => {
-                Self::Dynamic(BinaryBuilder::with_capacity(capacity, capacity * 16))
-            }
+            KymaType::Dynamic => Self::Dynamic(BinaryBuilder::with_capacity(capacity, data_bytes)),
             KymaType::Vector(n) => {
                 let dim = usize::try_from(n).unwrap_or(0);
                 let item = Arc::new(Field::new_list_field(DataType::Float32, true));
@@ -332,12 +336,57 @@ impl KymaColumnBuilder {
             Self::Vector(b, _) => Arc::new(b.finish()),
         }
     }
+
+    /// [`KymaColumnBuilder::finish`], then room for as many values (and bytes of them) as
+    /// the column built: for a caller whose batches are alike (a copy's), so they do not
+    /// regrow their buffers from nothing each time. The room is taken at once.
+    pub fn finish_sized(&mut self) -> ArrayRef {
+        let (ty, values) = (self.kyma_type(), self.len());
+        let built = self.finish();
+        let data_bytes = match built.data_type() {
+            DataType::Utf8 => built.as_string::<i32>().values().len(),
+            DataType::Binary => built.as_binary::<i32>().values().len(),
+            _ => 0,
+        };
+        *self = Self::with_capacities(ty, values, data_bytes);
+        built
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::types::arrow_type;
+
+    #[test]
+    fn a_builder_finished_sized_has_room_for_as_many_values_and_builds_them_again() {
+        let mut strings = KymaColumnBuilder::new(KymaType::String, 0);
+        let mut longs = KymaColumnBuilder::new(KymaType::Long, 0);
+        for round in 0..2 {
+            for i in 0..100_i64 {
+                let text = format!("value {i} of round {round}");
+                strings
+                    .append(Some(KymaValueRef::String(&text)))
+                    .expect("string");
+                longs.append(Some(KymaValueRef::Long(i))).expect("long");
+            }
+            let built = strings.finish_sized();
+            assert_eq!(built.len(), 100);
+            assert_eq!(
+                built.as_string::<i32>().value(99),
+                format!("value 99 of round {round}")
+            );
+            assert_eq!(
+                longs.finish_sized().as_primitive::<Int64Type>().value(99),
+                99
+            );
+            assert!(strings.is_empty() && longs.is_empty());
+            let KymaColumnBuilder::Long(room) = &longs else {
+                panic!("a long builder stays one");
+            };
+            assert!(room.capacity() >= 100, "room for {}", room.capacity());
+        }
+    }
 
     #[test]
     fn every_builder_finishes_the_arrow_type_of_its_kyma_type() {

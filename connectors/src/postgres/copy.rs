@@ -205,7 +205,7 @@ impl CopyBinaryDecoder {
         let arrays: Vec<ArrayRef> = self
             .columns
             .iter_mut()
-            .map(|c| c.builder.finish())
+            .map(|c| c.builder.finish_sized())
             .collect();
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)
