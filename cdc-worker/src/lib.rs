@@ -237,7 +237,6 @@ async fn supervise_session(
                 continue;
             }
         };
-        running.retain(|_, r| !r.task.is_finished());
         for (name, r) in &running {
             if let Some(state) = connectors.iter().find(|c| &c.spec.name == name) {
                 r.requests.send_if_modified(|requests| {
@@ -251,12 +250,15 @@ async fn supervise_session(
             .iter()
             .map(|c| (c.spec.name.as_str(), c))
             .collect();
+        // A task also ends by itself: fenced by its connector's deletion, which this listing
+        // may predate, so whether the connector is gone is asked again once it has ended.
         let gone: Vec<String> = running
             .iter()
             .filter(|(name, r)| {
-                by_name
-                    .get(name.as_str())
-                    .is_none_or(|c| !wanted(c) || c.spec != r.spec)
+                r.task.is_finished()
+                    || by_name
+                        .get(name.as_str())
+                        .is_none_or(|c| !wanted(c) || c.spec != r.spec)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -264,7 +266,7 @@ async fn supervise_session(
             if let Some(r) = running.remove(&name) {
                 let _ = r.stop.send(true);
                 let _ = r.task.await;
-                if !by_name.contains_key(name.as_str()) {
+                if deleted(ctx, &name).await {
                     drop_source_objects(ctx, &r.spec).await;
                 }
             }
@@ -449,6 +451,19 @@ async fn run_connector(
     }
     if let Err(e) = ctx.catalog.release_connector(&claim).await {
         tracing::warn!(connector = %name, error = %e, "releasing the claim failed");
+    }
+}
+
+/// Whether connector `name` no longer exists. When the catalog cannot say, it is taken to
+/// exist and the warning names what may be left behind.
+async fn deleted(ctx: &SyncContext, name: &str) -> bool {
+    match ctx.catalog.connector(name).await {
+        Err(CatalogError::NotFound(_)) => true,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(connector = %name, error = %e, "cannot tell whether the ended connector was deleted; if it was, drop its replication slot and publication at the source");
+            false
+        }
     }
 }
 

@@ -467,6 +467,48 @@ fn a_worker_killed_in_a_multi_table_snapshot_resumes_without_copying_the_done_ta
 }
 
 #[test]
+fn deleting_a_running_connector_right_after_its_snapshot_drops_its_slot_and_publication() {
+    const CONNECTOR: &str = "pg_running_delete";
+    runtime().block_on(async {
+        let setup = SyncSetup::new("pgrunningdelete").await;
+        setup.sql(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             INSERT INTO t SELECT generate_series(1, 10);",
+        );
+        let worker = setup.worker("w-1");
+        setup.register(CONNECTOR).await;
+        setup.wait_caught_up(CONNECTOR, &worker).await;
+        // Deleted from the catalog while the worker streams it: whether the worker sees the
+        // deletion or its fenced task ends first, the source's objects go.
+        setup
+            .catalog
+            .delete_connector(CONNECTOR)
+            .await
+            .expect("delete");
+        let names = SyncNames::of(CONNECTOR);
+        let objects = format!(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}')
+                  + (SELECT count(*) FROM pg_publication WHERE pubname = '{}')",
+            names.slot, names.publication
+        );
+        poll(
+            "the worker tears the deleted connector's slot and publication down",
+            Duration::from_secs(30),
+            || worker.log(),
+            || async { (setup.sql(&objects) == "0").then_some(()) },
+        )
+        .await;
+        assert!(
+            worker
+                .log()
+                .contains("tore the deleted connector's source objects down"),
+            "{}",
+            worker.log()
+        );
+    });
+}
+
+#[test]
 fn deleting_a_paused_connector_drops_its_slot_and_publication() {
     const CONNECTOR: &str = "pg_paused_delete";
     runtime().block_on(async {
