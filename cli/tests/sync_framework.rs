@@ -466,18 +466,40 @@ fn a_worker_killed_in_a_multi_table_snapshot_resumes_without_copying_the_done_ta
     });
 }
 
+/// Registers `connector` over one small table and waits until a worker streams it.
+async fn streaming_one_table(setup: &SyncSetup<'_>, connector: &str) -> Kyma {
+    setup.sql(
+        "CREATE TABLE t (id int PRIMARY KEY);
+         INSERT INTO t SELECT generate_series(1, 10);",
+    );
+    let worker = setup.worker("w-1");
+    setup.register(connector).await;
+    setup.wait_caught_up(connector, &worker).await;
+    worker
+}
+
+/// SQL counting `connector`'s replication slot and publication at the source (0 to 2).
+fn source_objects(connector: &str) -> String {
+    let names = SyncNames::of(connector);
+    format!(
+        "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}')
+              + (SELECT count(*) FROM pg_publication WHERE pubname = '{}')",
+        names.slot, names.publication
+    )
+}
+
 #[test]
 fn deleting_a_running_connector_right_after_its_snapshot_drops_its_slot_and_publication() {
     const CONNECTOR: &str = "pg_running_delete";
     runtime().block_on(async {
         let setup = SyncSetup::new("pgrunningdelete").await;
-        setup.sql(
-            "CREATE TABLE t (id int PRIMARY KEY);
-             INSERT INTO t SELECT generate_series(1, 10);",
+        let worker = streaming_one_table(&setup, CONNECTOR).await;
+        let objects = source_objects(CONNECTOR);
+        assert_eq!(
+            setup.sql(&objects),
+            "2",
+            "the slot and the publication exist"
         );
-        let worker = setup.worker("w-1");
-        setup.register(CONNECTOR).await;
-        setup.wait_caught_up(CONNECTOR, &worker).await;
         // Deleted from the catalog while the worker streams it: whether the worker sees the
         // deletion or its fenced task ends first, the source's objects go.
         setup
@@ -485,12 +507,6 @@ fn deleting_a_running_connector_right_after_its_snapshot_drops_its_slot_and_publ
             .delete_connector(CONNECTOR)
             .await
             .expect("delete");
-        let names = SyncNames::of(CONNECTOR);
-        let objects = format!(
-            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}')
-                  + (SELECT count(*) FROM pg_publication WHERE pubname = '{}')",
-            names.slot, names.publication
-        );
         poll(
             "the worker tears the deleted connector's slot and publication down",
             Duration::from_secs(30),
@@ -513,13 +529,7 @@ fn deleting_a_paused_connector_drops_its_slot_and_publication() {
     const CONNECTOR: &str = "pg_paused_delete";
     runtime().block_on(async {
         let setup = SyncSetup::new("pgpauseddelete").await;
-        setup.sql(
-            "CREATE TABLE t (id int PRIMARY KEY);
-             INSERT INTO t SELECT generate_series(1, 10);",
-        );
-        let worker = setup.worker("w-1");
-        setup.register(CONNECTOR).await;
-        setup.wait_caught_up(CONNECTOR, &worker).await;
+        let worker = streaming_one_table(&setup, CONNECTOR).await;
         let (node, _) = query_node(&setup);
         let (status, body) = rest(
             &node,
@@ -538,12 +548,7 @@ fn deleting_a_paused_connector_drops_its_slot_and_publication() {
             },
         )
         .await;
-        let names = SyncNames::of(CONNECTOR);
-        let objects = format!(
-            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}')
-                  + (SELECT count(*) FROM pg_publication WHERE pubname = '{}')",
-            names.slot, names.publication
-        );
+        let objects = source_objects(CONNECTOR);
         assert_eq!(
             setup.sql(&objects),
             "2",
