@@ -772,7 +772,8 @@ impl SnapshotRun {
     /// The most [`SnapshotRun::ratio`] could be on `cores` cores: the snapshot runs the same
     /// COPY on the server (taking the CPU the baseline's took) and kyma's work besides, so at
     /// best both spread over every core with none idle, and it never beats the COPY alone.
-    /// Tells a run held back by kyma's work from one held back by the machine's moment.
+    /// A ratio near its ceiling is held back by kyma's work per row; one far below it, by
+    /// the pipeline idling.
     fn ceiling(&self, cores: usize) -> Option<f64> {
         let (kyma, server) = (self.kyma_cpu?, self.copy.server_cpu?);
         let copy = seconds(self.copy.elapsed);
