@@ -28,7 +28,8 @@
 //! ([`ExtentWriter::one_valued`]: a snapshot's system columns) has it written without a
 //! dictionary and without Parquet statistics: computing a page's minimum and maximum costs
 //! a comparison per row and tells nothing the extent's manifest entry does not
-//! ([`ColumnStats`] are kept for every column). The sample alone never drops statistics: a
+//! ([`ColumnStats`] are kept for every column; a one-valued one's are its first row's, per
+//! batch, which spares the comparisons there too). The sample alone never drops statistics: a
 //! user's column constant over the first rows may vary later, and pages are pruned by them.
 
 use std::collections::{BTreeMap, HashSet};
@@ -126,9 +127,10 @@ impl ExtentWriter {
         })
     }
 
-    /// Declares that every row written holds one value in each of `columns` (those of them
-    /// the schema has): they are written without a dictionary or Parquet statistics. Takes
-    /// effect when given before the first write.
+    /// Declares that every row of a batch written holds one value in each of `columns`
+    /// (those of them the schema has): they are written without a dictionary or Parquet
+    /// statistics, and their manifest statistics are taken from each batch's first row.
+    /// Takes effect when given before the first write.
     pub fn one_valued(mut self, columns: &[&str]) -> Self {
         self.one_valued = columns.iter().map(|&c| c.to_owned()).collect();
         self
@@ -143,7 +145,11 @@ impl ExtentWriter {
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), TableError> {
         let rows = batch.num_rows() as u64;
         for (field, array) in self.schema.fields().iter().zip(batch.columns()) {
-            let stats = ColumnStats::of(array);
+            let stats = if self.one_valued.contains(field.name()) {
+                ColumnStats::of_one_valued(array)
+            } else {
+                ColumnStats::of(array)
+            };
             match self.stats.get_mut(field.name()) {
                 Some(existing) => existing.merge(self.rows, &stats, rows),
                 None => {
@@ -359,7 +365,7 @@ fn flat(data_type: &DataType) -> bool {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{Array, Int64Array, StringArray};
     use bytes::Bytes;
     use kyma_catalog::{Column, KymaType};
     use object_store::memory::InMemory;
@@ -370,7 +376,8 @@ mod tests {
 
     /// Three batches of: a distinct `id`, a distinct `note`, a repeating `status`, a
     /// one-valued `batch` and a one-valued `op` that the writer is told about.
-    async fn encoded_extent() -> (Bytes, Vec<RecordBatch>) {
+    /// An extent of three batches, its bytes, the batches and its manifest entry.
+    async fn encoded_extent() -> (Bytes, Vec<RecordBatch>, ExtentEntry) {
         let store = ExtentStore::from_object_store(Arc::new(InMemory::new()));
         let schema = TableSchema::initial(vec![
             Column::new("id", KymaType::Long),
@@ -406,10 +413,6 @@ mod tests {
         }
         let entry = writer.finish().await.expect("finish");
         assert_eq!(entry.rows, 3000);
-        assert!(
-            entry.columns.contains_key("op"),
-            "the manifest keeps statistics of every column"
-        );
         let bytes = store
             .object_store()
             .get(&Path::from(entry.path.as_str()))
@@ -418,12 +421,12 @@ mod tests {
             .bytes()
             .await
             .expect("bytes");
-        (bytes, written)
+        (bytes, written, entry)
     }
 
     #[tokio::test]
     async fn distinct_integers_are_delta_distinct_text_plain_repeating_values_dictionaries() {
-        let (bytes, _) = encoded_extent().await;
+        let (bytes, _, _) = encoded_extent().await;
         let reader = SerializedFileReader::new(bytes).expect("parquet");
         let row_group = reader.metadata().row_group(0);
         let encodings = |i: usize| row_group.column(i).encodings().collect::<Vec<_>>();
@@ -459,17 +462,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn columns_declared_one_valued_have_no_dictionary_or_parquet_statistics() {
-        let (bytes, _) = encoded_extent().await;
+    async fn columns_declared_one_valued_have_no_dictionary_or_parquet_statistics_but_manifest_ones()
+     {
+        let (bytes, written, entry) = encoded_extent().await;
         let reader = SerializedFileReader::new(bytes).expect("parquet");
         let op = reader.metadata().row_group(0).column(4);
         assert!(op.dictionary_page_offset().is_none());
         assert!(op.statistics().is_none(), "{:?}", op.statistics());
+        let ops: Vec<&dyn Array> = written.iter().map(|b| b.column(4).as_ref()).collect();
+        let whole = ColumnStats::of(&arrow::compute::concat(&ops).expect("concat"));
+        assert_eq!(
+            entry.columns.get("op"),
+            Some(&whole),
+            "the manifest keeps a one-valued column's statistics, as a scan of it gives them"
+        );
     }
 
     #[tokio::test]
     async fn every_encoding_reads_back_the_rows_written() {
-        let (bytes, written) = encoded_extent().await;
+        let (bytes, written, _) = encoded_extent().await;
         let read: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .expect("reader")
             .build()

@@ -168,6 +168,17 @@ impl ColumnStats {
         }
     }
 
+    /// Statistics of an array whose every row holds the value of its first (a one-valued
+    /// column): those of the first row, its NULL counted for every row. One comparison
+    /// instead of one per row.
+    pub fn of_one_valued(array: &ArrayRef) -> Self {
+        let first = Self::of(&array.slice(0, array.len().min(1)));
+        Self {
+            null_count: first.null_count * array.len() as u64,
+            ..first
+        }
+    }
+
     /// Folds in `other`, the statistics of `other_rows` more rows of the same column; this
     /// covers `self_rows`. A min/max unknown on either side (present values, no statistic)
     /// makes it unknown.
@@ -238,4 +249,30 @@ fn min_max(array: &ArrayRef) -> Option<(StatValue, StatValue)> {
         }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+
+    use super::ColumnStats;
+
+    #[test]
+    fn one_valued_statistics_are_those_a_scan_gives() {
+        let arrays: [ArrayRef; 4] = [
+            Arc::new(Int64Array::from(vec![7; 5])),
+            Arc::new(StringArray::from(vec!["insert"; 3])),
+            Arc::new(StringArray::from(vec![None::<&str>; 4])),
+            Arc::new(Int64Array::from(Vec::<i64>::new())),
+        ];
+        for array in arrays {
+            assert_eq!(
+                ColumnStats::of_one_valued(&array),
+                ColumnStats::of(&array),
+                "{array:?}"
+            );
+        }
+    }
 }

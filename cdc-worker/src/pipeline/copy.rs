@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kyma_catalog::{SyncPhase, TableFailure, TablePhase, TableSyncState};
 use kyma_connectors::sync::{Snapshot, SourcePosition, TableId};
-use kyma_table::synced::{SnapshotMeta, snapshot_rows};
+use kyma_table::synced::{SnapshotColumns, SnapshotMeta};
 
 use super::tables::key_indices;
 use super::{ConnectorSync, now_micros};
@@ -66,6 +66,11 @@ impl ConnectorSync {
         self.write_status(true).await?;
         let started = Instant::now();
         let mut first_rows = None;
+        let mut system = SnapshotColumns::new(SnapshotMeta {
+            lsn: &position.0,
+            at_micros,
+            seq,
+        });
         let mut rows = snapshot.copy(&source, self.ctx.options.batch_rows).await?;
         while let Some(rows) = rows.next().await {
             let rows = rows?;
@@ -74,12 +79,7 @@ impl ConnectorSync {
                 .iter()
                 .map(|&i| rows.column(i).clone())
                 .collect();
-            let meta = SnapshotMeta {
-                lsn: &position.0,
-                at_micros,
-                seq,
-            };
-            let synced = snapshot_rows(&map.apply(&rows)?, &keys, meta)?;
+            let synced = system.rows(&map.apply(&rows)?, &keys)?;
             batch.write(&table, &synced).await?;
             done += rows.num_rows() as u64;
             self.show_progress(&key, done, source.estimated_rows);
