@@ -130,7 +130,8 @@ impl ExtentWriter {
     /// Declares that every row of a batch written holds one value in each of `columns`
     /// (those of them the schema has): they are written without a dictionary or Parquet
     /// statistics, and their manifest statistics are taken from each batch's first row.
-    /// Takes effect when given before the first write.
+    /// Extents are pruned by those, so the claim must hold (debug builds check it). Takes
+    /// effect when given before the first write.
     pub fn one_valued(mut self, columns: &[&str]) -> Self {
         self.one_valued = columns.iter().map(|&c| c.to_owned()).collect();
         self
@@ -146,7 +147,9 @@ impl ExtentWriter {
         let rows = batch.num_rows() as u64;
         for (field, array) in self.schema.fields().iter().zip(batch.columns()) {
             let stats = if self.one_valued.contains(field.name()) {
-                ColumnStats::of_one_valued(array)
+                let stats = ColumnStats::of_one_valued(array);
+                debug_assert_eq!(stats, ColumnStats::of(array), "`{field}` is not one-valued");
+                stats
             } else {
                 ColumnStats::of(array)
             };
@@ -374,9 +377,9 @@ mod tests {
 
     use super::*;
 
-    /// Three batches of: a distinct `id`, a distinct `note`, a repeating `status`, a
-    /// one-valued `batch` and a one-valued `op` that the writer is told about.
-    /// An extent of three batches, its bytes, the batches and its manifest entry.
+    /// An extent of three batches of: a distinct `id`, a distinct `note`, a repeating
+    /// `status`, a one-valued `batch` and a one-valued `op` that the writer is told about;
+    /// its bytes, the batches and its manifest entry.
     async fn encoded_extent() -> (Bytes, Vec<RecordBatch>, ExtentEntry) {
         let store = ExtentStore::from_object_store(Arc::new(InMemory::new()));
         let schema = TableSchema::initial(vec![
@@ -476,6 +479,24 @@ mod tests {
             Some(&whole),
             "the manifest keeps a one-valued column's statistics, as a scan of it gives them"
         );
+    }
+
+    #[cfg(debug_assertions)]
+    #[tokio::test]
+    #[should_panic(expected = "is not one-valued")]
+    async fn a_column_wrongly_declared_one_valued_is_caught_in_debug_builds() {
+        let store = ExtentStore::from_object_store(Arc::new(InMemory::new()));
+        let schema =
+            TableSchema::initial(vec![Column::new("op", KymaType::String)]).expect("schema");
+        let mut writer = ExtentWriter::create(&store, Uuid::now_v7(), &schema)
+            .expect("writer")
+            .one_valued(&["op"]);
+        let batch = RecordBatch::try_new(
+            arrow_schema(&schema),
+            vec![Arc::new(StringArray::from(vec!["insert", "delete"]))],
+        )
+        .expect("batch");
+        writer.write(&batch).await.expect("write");
     }
 
     #[tokio::test]
