@@ -1094,6 +1094,14 @@ async fn a_second_open_of_the_embedded_store_is_refused_clearly() {
 
 // ----- etcd only -----------------------------------------------------------------------------
 
+/// The version at which the entry `mine` landed, if `state`'s manifest (each version's entry
+/// appended to its base's) holds it.
+fn landed_at(state: &TableState, mine: &str) -> Option<u64> {
+    let manifest = state.snapshot.value.manifest.as_deref()?;
+    let at = manifest.split('|').position(|entry| entry == mine)?;
+    u64::try_from(at).ok().map(|at| at + 1)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_restart_mid_run_loses_and_half_applies_nothing() {
     let etcd = Arc::new(Etcd::start().expect("private etcd"));
@@ -1109,7 +1117,12 @@ async fn etcd_restart_mid_run_loses_and_half_applies_nothing() {
     let start = catalog.ping().await.expect("ping") + 1;
     let mut watch = Box::pin(catalog.watch(start).await.expect("watch"));
 
-    // Writers commit to both tables at once, retrying through the outage.
+    // Writers commit to both tables at once, retrying through the outage. Like real manifests
+    // (each lists every live extent), each commit's manifest is its base's with the writer's
+    // own entry appended, so the last one holds every version's entry in order. Before each
+    // attempt a writer checks, as a table writer does, whether an earlier attempt landed with
+    // its answer lost in the outage: the catalog recognises its own retry only while no other
+    // commit came in between, and answers a conflict otherwise.
     const WRITERS: usize = 3;
     const COMMITS_EACH: usize = 12;
     let committed = Arc::new(tokio::sync::Semaphore::new(0));
@@ -1121,7 +1134,7 @@ async fn etcd_restart_mid_run_loses_and_half_applies_nothing() {
         tasks.push(tokio::spawn(async move {
             let mut won = Vec::new();
             for i in 0..COMMITS_EACH {
-                let manifest = format!("m/{w}/{i}");
+                let mine = format!("m/{w}/{i}");
                 loop {
                     let states = match catalog.tables(&[t1.clone(), t2.clone()]).await {
                         Ok((_, states)) => states,
@@ -1131,16 +1144,27 @@ async fn etcd_restart_mid_run_loses_and_half_applies_nothing() {
                         }
                         Err(e) => panic!("read: {e}"),
                     };
+                    // An earlier attempt may have landed, its answer lost in the outage.
+                    if let Some(version) = landed_at(&states[0], &mine) {
+                        won.push((version, mine.clone()));
+                        committed.add_permits(1);
+                        break;
+                    }
+                    let manifest = match &states[0].snapshot.value.manifest {
+                        Some(base) => format!("{base}|{mine}"),
+                        None => mine.clone(),
+                    };
                     let commit = CatalogCommit::tables(vec![
                         TableCommit::on(&states[0], &manifest, &[]).expect("on"),
                         TableCommit::on(&states[1], &manifest, &[]).expect("on"),
                     ]);
                     match catalog.commit(&commit).await {
                         Ok(CommitOutcome::Committed { .. }) => {
-                            won.push((commit.tables[0].snapshot.version, manifest.clone()));
+                            won.push((commit.tables[0].snapshot.version, mine.clone()));
                             committed.add_permits(1);
                             break;
                         }
+                        // Read again: the next turn finds the entry if this commit landed.
                         Ok(CommitOutcome::Conflict(_)) => continue,
                         Err(e) if e.is_retryable() => {
                             tokio::time::sleep(Duration::from_millis(50)).await; // backoff while etcd is down
@@ -1185,9 +1209,16 @@ async fn etcd_restart_mid_run_loses_and_half_applies_nothing() {
             state.snapshot.value.version, total,
             "both tables advanced together"
         );
+        let entries: Vec<&str> = state
+            .snapshot
+            .value
+            .manifest
+            .as_deref()
+            .map_or_else(Vec::new, |m| m.split('|').collect());
         assert_eq!(
-            state.snapshot.value.manifest.as_ref(),
-            by_version.get(&total)
+            entries,
+            by_version.values().map(String::as_str).collect::<Vec<_>>(),
+            "every commit's entry once, at the version its writer was told"
         );
     }
     // The watch reconnected by itself and saw every commit exactly once, in order.
