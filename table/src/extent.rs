@@ -17,20 +17,33 @@
 //! Dictionary encoding pays off for repeating values and only costs for distinct ones (every
 //! value is interned, then the encoder falls back to plain once the dictionary page is full).
 //! The first batch decides per extent ([`undictionaried`]): a flat column whose sample of it
-//! is mostly distinct gets no dictionary. Integer columns (keys, timestamps) are then
-//! delta-encoded: ordered or clustered values take a few bits each and leave zstd little to
-//! do (a 3M-row sequence of `bigint` ids: 0.02 MB in a third of the time plain and zstd take
-//! for 3 MB), and random ones cost about what plain does. Other distinct columns (free text)
-//! are written plain. An integer column whose sample holds one value is delta-encoded too,
-//! which stores the run in a few bytes without hashing each row.
+//! is mostly distinct gets no dictionary, and an encoding by its type ([`ValueEncoding`]):
+//!
+//! - integers (keys, timestamps) are delta-encoded: ordered or clustered values take a few
+//!   bits each and leave zstd little to do (a 3M-row sequence of `bigint` ids: 0.02 MB in a
+//!   third of the time plain and zstd take for 3 MB), and random ones cost about what plain
+//!   does. An integer column whose sample holds one value is delta-encoded too, which stores
+//!   the run in a few bytes without hashing each row;
+//! - floats are split into byte streams (the first bytes of every value, then the second
+//!   bytes, …), where zstd finds the runs that sign, exponent and leading mantissa bytes
+//!   make: 3M `double`s took half the time plain and zstd take, or less, in 13–63% of the
+//!   bytes;
+//! - text and binary values are written as prefixes shared with the previous value plus
+//!   suffixes: keys and codes that share leading characters (`1000001`, `1000002`;
+//!   `note-17`) shrink before zstd sees them (3M such keys: 0.27 MB against 1.6 MB), and
+//!   values that share none (UUIDs, prose) cost no more than plain, in time or in bytes.
+//!
+//! Each of those reads back as fast as plain does (3M rows, measured with arrow-rs).
 //!
 //! A caller that knows a column holds one value in every row it writes
 //! ([`ExtentWriter::one_valued`]: a snapshot's system columns) has it written without a
-//! dictionary and without Parquet statistics: computing a page's minimum and maximum costs
-//! a comparison per row and tells nothing the extent's manifest entry does not
-//! ([`ColumnStats`] are kept for every column; a one-valued one's are its first row's, per
-//! batch, which spares the comparisons there too). The sample alone never drops statistics: a
-//! user's column constant over the first rows may vary later, and pages are pruned by them.
+//! dictionary, plain unless it is an integer (sharing a run of one text's prefixes costs a
+//! comparison per row, more than zstd takes to fold the plain run), and without Parquet
+//! statistics: computing a page's minimum and maximum costs a comparison per row and tells
+//! nothing the extent's manifest entry does not ([`ColumnStats`] are kept for every column; a
+//! one-valued one's are its first row's, per batch, which spares the comparisons there too).
+//! The sample alone never drops statistics: a user's column constant over the first rows may
+//! vary later, and pages are pruned by them.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -252,23 +265,43 @@ struct Undictionaried {
     statistics: bool,
 }
 
-/// The encoding of a column without a dictionary.
+/// The encoding of a column without a dictionary (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ValueEncoding {
-    /// Values as they are (free text, floats).
+    /// Values as they are (booleans, a one-valued text).
     Plain,
     /// Differences between neighbouring values, bit-packed (integers: keys, timestamps, runs
     /// of one value).
     Delta,
+    /// The values' bytes regrouped by position (floats).
+    ByteStreamSplit,
+    /// Each value as the length of the prefix it shares with the previous one, then the rest
+    /// (text, binary).
+    SharedPrefix,
 }
 
 impl ValueEncoding {
-    /// The encoding of a dictionary-less column of `data_type`.
-    fn of(data_type: &DataType) -> Self {
-        if delta_encodable(data_type) {
-            Self::Delta
-        } else {
-            Self::Plain
+    /// The encoding of a dictionary-less column of `data_type`, `one_valued` or not.
+    fn of(data_type: &DataType, one_valued: bool) -> Self {
+        match data_type {
+            _ if delta_encodable(data_type) => Self::Delta,
+            DataType::Float32 | DataType::Float64 => Self::ByteStreamSplit,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary
+                if !one_valued =>
+            {
+                Self::SharedPrefix
+            }
+            _ => Self::Plain,
+        }
+    }
+
+    /// The Parquet encoding, when not Parquet's default for a dictionary-less column.
+    fn parquet(self) -> Option<Encoding> {
+        match self {
+            Self::Plain => None,
+            Self::Delta => Some(Encoding::DELTA_BINARY_PACKED),
+            Self::ByteStreamSplit => Some(Encoding::BYTE_STREAM_SPLIT),
+            Self::SharedPrefix => Some(Encoding::DELTA_BYTE_ARRAY),
         }
     }
 }
@@ -290,8 +323,8 @@ fn properties(schema_version: u64, columns: &[Undictionaried]) -> WriterProperti
     for column in columns {
         let path = ColumnPath::from(column.column.as_str());
         props = props.set_column_dictionary_enabled(path.clone(), false);
-        if column.encoding == ValueEncoding::Delta {
-            props = props.set_column_encoding(path.clone(), Encoding::DELTA_BINARY_PACKED);
+        if let Some(encoding) = column.encoding.parquet() {
+            props = props.set_column_encoding(path.clone(), encoding);
         }
         if !column.statistics {
             props = props.set_column_statistics_enabled(path, EnabledStatistics::None);
@@ -312,13 +345,13 @@ fn undictionaried(batch: &RecordBatch, one_valued: &[String]) -> Vec<Undictionar
         .filter(|(field, _)| flat(field.data_type()))
         .filter_map(|(field, column)| {
             let data_type = field.data_type();
-            let statistics = !one_valued.contains(field.name());
+            let declared = one_valued.contains(field.name());
             let undictionaried =
-                !statistics || sample_without_dictionary(data_type, &column.slice(0, sampled));
+                declared || sample_without_dictionary(data_type, &column.slice(0, sampled));
             undictionaried.then(|| Undictionaried {
                 column: field.name().clone(),
-                encoding: ValueEncoding::of(data_type),
-                statistics,
+                encoding: ValueEncoding::of(data_type, declared),
+                statistics: !declared,
             })
         })
         .collect()
@@ -368,7 +401,7 @@ fn flat(data_type: &DataType) -> bool {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Array, Int64Array, StringArray};
+    use arrow::array::{Array, Float64Array, Int64Array, StringArray};
     use bytes::Bytes;
     use kyma_catalog::{Column, KymaType};
     use object_store::memory::InMemory;
@@ -378,8 +411,8 @@ mod tests {
     use super::*;
 
     /// An extent of three batches of: a distinct `id`, a distinct `note`, a repeating
-    /// `status`, a one-valued `batch` and a one-valued `op` that the writer is told about;
-    /// its bytes, the batches and its manifest entry.
+    /// `status`, a one-valued `batch`, a one-valued `op` that the writer is told about and a
+    /// distinct `amount` with nulls; its bytes, the batches and its manifest entry.
     async fn encoded_extent() -> (Bytes, Vec<RecordBatch>, ExtentEntry) {
         let store = ExtentStore::from_object_store(Arc::new(InMemory::new()));
         let schema = TableSchema::initial(vec![
@@ -388,6 +421,7 @@ mod tests {
             Column::new("status", KymaType::String),
             Column::new("batch", KymaType::Long),
             Column::new("op", KymaType::String),
+            Column::new("amount", KymaType::Real),
         ])
         .expect("schema");
         let mut writer = ExtentWriter::create(&store, Uuid::now_v7(), &schema)
@@ -408,6 +442,9 @@ mod tests {
                     )),
                     Arc::new(Int64Array::from(vec![7; 1000])),
                     Arc::new(StringArray::from(vec!["insert"; 1000])),
+                    Arc::new(Float64Array::from_iter((0..1000).map(|i| {
+                        (i % 10 != 0).then_some((chunk * 1000 + i) as f64 / 100.0)
+                    }))),
                 ],
             )
             .expect("batch");
@@ -428,12 +465,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn distinct_integers_are_delta_distinct_text_plain_repeating_values_dictionaries() {
+    async fn distinct_columns_are_encoded_by_type_repeating_ones_keep_dictionaries() {
         let (bytes, _, _) = encoded_extent().await;
         let reader = SerializedFileReader::new(bytes).expect("parquet");
         let row_group = reader.metadata().row_group(0);
         let encodings = |i: usize| row_group.column(i).encodings().collect::<Vec<_>>();
-        for (i, column) in [(0, "id"), (1, "note"), (3, "batch")] {
+        for (i, column) in [(0, "id"), (1, "note"), (3, "batch"), (5, "amount")] {
             assert!(
                 row_group.column(i).dictionary_page_offset().is_none(),
                 "`{column}` has no dictionary"
@@ -443,21 +480,31 @@ mod tests {
                 "`{column}` keeps its statistics"
             );
         }
-        assert!(
-            encodings(0).contains(&Encoding::DELTA_BINARY_PACKED),
-            "{:?}",
-            encodings(0)
-        );
-        assert!(
-            encodings(1).contains(&Encoding::PLAIN),
-            "{:?}",
-            encodings(1)
-        );
-        assert!(
-            encodings(3).contains(&Encoding::DELTA_BINARY_PACKED),
-            "{:?}",
-            encodings(3)
-        );
+        for (i, column, encoding) in [
+            (
+                0,
+                "the distinct integer `id`",
+                Encoding::DELTA_BINARY_PACKED,
+            ),
+            (1, "the distinct text `note`", Encoding::DELTA_BYTE_ARRAY),
+            (
+                3,
+                "the one-valued integer `batch`",
+                Encoding::DELTA_BINARY_PACKED,
+            ),
+            (4, "the declared one-valued text `op`", Encoding::PLAIN),
+            (
+                5,
+                "the distinct float `amount`",
+                Encoding::BYTE_STREAM_SPLIT,
+            ),
+        ] {
+            assert!(
+                encodings(i).contains(&encoding),
+                "{column} is {encoding:?}: {:?}",
+                encodings(i)
+            );
+        }
         assert!(
             row_group.column(2).dictionary_page_offset().is_some(),
             "the repeating `status` keeps its dictionary"
