@@ -26,6 +26,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use futures::stream::TryReadyChunksError;
 use futures::{Stream, StreamExt, TryStreamExt};
 use kyma_table::types::arrow_type;
 
@@ -116,9 +117,8 @@ impl SnapshotSession {
             .await
             .map_err(|e| classify(&what, &e))?;
         let groups = Box::pin(copy)
-            .map_err(move |e| classify(&what, &e))
-            .ready_chunks(GROUP_MESSAGES)
-            .map(|group| group.into_iter().collect::<Result<Vec<_>, _>>());
+            .try_ready_chunks(GROUP_MESSAGES)
+            .map_err(move |TryReadyChunksError(_, e)| classify(&what, &e));
         let mut ended = false;
         let decoded = ahead(groups, READ_AHEAD)
             .map(Some)
