@@ -11,9 +11,11 @@
 //! 1. **Snapshot.** `--snapshot-runs` times, a table of `--rows` rows is copied out with
 //!    `COPY … TO STDOUT (FORMAT binary)` (a client drains it, counting rows by the tuple
 //!    headers), then a new sync connector is registered over its database and timed until
-//!    its snapshot is committed (the connector's cursor appears in the catalog). Each run's
-//!    ratio is against its own COPY, taken just before it, so that a machine whose speed
-//!    drifts between runs skews neither; the report gives each run and the median. The
+//!    its snapshot is committed (the connector's cursor appears in the catalog) and until a
+//!    Flight SQL `count(*)` of the synced table answers with every row (polled from the
+//!    commit on, so the polls take nothing from the copy); the ratio is on the latter. Each
+//!    run's ratio is against its own COPY, taken just before it, so that a machine whose
+//!    speed drifts between runs skews neither; the report gives each run and the median. The
 //!    worker reports each copy's stages (`kyma_cdc_worker::COPY_STAGES` debug events). All
 //!    but the last run's connectors are deleted (their slots dropped) before the next run.
 //! 2. **Steady-state stream.** A second connector is registered over a database holding
@@ -756,6 +758,9 @@ struct SnapshotRun {
     to_slot: Duration,
     /// From registering to the snapshot's commit.
     to_commit: Duration,
+    /// From registering to a query over Flight SQL answering with every row: the commit,
+    /// the query node's view applying it, the query.
+    to_answered: Duration,
     /// CPU seconds this process (the worker, the idle query node) used from registering
     /// to the commit.
     kyma_cpu: Option<f64>,
@@ -764,9 +769,10 @@ struct SnapshotRun {
 }
 
 impl SnapshotRun {
-    /// The snapshot's speed (register → commit) as a multiple of the COPY's.
+    /// The snapshot's speed (register → a query answering with every row) as a multiple of
+    /// the COPY's.
     fn ratio(&self) -> f64 {
-        seconds(self.copy.elapsed) / seconds(self.to_commit)
+        seconds(self.copy.elapsed) / seconds(self.to_answered)
     }
 
     /// The most [`SnapshotRun::ratio`] could be on `cores` cores: the snapshot runs the same
@@ -811,11 +817,13 @@ async fn snapshot_phase(
         } else {
             format!("{SNAP_CONNECTOR}_{run}")
         };
-        let timed = snapshot_run(bench, &pg, &connector).await?;
+        let timed = snapshot_run(bench, &pg, flight, &connector).await?;
         eprintln!(
-            "snapshot: run {run}: COPY binary {:.3}s, kyma register -> commit {:.3}s ({:.3}x)",
+            "snapshot: run {run}: COPY binary {:.3}s, kyma register -> commit {:.3}s, -> \
+             answered {:.3}s ({:.3}x)",
             seconds(timed.copy.elapsed),
             seconds(timed.to_commit),
+            seconds(timed.to_answered),
             timed.ratio()
         );
         if !last {
@@ -847,7 +855,12 @@ async fn snapshot_phase(
 
 /// Times `COPY snap_rows … (FORMAT binary)`, then registers `connector` and times its
 /// snapshot of the same table.
-async fn snapshot_run(bench: &Bench, pg: &Client, connector: &str) -> BenchResult<SnapshotRun> {
+async fn snapshot_run(
+    bench: &Bench,
+    pg: &Client,
+    flight: &mut FlightSqlServiceClient<Channel>,
+    connector: &str,
+) -> BenchResult<SnapshotRun> {
     let rows = bench.args.rows;
     let copy = copy_binary(pg, "snap_rows").await?;
     if copy.rows != rows {
@@ -877,6 +890,8 @@ async fn snapshot_run(bench: &Bench, pg: &Client, connector: &str) -> BenchResul
         .zip(cpu_before)
         .map(|(after, before)| after - before);
     let to_slot = to_slot.ok_or("the snapshot committed before its slot was seen")?;
+    let count = format!("SELECT count(*) FROM {connector}.public.snap_rows");
+    let to_answered = answered_at(flight, &count, i64::try_from(rows)?, started).await?;
     // The worker reports the stages just after its commit, which may be seen first.
     let stages = tokio::time::timeout(STAGE_EVENT_WITHIN, async {
         while let Some(stage) = copy_stages.recv().await {
@@ -893,9 +908,31 @@ async fn snapshot_run(bench: &Bench, pg: &Client, connector: &str) -> BenchResul
         copy,
         to_slot,
         to_commit,
+        to_answered,
         kyma_cpu,
         stages,
     })
+}
+
+/// When, since `started`, `sql` first answers `rows`: polled every [`TICK`], an error (the
+/// query node's view not having the table yet) counting as not yet.
+async fn answered_at(
+    flight: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+    rows: i64,
+    started: Instant,
+) -> BenchResult<Duration> {
+    let deadline = Instant::now() + VISIBLE_WITHIN;
+    loop {
+        let got = query_ints(flight, sql).await;
+        if matches!(got.as_deref(), Ok([Some(n)]) if *n == rows) {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("kyma answers {got:?} to `{sql}`, not {rows}").into());
+        }
+        tokio::time::sleep(TICK).await;
+    }
 }
 
 /// Waits until the worker has dropped slot `name` (a deleted connector's).
@@ -2001,12 +2038,13 @@ fn report_snapshot(args: &Args, snap: &SnapshotResult) {
     let cpu = |cpu: Option<f64>| cpu.map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.2}s"));
     let ratio = |ratio: Option<f64>| ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.3}x"));
     println!(
-        "{:<4} {:>9} {:>8} {:>9} {:>9} {:>7} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8}",
+        "{:<4} {:>9} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8}",
         "run",
         "COPY s",
         "its CPU",
         "to slot",
         "commit s",
+        "answer s",
         "ratio",
         "kyma CPU",
         "ceiling",
@@ -2022,12 +2060,13 @@ fn report_snapshot(args: &Args, snap: &SnapshotResult) {
                 .map_or_else(|| "-".to_owned(), |s| format!("{:.0}", ms(s)))
         };
         println!(
-            "{:<4} {:>9.3} {:>8} {:>9.3} {:>9.3} {:>6.3}x {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8}",
+            "{:<4} {:>9.3} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>6.3}x {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8}",
             i + 1,
             seconds(run.copy.elapsed),
             cpu(run.copy.server_cpu),
             seconds(run.to_slot),
             seconds(run.to_commit),
+            seconds(run.to_answered),
             run.ratio(),
             cpu(run.kyma_cpu),
             ratio(run.ceiling(cores)),
@@ -2039,8 +2078,10 @@ fn report_snapshot(args: &Args, snap: &SnapshotResult) {
     }
     println!(
         "(COPY s: `COPY snap_rows TO STDOUT (FORMAT binary)` drained by a client, just before \
-         the run; its CPU: the server backend's; to slot / commit s: from registering the \
-         connector; kyma CPU: this process, register -> commit; ceiling: the most the ratio \
+         the run; its CPU: the server backend's; to slot / commit s / answer s: from \
+         registering the connector to its slot existing, to the snapshot's commit, to a Flight \
+         SQL `count(*)` answering every row (polled from the commit on); ratio: COPY s over \
+         answer s; kyma CPU: this process, register -> commit; ceiling: the most the ratio \
          could be on {cores} cores, the server's COPY and kyma's CPU spread over all of them; \
          then the worker's stages of the copy: until the first rows are decoded, copying them \
          into extents, finishing the extents, the catalog commit)"
@@ -2049,7 +2090,7 @@ fn report_snapshot(args: &Args, snap: &SnapshotResult) {
     ratios.sort_by(f64::total_cmp);
     let median = snap.median_run();
     println!(
-        "ratio (rows/s): kyma snapshot, register -> commit = {:.3}x COPY binary (median of {} \
+        "ratio (rows/s): kyma snapshot, register -> answered = {:.3}x COPY binary (median of {} \
          runs, each against its own COPY; {:.3}x–{:.3}x; that run's ceiling {})",
         median.ratio(),
         ratios.len(),
