@@ -93,6 +93,8 @@ const STAGE_EVENT_WITHIN: Duration = Duration::from_secs(5);
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(1800);
 /// How long the query node may take to show a commit it has not shown yet.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(60);
+/// How often a check that kyma shows what the source holds asks again.
+const ANSWER_POLL: Duration = Duration::from_millis(50);
 /// The columns of both benchmark tables (after the key).
 const COLUMNS: &str = "account int NOT NULL, amount numeric(12,2), note text, \
                        updated_at timestamptz NOT NULL, active bool";
@@ -697,25 +699,27 @@ async fn query_ints(
         .collect()
 }
 
-/// Waits until kyma's answer to `sql` equals `expected` (the query node shows a commit one
-/// catalog-watch round trip after it), and returns the last answer's time.
+/// Asks kyma `sql` every `every` until its answer equals `expected` (the query node shows a
+/// commit one catalog-watch round trip after it; a query failing meanwhile, as one over a
+/// table the node's view does not hold yet, counts as not yet): when that answer arrived,
+/// and how long its query took.
 async fn wait_for_answer(
     flight: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
     expected: &[Option<i64>],
-) -> BenchResult<Duration> {
+    every: Duration,
+) -> BenchResult<(Instant, Duration)> {
     let deadline = Instant::now() + VISIBLE_WITHIN;
     loop {
         let started = Instant::now();
-        let got = query_ints(flight, sql).await?;
-        let took = started.elapsed();
-        if got == expected {
-            return Ok(took);
+        let got = query_ints(flight, sql).await;
+        if got.as_deref().is_ok_and(|got| got == expected) {
+            return Ok((Instant::now(), started.elapsed()));
         }
         if Instant::now() > deadline {
             return Err(format!("kyma answers {got:?} to `{sql}`, the source {expected:?}").into());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -834,10 +838,11 @@ async fn snapshot_phase(
     }
 
     let expected = [Some(i64::try_from(rows)?)];
-    let count_query = wait_for_answer(
+    let (_, count_query) = wait_for_answer(
         flight,
         &format!("SELECT count(*) FROM {SNAP_CONNECTOR}.public.snap_rows"),
         &expected,
+        ANSWER_POLL,
     )
     .await?;
     // The paused connector's stream stops: it takes no part in the next phases.
@@ -890,8 +895,11 @@ async fn snapshot_run(
         .zip(cpu_before)
         .map(|(after, before)| after - before);
     let to_slot = to_slot.ok_or("the snapshot committed before its slot was seen")?;
+    // Polled from the commit on, so the polls take nothing from the copy.
     let count = format!("SELECT count(*) FROM {connector}.public.snap_rows");
-    let to_answered = answered_at(flight, &count, i64::try_from(rows)?, started).await?;
+    let (answered, _) =
+        wait_for_answer(flight, &count, &[Some(i64::try_from(rows)?)], TICK).await?;
+    let to_answered = answered - started;
     // The worker reports the stages just after its commit, which may be seen first.
     let stages = tokio::time::timeout(STAGE_EVENT_WITHIN, async {
         while let Some(stage) = copy_stages.recv().await {
@@ -912,27 +920,6 @@ async fn snapshot_run(
         kyma_cpu,
         stages,
     })
-}
-
-/// When, since `started`, `sql` first answers `rows`: polled every [`TICK`], an error (the
-/// query node's view not having the table yet) counting as not yet.
-async fn answered_at(
-    flight: &mut FlightSqlServiceClient<Channel>,
-    sql: &str,
-    rows: i64,
-    started: Instant,
-) -> BenchResult<Duration> {
-    let deadline = Instant::now() + VISIBLE_WITHIN;
-    loop {
-        let got = query_ints(flight, sql).await;
-        if matches!(got.as_deref(), Ok([Some(n)]) if *n == rows) {
-            return Ok(started.elapsed());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("kyma answers {got:?} to `{sql}`, not {rows}").into());
-        }
-        tokio::time::sleep(TICK).await;
-    }
 }
 
 /// Waits until the worker has dropped slot `name` (a deleted connector's).
@@ -1329,12 +1316,13 @@ async fn stream_phase(
                 &[],
             )
             .await?;
-        vec![Some(row.get(0)), Some(row.get(1))]
+        vec![Some(row.try_get(0)?), Some(row.try_get(1)?)]
     };
     wait_for_answer(
         flight,
         &format!("SELECT count(*), sum(length(note)) FROM {CDC_CONNECTOR}.public.bench_changes"),
         &source,
+        ANSWER_POLL,
     )
     .await?;
     let final_rows = source[0].unwrap_or(0);
